@@ -1,0 +1,125 @@
+//! Stage 5: evidence. One JSON line per decision on stdout, naming the principal, each
+//! resource judged (with the attributes sent, so an MCP call's arguments are on record), the
+//! effect, the policy and the reason. Diagnostics go to stderr through `tracing`, so the
+//! decision stream stays machine-readable.
+//!
+//! The raw token never enters a record: [`crate::identity::BearerToken`] is kept out of it.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::decide::{Effect, Verdict};
+use crate::identity::Principal;
+
+/// Everything known about one decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    pub time: String,
+    pub decision_id: String,
+    pub request_id: String,
+    /// `allow` or `deny`: what Envoy was told.
+    pub effect: &'static str,
+    /// HTTP status of the answer (200 when forwarded).
+    pub status: u16,
+    pub reason: String,
+    /// Why the request was refused, as a stable label (`policy_denied`, `unauthenticated`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<&'static str>,
+    pub principal: Option<PrincipalRecord>,
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub format: Option<&'static str>,
+    pub resources: Vec<ResourceRecord>,
+    /// Declared tools the policy denied (reported even when `denied_tools: pass` let them by).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub denied_tools: Vec<String>,
+    pub cerbos_call_ids: Vec<String>,
+    pub latency_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrincipalRecord {
+    pub id: String,
+    pub roles: Vec<String>,
+    pub attr: Map<String, Value>,
+}
+
+impl From<&Principal> for PrincipalRecord {
+    fn from(p: &Principal) -> Self {
+        Self {
+            id: p.id.clone(),
+            roles: p.roles.clone(),
+            attr: p.attr.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceRecord {
+    pub kind: String,
+    pub id: String,
+    pub action: String,
+    pub effect: Effect,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+    /// The attributes sent to Cerbos (for MCP calls: server, tool and the arguments judged).
+    pub attr: Map<String, Value>,
+}
+
+impl From<&Verdict> for ResourceRecord {
+    fn from(v: &Verdict) -> Self {
+        Self {
+            kind: v.check.kind.clone(),
+            id: v.check.id.clone(),
+            action: v.check.action.clone(),
+            effect: v.effect,
+            policy: v.policy.clone(),
+            rule: v.rule().map(str::to_owned),
+            reason: v.reason(),
+            attr: v.check.attr.clone(),
+        }
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Where decision records go.
+pub enum AuditLog {
+    Stdout,
+    #[cfg(test)]
+    Memory(std::sync::Mutex<Vec<Value>>),
+}
+
+impl AuditLog {
+    pub fn write(&self, record: &DecisionRecord) {
+        match self {
+            AuditLog::Stdout => {
+                let mut line = match serde_json::to_vec(record) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serialise a decision record");
+                        return;
+                    }
+                };
+                line.push(b'\n');
+                let mut out = std::io::stdout().lock();
+                if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
+                    tracing::error!(error = %e, "cannot write the decision log");
+                }
+            }
+            #[cfg(test)]
+            AuditLog::Memory(lines) => {
+                if let (Ok(mut lines), Ok(value)) = (lines.lock(), serde_json::to_value(record)) {
+                    lines.push(value);
+                }
+            }
+        }
+    }
+}

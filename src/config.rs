@@ -1,0 +1,794 @@
+//! The configuration file: what an operator writes, checked strictly at start.
+//!
+//! Every struct denies unknown keys and every field has a documented default, so a typo is a
+//! start-up error naming the key (`identity.jwt.audience: unknown field ...`) rather than a
+//! silently ignored setting. [`Config::load`] parses and then validates the cross-field rules
+//! that serde cannot express (e.g. "HMAC algorithms are refused"). The README's configuration
+//! reference mirrors this file; keep them together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors found while loading the configuration. Each names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gRPC service listens and how large a request it accepts.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// How the caller is identified.
+    pub identity: IdentityConfig,
+    /// The Cerbos PDP that makes every decision.
+    #[serde(default)]
+    pub cerbos: CerbosConfig,
+    /// Path prefix → request format. The first matching prefix wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// What happens to a request whose path matches no route.
+    #[serde(default)]
+    pub unclassified_routes: UnclassifiedRoutes,
+    /// What happens when a request declares tools the principal may not use.
+    #[serde(default)]
+    pub denied_tools: DeniedTools,
+    /// Names sent to Cerbos (resource kinds and actions).
+    #[serde(default)]
+    pub vocabulary: VocabularyConfig,
+    /// How MCP denials are answered.
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the ext_authz gRPC listener.
+    #[serde(default = "default_grpc_address")]
+    pub grpc_address: SocketAddr,
+    /// Largest request body judged, in bytes. Set it to Envoy's
+    /// `with_request_body.max_request_bytes`; a larger body is refused with 413.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_address: default_grpc_address(),
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+fn default_grpc_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9191))
+}
+
+fn default_max_request_bytes() -> usize {
+    1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Where the verified claims come from.
+    #[serde(default)]
+    pub source: IdentitySource,
+    /// JWT verification (required when `source: jwt`).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Where Envoy's `jwt_authn` filter put the verified payload (used when
+    /// `source: envoy_jwt_authn`).
+    #[serde(default)]
+    pub envoy_jwt_authn: EnvoyJwtAuthnConfig,
+    /// How claims become the Cerbos principal.
+    #[serde(default)]
+    pub principal: PrincipalConfig,
+    /// Request headers that only agent-authz may set: any header whose name starts with one of
+    /// these prefixes is removed from the request before it reaches the upstream.
+    #[serde(default = "default_protected_header_prefixes")]
+    pub protected_header_prefixes: Vec<String>,
+}
+
+fn default_protected_header_prefixes() -> Vec<String> {
+    vec!["x-agent-authz-".to_owned()]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Verify the bearer token in `Authorization` ourselves.
+    #[default]
+    Jwt,
+    /// Trust the payload Envoy's `jwt_authn` filter verified and placed in metadata.
+    EnvoyJwtAuthn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Where the signing keys come from.
+    pub jwks: JwksSource,
+    /// Required `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; the token must name at least one.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms. HMAC (`HS*`) and `none` are refused.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Tokens longer than this are refused without being parsed.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned(), "ES256".to_owned()]
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_token_bytes() -> usize {
+    8 * 1024
+}
+
+/// A JWKS from a file (read at start) or a URL (fetched at start and refreshed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSource {
+    /// Path to a JWKS JSON file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// HTTP(S) URL of a JWKS document.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often the URL is fetched again. The last good key set is kept when a fetch fails.
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Timeout of one fetch.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyJwtAuthnConfig {
+    /// Metadata namespace (list it in ext_authz `metadata_context_namespaces`).
+    #[serde(default = "default_jwt_authn_namespace")]
+    pub namespace: String,
+    /// Key under which `jwt_authn` stored the payload (`payload_in_metadata`).
+    #[serde(default = "default_jwt_authn_payload_key")]
+    pub payload_key: String,
+}
+
+impl Default for EnvoyJwtAuthnConfig {
+    fn default() -> Self {
+        Self {
+            namespace: default_jwt_authn_namespace(),
+            payload_key: default_jwt_authn_payload_key(),
+        }
+    }
+}
+
+fn default_jwt_authn_namespace() -> String {
+    "envoy.filters.http.jwt_authn".to_owned()
+}
+
+fn default_jwt_authn_payload_key() -> String {
+    "jwt_payload".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Claim holding the principal id.
+    #[serde(default = "default_id_claim")]
+    pub id_claim: String,
+    /// Dot-separated path to the roles claim: an array of strings or a space-separated string.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Roles given when the token carries none (Cerbos needs at least one role).
+    #[serde(default = "default_roles")]
+    pub default_roles: Vec<String>,
+    /// Which claims become principal attributes: `all`, or a list of claim names.
+    #[serde(default)]
+    pub attributes: AttributeSelection,
+    /// Send the raw token to Cerbos as `auxData.jwt` (policies read `request.auxData.jwt`).
+    #[serde(default)]
+    pub pass_token_to_cerbos: bool,
+}
+
+impl Default for PrincipalConfig {
+    fn default() -> Self {
+        Self {
+            id_claim: default_id_claim(),
+            roles_claim: default_roles_claim(),
+            default_roles: default_roles(),
+            attributes: AttributeSelection::default(),
+            pass_token_to_cerbos: false,
+        }
+    }
+}
+
+fn default_id_claim() -> String {
+    "sub".to_owned()
+}
+
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["authenticated".to_owned()]
+}
+
+/// `attributes: all` or `attributes: [claim, ...]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AttributeSelection {
+    #[default]
+    #[serde(skip)]
+    All,
+    Keyword(AllKeyword),
+    Claims(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllKeyword {
+    All,
+}
+
+impl AttributeSelection {
+    /// `None` means every claim.
+    pub fn claims(&self) -> Option<&[String]> {
+        match self {
+            AttributeSelection::All | AttributeSelection::Keyword(AllKeyword::All) => None,
+            AttributeSelection::Claims(c) => Some(c),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CerbosConfig {
+    /// gRPC address of the PDP: `http://host:port` (plaintext) or `https://host:port` (TLS with
+    /// the system roots).
+    #[serde(default = "default_cerbos_address")]
+    pub address: String,
+    /// Deadline of one CheckResources call; past it the request fails closed.
+    #[serde(default = "default_cerbos_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `policyVersion` sent on the principal and every resource.
+    #[serde(default = "default_policy_version")]
+    pub policy_version: String,
+    /// Cerbos scope sent on the principal and every resource (empty: none).
+    #[serde(default)]
+    pub scope: String,
+    /// Cerbos' `server.requestLimits.maxResourcesPerRequest`; larger requests are split.
+    #[serde(default = "default_max_resources")]
+    pub max_resources_per_request: usize,
+    /// HTTP status answered when the PDP cannot be reached or errs (fail closed).
+    #[serde(default = "default_unavailable_status")]
+    pub unavailable_status: u16,
+}
+
+impl Default for CerbosConfig {
+    fn default() -> Self {
+        Self {
+            address: default_cerbos_address(),
+            timeout: default_cerbos_timeout(),
+            policy_version: default_policy_version(),
+            scope: String::new(),
+            max_resources_per_request: default_max_resources(),
+            unavailable_status: default_unavailable_status(),
+        }
+    }
+}
+
+fn default_cerbos_address() -> String {
+    "http://127.0.0.1:3593".to_owned()
+}
+
+fn default_cerbos_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_policy_version() -> String {
+    "default".to_owned()
+}
+
+fn default_max_resources() -> usize {
+    50
+}
+
+fn default_unavailable_status() -> u16 {
+    503
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Request path prefix (query string excluded), matched on segment boundaries.
+    pub path_prefix: String,
+    /// The body format spoken on this route.
+    pub format: Format,
+    /// MCP only: the server name sent as `attr.server` (and as the id of session-level checks).
+    #[serde(default)]
+    pub mcp_server: Option<String>,
+    /// MCP only: overrides the Cerbos resource kind for this server (e.g. `mcp::support`).
+    #[serde(default)]
+    pub resource_kind: Option<String>,
+}
+
+/// Request formats agent-authz can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// OpenAI Chat Completions (`/v1/chat/completions`).
+    OpenaiChat,
+    /// MCP Streamable HTTP (JSON-RPC 2.0).
+    Mcp,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::OpenaiChat => "openai_chat",
+            Format::Mcp => "mcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnclassifiedRoutes {
+    /// Deny (403) every request whose path matches no route.
+    #[default]
+    Deny,
+    /// Let it through after authenticating the caller, without a Cerbos check.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeniedTools {
+    /// Refuse the whole request with 403 naming the denied tools.
+    #[default]
+    Reject,
+    /// Let the request through unchanged; denied tools are only logged.
+    Pass,
+}
+
+/// Cerbos names. Templates may use `{tool}` / `{prompt}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VocabularyConfig {
+    /// `default` (`tools/call/<tool>`) or `fastmcp` (cerbos-fastmcp's `tools/call::<tool>`).
+    #[serde(default)]
+    pub preset: VocabularyPreset,
+    #[serde(default = "default_model_kind")]
+    pub model_kind: String,
+    #[serde(default = "default_model_action")]
+    pub model_action: String,
+    #[serde(default = "default_tool_kind")]
+    pub tool_kind: String,
+    #[serde(default = "default_tool_action")]
+    pub tool_action: String,
+    #[serde(default = "default_mcp_kind")]
+    pub mcp_kind: String,
+    /// Action for `tools/call`; the preset decides the default.
+    #[serde(default)]
+    pub mcp_tool_call_action: Option<String>,
+    /// Action for session-level MCP messages (initialize, notifications, lists, ping).
+    #[serde(default = "default_mcp_connect_action")]
+    pub mcp_connect_action: String,
+    #[serde(default = "default_mcp_resource_read_action")]
+    pub mcp_resource_read_action: String,
+    /// Action for `prompts/get`; the preset decides the default.
+    #[serde(default)]
+    pub mcp_prompt_get_action: Option<String>,
+}
+
+impl Default for VocabularyConfig {
+    fn default() -> Self {
+        Self {
+            preset: VocabularyPreset::default(),
+            model_kind: default_model_kind(),
+            model_action: default_model_action(),
+            tool_kind: default_tool_kind(),
+            tool_action: default_tool_action(),
+            mcp_kind: default_mcp_kind(),
+            mcp_tool_call_action: None,
+            mcp_connect_action: default_mcp_connect_action(),
+            mcp_resource_read_action: default_mcp_resource_read_action(),
+            mcp_prompt_get_action: None,
+        }
+    }
+}
+
+impl VocabularyConfig {
+    pub fn tool_call_action_template(&self) -> &str {
+        self.mcp_tool_call_action
+            .as_deref()
+            .unwrap_or(match self.preset {
+                VocabularyPreset::Default => "tools/call/{tool}",
+                VocabularyPreset::Fastmcp => "tools/call::{tool}",
+            })
+    }
+
+    pub fn prompt_get_action_template(&self) -> &str {
+        self.mcp_prompt_get_action
+            .as_deref()
+            .unwrap_or(match self.preset {
+                VocabularyPreset::Default => "prompts/get/{prompt}",
+                VocabularyPreset::Fastmcp => "prompts/get::{prompt}",
+            })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VocabularyPreset {
+    #[default]
+    Default,
+    Fastmcp,
+}
+
+fn default_model_kind() -> String {
+    "llm_model".to_owned()
+}
+fn default_model_action() -> String {
+    "invoke".to_owned()
+}
+fn default_tool_kind() -> String {
+    "llm_tool".to_owned()
+}
+fn default_tool_action() -> String {
+    "expose".to_owned()
+}
+fn default_mcp_kind() -> String {
+    "mcp_server".to_owned()
+}
+fn default_mcp_connect_action() -> String {
+    "connect".to_owned()
+}
+fn default_mcp_resource_read_action() -> String {
+    "resources/read".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// HTTP status of a policy denial on an MCP route. The body is always a JSON-RPC error.
+    /// 200 by default: MCP clients surface a JSON-RPC error as a tool error, while some
+    /// (python-sdk 1.x) hang on a 4xx and OAuth-aware ones retry a 403.
+    #[serde(default = "default_mcp_denied_status")]
+    pub denied_http_status: u16,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            denied_http_status: default_mcp_denied_status(),
+        }
+    }
+}
+
+fn default_mcp_denied_status() -> u16 {
+    200
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        })
+    }
+
+    /// Parses and validates configuration text; errors are `(key path, message)`.
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            (
+                if key == "." {
+                    "(top level)".to_owned()
+                } else {
+                    key
+                },
+                message,
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: &str| Err((key.to_owned(), msg.to_owned()));
+        if self.server.max_request_bytes == 0 {
+            return bad("server.max_request_bytes", "must be greater than 0");
+        }
+        match (self.identity.source, &self.identity.jwt) {
+            (IdentitySource::Jwt, None) => {
+                return bad("identity.jwt", "required when identity.source is jwt");
+            }
+            (_, Some(jwt)) => validate_jwt(jwt)?,
+            (IdentitySource::EnvoyJwtAuthn, None) => {}
+        }
+        if self.identity.principal.id_claim.is_empty() {
+            return bad("identity.principal.id_claim", "must not be empty");
+        }
+        if self.identity.principal.roles_claim.is_empty() {
+            return bad("identity.principal.roles_claim", "must not be empty");
+        }
+        if !self.cerbos.address.starts_with("http://")
+            && !self.cerbos.address.starts_with("https://")
+        {
+            return bad(
+                "cerbos.address",
+                "must start with http:// (plaintext) or https:// (TLS)",
+            );
+        }
+        if self.cerbos.max_resources_per_request == 0 {
+            return bad("cerbos.max_resources_per_request", "must be greater than 0");
+        }
+        if self.cerbos.timeout.is_zero() {
+            return bad("cerbos.timeout", "must be greater than 0");
+        }
+        validate_status(
+            "cerbos.unavailable_status",
+            self.cerbos.unavailable_status,
+            400,
+        )?;
+        validate_status("mcp.denied_http_status", self.mcp.denied_http_status, 200)?;
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.path_prefix.starts_with('/') {
+                return Err((
+                    format!("routes[{i}].path_prefix"),
+                    "must start with /".to_owned(),
+                ));
+            }
+            if route.format == Format::Mcp && route.mcp_server.as_deref().unwrap_or("").is_empty() {
+                return Err((
+                    format!("routes[{i}].mcp_server"),
+                    "required for format mcp (it names the server in Cerbos requests)".to_owned(),
+                ));
+            }
+            if route.format != Format::Mcp {
+                for (key, set) in [
+                    ("mcp_server", route.mcp_server.is_some()),
+                    ("resource_kind", route.resource_kind.is_some()),
+                ] {
+                    if set {
+                        return Err((
+                            format!("routes[{i}].{key}"),
+                            "only valid for format mcp".to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (key, value) in [
+            ("vocabulary.model_kind", &self.vocabulary.model_kind),
+            ("vocabulary.model_action", &self.vocabulary.model_action),
+            ("vocabulary.tool_kind", &self.vocabulary.tool_kind),
+            ("vocabulary.tool_action", &self.vocabulary.tool_action),
+            ("vocabulary.mcp_kind", &self.vocabulary.mcp_kind),
+            (
+                "vocabulary.mcp_connect_action",
+                &self.vocabulary.mcp_connect_action,
+            ),
+        ] {
+            if value.is_empty() {
+                return bad(key, "must not be empty");
+            }
+        }
+        if !self
+            .vocabulary
+            .tool_call_action_template()
+            .contains("{tool}")
+        {
+            return bad("vocabulary.mcp_tool_call_action", "must contain {tool}");
+        }
+        Ok(())
+    }
+}
+
+fn validate_jwt(jwt: &JwtConfig) -> Result<(), (String, String)> {
+    let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
+    match (&jwt.jwks.file, &jwt.jwks.url) {
+        (Some(_), Some(_)) | (None, None) => {
+            return bad("identity.jwt.jwks", "set exactly one of file or url".into());
+        }
+        (None, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
+            return bad("identity.jwt.jwks.url", "must be an http(s) URL".into());
+        }
+        _ => {}
+    }
+    if jwt.jwks.refresh_interval < Duration::from_secs(1) {
+        return bad(
+            "identity.jwt.jwks.refresh_interval",
+            "must be at least 1s".into(),
+        );
+    }
+    if jwt.issuer.is_empty() {
+        return bad("identity.jwt.issuer", "must not be empty".into());
+    }
+    if jwt.audiences.is_empty() || jwt.audiences.iter().any(String::is_empty) {
+        return bad(
+            "identity.jwt.audiences",
+            "list at least one non-empty audience".into(),
+        );
+    }
+    if jwt.algorithms.is_empty() {
+        return bad(
+            "identity.jwt.algorithms",
+            "list at least one algorithm".into(),
+        );
+    }
+    for alg in &jwt.algorithms {
+        if let Err(msg) = crate::identity::jwt::parse_allowed_algorithm(alg) {
+            return bad("identity.jwt.algorithms", msg);
+        }
+    }
+    Ok(())
+}
+
+fn validate_status(key: &str, status: u16, min: u16) -> Result<(), (String, String)> {
+    if (min..=599).contains(&status) {
+        Ok(())
+    } else {
+        Err((
+            key.to_owned(),
+            format!("must be an HTTP status in {min}..=599"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+identity:
+  jwt:
+    jwks: {file: /tmp/jwks.json}
+    issuer: https://issuer
+    audiences: [gw]
+routes:
+  - {path_prefix: /v1/chat/completions, format: openai_chat}
+  - {path_prefix: /mcp, format: mcp, mcp_server: support}
+";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.server.grpc_address.to_string(), "127.0.0.1:9191");
+        assert_eq!(c.server.max_request_bytes, 1 << 20);
+        assert_eq!(c.unclassified_routes, UnclassifiedRoutes::Deny);
+        assert_eq!(c.denied_tools, DeniedTools::Reject);
+        assert_eq!(c.cerbos.unavailable_status, 503);
+        assert_eq!(c.identity.principal.id_claim, "sub");
+        assert_eq!(c.identity.principal.attributes.claims(), None);
+        assert_eq!(
+            c.vocabulary.tool_call_action_template(),
+            "tools/call/{tool}"
+        );
+        assert_eq!(c.mcp.denied_http_status, 200);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("audiences: [gw]", "audiences: [gw]\n    audience: gw");
+        let (key, msg) = Config::parse(&text).unwrap_err();
+        assert_eq!(key, "identity.jwt.audience");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                "format: openai_chat}",
+                "format: openai_chatt}",
+                "routes[0].format",
+            ),
+            (
+                "issuer: https://issuer",
+                "issuer: ''",
+                "identity.jwt.issuer",
+            ),
+            ("audiences: [gw]", "audiences: []", "identity.jwt.audiences"),
+            (
+                "mcp_server: support}",
+                "mcp_server: ''}",
+                "routes[1].mcp_server",
+            ),
+            (
+                "audiences: [gw]",
+                "audiences: [gw]\n    algorithms: [HS256]",
+                "identity.jwt.algorithms",
+            ),
+            (
+                "audiences: [gw]",
+                "audiences: [gw]\n    algorithms: [none]",
+                "identity.jwt.algorithms",
+            ),
+            (
+                "audiences: [gw]",
+                "audiences: [gw]\n    leeway: forever",
+                "identity.jwt.leeway",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = MINIMAL.replace(from, to);
+            let (got, msg) = Config::parse(&text).unwrap_err();
+            assert_eq!(got, key, "{to}: {msg}");
+        }
+    }
+
+    #[test]
+    fn fastmcp_preset_changes_the_tool_action() {
+        let text = format!("{MINIMAL}vocabulary: {{preset: fastmcp}}\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.vocabulary.tool_call_action_template(),
+            "tools/call::{tool}"
+        );
+    }
+
+    #[test]
+    fn attributes_accept_all_or_a_list() {
+        let listed = MINIMAL.replace(
+            "identity:\n",
+            "identity:\n  principal: {attributes: [team, refund_limit_cents]}\n",
+        );
+        let c = Config::parse(&listed).unwrap();
+        assert_eq!(
+            c.identity.principal.attributes.claims(),
+            Some(&["team".to_owned(), "refund_limit_cents".to_owned()][..])
+        );
+        let keyword = MINIMAL.replace("identity:\n", "identity:\n  principal: {attributes: all}\n");
+        let c = Config::parse(&keyword).unwrap();
+        assert_eq!(c.identity.principal.attributes.claims(), None);
+    }
+}

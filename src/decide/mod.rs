@@ -1,0 +1,125 @@
+//! Stage 3: may they. Turns the principal and the extracted request into Cerbos resource
+//! checks (the vocabulary), and asks a [`PolicyEngine`] for one verdict per check.
+//!
+//! Only [`cerbos`] knows Cerbos' wire types; everything else sees [`ResourceCheck`] and
+//! [`Verdict`], so the pipeline can be tested with a fake engine.
+
+pub mod cerbos;
+pub mod vocabulary;
+
+use std::future::Future;
+
+use serde_json::{Map, Value};
+
+use crate::identity::Principal;
+
+/// One question for the PDP: may the principal perform `action` on this resource?
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceCheck {
+    pub kind: String,
+    pub id: String,
+    pub action: String,
+    pub attr: Map<String, Value>,
+    /// What part of the request the check is about, so the answer can name it.
+    pub subject: Subject,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subject {
+    /// The model an LLM call invokes.
+    Model(String),
+    /// A tool an LLM call declares.
+    Tool(String),
+    /// The MCP message at this index of the exchange (a batch has several).
+    McpMessage(usize),
+}
+
+/// Cerbos' effect for one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    Deny,
+    /// No policy rule matched; treated as deny.
+    NoMatch,
+}
+
+impl Effect {
+    pub fn allows(self) -> bool {
+        self == Effect::Allow
+    }
+}
+
+/// The answer to one [`ResourceCheck`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub check: ResourceCheck,
+    pub effect: Effect,
+    /// The policy that produced the effect, as Cerbos reports it (`resource.mcp_server.vdefault`).
+    pub policy: Option<String>,
+    /// Rule outputs (`src` is `policy#rule`), for plain-language reasons.
+    pub outputs: Vec<(String, Value)>,
+}
+
+impl Verdict {
+    /// A plain-text reason: a rule output when the policy gives one, else the policy name.
+    pub fn reason(&self) -> String {
+        for (_, value) in &self.outputs {
+            let text = match value {
+                Value::String(s) => Some(s.as_str()),
+                Value::Object(o) => o
+                    .get("reason")
+                    .or_else(|| o.get("message"))
+                    .and_then(Value::as_str),
+                _ => None,
+            };
+            if let Some(text) = text.filter(|t| !t.is_empty()) {
+                return text.to_owned();
+            }
+        }
+        match (&self.effect, &self.policy) {
+            (Effect::Allow, Some(p)) => format!("allowed by {p}"),
+            (Effect::Allow, None) => "allowed".to_owned(),
+            (Effect::Deny, Some(p)) => format!("denied by {p}"),
+            (Effect::Deny, None) => "denied by policy".to_owned(),
+            (Effect::NoMatch, _) => "no policy rule allows it".to_owned(),
+        }
+    }
+
+    /// The rule named in an output's `src` (`resource.x.vdefault#refund-binding`), if any.
+    pub fn rule(&self) -> Option<&str> {
+        self.outputs
+            .iter()
+            .find_map(|(src, _)| src.split_once('#').map(|(_, rule)| rule))
+    }
+}
+
+/// All verdicts for one request, in check order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    pub verdicts: Vec<Verdict>,
+    /// Cerbos' call ids (one per CheckResources call), for joining with its audit log.
+    pub call_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecideError {
+    #[error("policy decision point unavailable: {0}")]
+    Unavailable(String),
+    #[error("policy decision point timed out after {0} ms")]
+    Timeout(u128),
+    #[error("unexpected answer from the policy decision point: {0}")]
+    Protocol(String),
+}
+
+/// A policy decision point.
+pub trait PolicyEngine: Send + Sync + 'static {
+    /// Judges every check for `principal` in as few round trips as the engine allows.
+    /// `request_id` correlates the engine's own audit log with ours.
+    fn check(
+        &self,
+        principal: &Principal,
+        checks: Vec<ResourceCheck>,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
+}

@@ -1,0 +1,227 @@
+//! The Cerbos vocabulary: which resource kind, id, action and attributes each part of a
+//! request becomes. All names come from `vocabulary:` in the config; the README documents them.
+
+use serde_json::{Map, Value, json};
+
+use super::{ResourceCheck, Subject};
+use crate::config::{RouteConfig, VocabularyConfig};
+use crate::extract::{AgentRequest, LlmRequest, McpOperation, McpRequest};
+
+pub struct Vocabulary {
+    config: VocabularyConfig,
+}
+
+impl Vocabulary {
+    pub fn new(config: &VocabularyConfig) -> Self {
+        Self {
+            config: config.clone(),
+        }
+    }
+
+    pub fn checks(&self, route: &RouteConfig, request: &AgentRequest) -> Vec<ResourceCheck> {
+        match request {
+            AgentRequest::Llm(llm) => self.llm_checks(route, llm),
+            AgentRequest::Mcp(mcp) => self.mcp_checks(route, mcp),
+        }
+    }
+
+    fn llm_checks(&self, route: &RouteConfig, request: &LlmRequest) -> Vec<ResourceCheck> {
+        let format = route.format.as_str();
+        let mut checks = vec![ResourceCheck {
+            kind: self.config.model_kind.clone(),
+            id: request.model.clone(),
+            action: self.config.model_action.clone(),
+            attr: object(json!({"route": route.path_prefix, "format": format})),
+            subject: Subject::Model(request.model.clone()),
+        }];
+        checks.extend(request.tools.iter().map(|tool| ResourceCheck {
+            kind: self.config.tool_kind.clone(),
+            id: tool.name.clone(),
+            action: self.config.tool_action.clone(),
+            attr: object(json!({"model": request.model, "type": tool.kind, "format": format})),
+            subject: Subject::Tool(tool.name.clone()),
+        }));
+        checks
+    }
+
+    fn mcp_checks(&self, route: &RouteConfig, request: &McpRequest) -> Vec<ResourceCheck> {
+        let server = route.mcp_server.clone().unwrap_or_default();
+        let kind = route
+            .resource_kind
+            .clone()
+            .unwrap_or_else(|| self.config.mcp_kind.clone());
+        request
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let method = &message.method;
+                let (id, action, attr) = match &message.operation {
+                    McpOperation::ToolCall { name, arguments } => (
+                        name.clone(),
+                        self.config.tool_call_action_template().replace("{tool}", name),
+                        json!({"server": server, "tool_name": name, "arguments": arguments, "method": method}),
+                    ),
+                    McpOperation::ResourceRead { uri } => (
+                        uri.clone(),
+                        self.config.mcp_resource_read_action.clone(),
+                        json!({"server": server, "uri": uri, "method": method}),
+                    ),
+                    McpOperation::PromptGet { name, arguments } => (
+                        name.clone(),
+                        self.config.prompt_get_action_template().replace("{prompt}", name),
+                        json!({"server": server, "prompt_name": name, "arguments": arguments, "method": method}),
+                    ),
+                    McpOperation::Session => (
+                        server.clone(),
+                        self.config.mcp_connect_action.clone(),
+                        json!({"server": server, "method": method}),
+                    ),
+                    McpOperation::Other => (
+                        server.clone(),
+                        method.clone(),
+                        json!({"server": server, "method": method}),
+                    ),
+                };
+                ResourceCheck {
+                    kind: kind.clone(),
+                    id,
+                    action,
+                    attr: object(attr),
+                    subject: Subject::McpMessage(index),
+                }
+            })
+            .collect()
+    }
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Format, VocabularyPreset};
+    use crate::extract::{DeclaredTool, McpMessage};
+
+    fn mcp_route(kind: Option<&str>) -> RouteConfig {
+        RouteConfig {
+            path_prefix: "/mcp".into(),
+            format: Format::Mcp,
+            mcp_server: Some("support".into()),
+            resource_kind: kind.map(str::to_owned),
+        }
+    }
+
+    fn msg(method: &str, operation: McpOperation) -> McpMessage {
+        McpMessage {
+            id: Some(json!(1)),
+            method: method.into(),
+            operation,
+        }
+    }
+
+    fn summary(checks: &[ResourceCheck]) -> Vec<(String, String, String)> {
+        checks
+            .iter()
+            .map(|c| (c.kind.clone(), c.id.clone(), c.action.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn llm_requests_check_the_model_and_every_tool() {
+        let route = RouteConfig {
+            path_prefix: "/v1/chat/completions".into(),
+            format: Format::OpenaiChat,
+            mcp_server: None,
+            resource_kind: None,
+        };
+        let request = AgentRequest::Llm(LlmRequest {
+            model: "gpt-4o".into(),
+            tools: vec![DeclaredTool {
+                name: "get_weather".into(),
+                kind: "function".into(),
+            }],
+            stream: false,
+        });
+        let checks = Vocabulary::new(&VocabularyConfig::default()).checks(&route, &request);
+        assert_eq!(
+            summary(&checks),
+            [
+                ("llm_model".into(), "gpt-4o".into(), "invoke".into()),
+                ("llm_tool".into(), "get_weather".into(), "expose".into())
+            ]
+        );
+        assert_eq!(
+            Value::Object(checks[0].attr.clone()),
+            json!({"route": "/v1/chat/completions", "format": "openai_chat"})
+        );
+        assert_eq!(
+            Value::Object(checks[1].attr.clone()),
+            json!({"model": "gpt-4o", "type": "function", "format": "openai_chat"})
+        );
+        assert_eq!(checks[1].subject, Subject::Tool("get_weather".into()));
+    }
+
+    #[test]
+    fn mcp_messages_map_to_actions() {
+        let request = AgentRequest::Mcp(McpRequest {
+            batch: true,
+            protocol_version: None,
+            messages: vec![
+                msg(
+                    "tools/call",
+                    McpOperation::ToolCall {
+                        name: "refund".into(),
+                        arguments: json!({"amount_cents": 5}),
+                    },
+                ),
+                msg("initialize", McpOperation::Session),
+                msg(
+                    "resources/read",
+                    McpOperation::ResourceRead {
+                        uri: "file:///a".into(),
+                    },
+                ),
+                msg(
+                    "prompts/get",
+                    McpOperation::PromptGet {
+                        name: "greet".into(),
+                        arguments: json!({}),
+                    },
+                ),
+                msg("tasks/get", McpOperation::Other),
+            ],
+        });
+        let vocab = Vocabulary::new(&VocabularyConfig::default());
+        let checks = vocab.checks(&mcp_route(None), &request);
+        let k = "mcp_server".to_owned();
+        assert_eq!(
+            summary(&checks),
+            [
+                (k.clone(), "refund".into(), "tools/call/refund".into()),
+                (k.clone(), "support".into(), "connect".into()),
+                (k.clone(), "file:///a".into(), "resources/read".into()),
+                (k.clone(), "greet".into(), "prompts/get/greet".into()),
+                (k.clone(), "support".into(), "tasks/get".into()),
+            ]
+        );
+        assert_eq!(
+            Value::Object(checks[0].attr.clone()),
+            json!({"server": "support", "tool_name": "refund", "arguments": {"amount_cents": 5}, "method": "tools/call"})
+        );
+        assert_eq!(checks[4].subject, Subject::McpMessage(4));
+
+        let fastmcp = VocabularyConfig {
+            preset: VocabularyPreset::Fastmcp,
+            ..VocabularyConfig::default()
+        };
+        let checks = Vocabulary::new(&fastmcp).checks(&mcp_route(Some("mcp::support")), &request);
+        assert_eq!(checks[0].action, "tools/call::refund");
+        assert_eq!(checks[0].kind, "mcp::support");
+    }
+}

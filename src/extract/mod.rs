@@ -1,0 +1,301 @@
+//! Stage 2: what is asked. Classifies the route, then turns the body into an [`AgentRequest`]:
+//! the model and declared tools of an LLM call, or the JSON-RPC messages of an MCP exchange.
+//!
+//! Extraction knows nothing about policy. It refuses what it cannot read unambiguously (a body
+//! that is not JSON, an unknown tool shape, MCP routing headers that disagree with the body),
+//! because a request judged on one reading and forwarded with another is a bypass.
+
+pub mod mcp;
+pub mod openai_chat;
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::config::{Format, RouteConfig};
+
+/// The parts of an HTTP request extraction reads.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// The request target without the query string.
+    pub path: &'a str,
+    /// Lower-cased header names.
+    pub headers: &'a HashMap<String, String>,
+    pub body: &'a [u8],
+}
+
+/// A request in the vocabulary of the policy, whatever dialect it arrived in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentRequest {
+    Llm(LlmRequest),
+    Mcp(McpRequest),
+}
+
+/// An LLM API call: the model it invokes and the tools it declares to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmRequest {
+    pub model: String,
+    /// Declared tools, unique by name, in request order.
+    pub tools: Vec<DeclaredTool>,
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredTool {
+    pub name: String,
+    /// The declaration's type as the dialect spells it (`function`, `custom`, ...).
+    pub kind: String,
+}
+
+/// One MCP HTTP exchange: a single JSON-RPC message, or a batch (2025-03-26 only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpRequest {
+    pub batch: bool,
+    /// `MCP-Protocol-Version` as sent (absent before the handshake completes).
+    pub protocol_version: Option<String>,
+    pub messages: Vec<McpMessage>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpMessage {
+    /// The JSON-RPC id; `None` for notifications and for the bodiless GET/DELETE exchanges.
+    pub id: Option<Value>,
+    /// The JSON-RPC method, or `GET`/`DELETE`/`response` for exchanges that carry none.
+    pub method: String,
+    pub operation: McpOperation,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpOperation {
+    /// `tools/call`: judged on the tool and its arguments.
+    ToolCall { name: String, arguments: Value },
+    /// `resources/read`.
+    ResourceRead { uri: String },
+    /// `prompts/get`.
+    PromptGet { name: String, arguments: Value },
+    /// Handshake, notifications, list calls, ping, responses, and the GET/DELETE session
+    /// exchanges: judged as use of the server as a whole.
+    Session,
+    /// Any other method: judged with the method itself as the action, so policies deny what
+    /// they do not name.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExtractError {
+    #[error("request body is empty")]
+    EmptyBody,
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body was truncated by Envoy (allow_partial_message); it cannot be judged")]
+    TruncatedBody,
+    #[error("unsupported content type {0:?}: expected application/json")]
+    UnsupportedContentType(String),
+    #[error("unsupported content encoding {0:?}: send the body uncompressed")]
+    UnsupportedContentEncoding(String),
+    #[error("path is not normalized ({0}); enable normalize_path and merge_slashes in Envoy")]
+    UnnormalizedPath(&'static str),
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// An MCP request that breaks JSON-RPC or MCP rules; answered as a JSON-RPC error.
+    #[error("{message}")]
+    Mcp {
+        id: Option<Value>,
+        code: i64,
+        message: String,
+    },
+    #[error("HTTP method {0} is not used by MCP Streamable HTTP")]
+    McpMethodNotAllowed(String),
+}
+
+/// The configured routes, compiled for matching.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<RouteConfig>,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        Self {
+            routes: routes.to_vec(),
+        }
+    }
+
+    /// The first route whose prefix matches `path` on a segment boundary.
+    pub fn classify(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.path_prefix, path))
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Splits the query string off a request target.
+pub fn path_without_query(target: &str) -> &str {
+    target.split(['?', '#']).next().unwrap_or(target)
+}
+
+/// Refuses paths that Envoy would route differently from how we classify them. Envoy's
+/// `normalize_path`/`merge_slashes` settle these before ext_authz; if they are off, the
+/// request is refused rather than guessed at.
+pub fn check_normalized(path: &str) -> Result<(), ExtractError> {
+    if path.contains("//") {
+        return Err(ExtractError::UnnormalizedPath("double slash"));
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(ExtractError::UnnormalizedPath("dot segment"));
+    }
+    if path.contains('%') {
+        return Err(ExtractError::UnnormalizedPath("percent-encoding"));
+    }
+    if path.contains('\\') {
+        return Err(ExtractError::UnnormalizedPath("backslash"));
+    }
+    Ok(())
+}
+
+/// Reads a request on a classified route.
+pub fn extract(
+    route: &RouteConfig,
+    request: &HttpRequest<'_>,
+) -> Result<AgentRequest, ExtractError> {
+    match route.format {
+        Format::OpenaiChat => openai_chat::extract(request).map(AgentRequest::Llm),
+        Format::Mcp => mcp::extract(request).map(AgentRequest::Mcp),
+    }
+}
+
+/// Parses a JSON body after checking that it is declared as uncompressed JSON.
+pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
+    if let Some(encoding) = request.headers.get("content-encoding") {
+        let encoding = encoding.trim();
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(ExtractError::UnsupportedContentEncoding(
+                encoding.to_owned(),
+            ));
+        }
+    }
+    let content_type = request
+        .headers
+        .get("content-type")
+        .map(String::as_str)
+        .unwrap_or("");
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media_type != "application/json" && !media_type.ends_with("+json") {
+        return Err(ExtractError::UnsupportedContentType(
+            content_type.to_owned(),
+        ));
+    }
+    if request.body.is_empty() {
+        return Err(ExtractError::EmptyBody);
+    }
+    serde_json::from_slice(request.body).map_err(|e| ExtractError::NotJson(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str) -> RouteConfig {
+        RouteConfig {
+            path_prefix: prefix.into(),
+            format: Format::OpenaiChat,
+            mcp_server: None,
+            resource_kind: None,
+        }
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        let router = Router::new(&[route("/v1/chat/completions"), route("/mcp/")]);
+        let hit = |p: &str| router.classify(p).map(|r| r.path_prefix.as_str());
+        assert_eq!(hit("/v1/chat/completions"), Some("/v1/chat/completions"));
+        assert_eq!(hit("/v1/chat/completions/x"), Some("/v1/chat/completions"));
+        assert_eq!(hit("/v1/chat/completionsX"), None);
+        assert_eq!(hit("/mcp/a"), Some("/mcp/"));
+        assert_eq!(hit("/v1/models"), None);
+    }
+
+    #[test]
+    fn query_strings_are_not_part_of_the_path() {
+        assert_eq!(path_without_query("/mcp?x=/v1"), "/mcp");
+        assert_eq!(path_without_query("/mcp#frag"), "/mcp");
+        assert_eq!(path_without_query("/mcp"), "/mcp");
+    }
+
+    #[test]
+    fn unnormalized_paths_are_refused() {
+        for p in [
+            "/v1//chat",
+            "/v1/chat/completions/../models",
+            "/v1/./x",
+            "/v1/%63hat",
+            "/a\\b",
+        ] {
+            assert!(check_normalized(p).is_err(), "{p}");
+        }
+        assert!(check_normalized("/v1/chat/completions").is_ok());
+    }
+
+    #[test]
+    fn json_bodies_must_say_so() {
+        let mut headers = HashMap::from([(
+            "content-type".to_owned(),
+            "application/json; charset=utf-8".to_owned(),
+        )]);
+        let req = |h: &HashMap<String, String>, body: &'static [u8]| {
+            json_body(&HttpRequest {
+                method: "POST",
+                path: "/",
+                headers: &h.clone(),
+                body,
+            })
+        };
+        assert!(req(&headers, br#"{"a":1}"#).is_ok());
+        assert_eq!(req(&headers, b""), Err(ExtractError::EmptyBody));
+        assert!(matches!(req(&headers, b"{"), Err(ExtractError::NotJson(_))));
+        assert!(
+            matches!(
+                req(&headers, b"\xef\xbb\xbf{}"),
+                Err(ExtractError::NotJson(_))
+            ),
+            "BOM"
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep: &'static [u8] = Box::leak(deep.into_bytes().into_boxed_slice());
+        assert!(
+            matches!(req(&headers, deep), Err(ExtractError::NotJson(_))),
+            "deep nesting"
+        );
+        headers.insert("content-encoding".into(), "gzip".into());
+        assert!(matches!(
+            req(&headers, br#"{}"#),
+            Err(ExtractError::UnsupportedContentEncoding(_))
+        ));
+        headers.remove("content-encoding");
+        headers.insert("content-type".into(), "text/plain".into());
+        assert!(matches!(
+            req(&headers, br#"{}"#),
+            Err(ExtractError::UnsupportedContentType(_))
+        ));
+        headers.remove("content-type");
+        assert!(matches!(
+            req(&headers, br#"{}"#),
+            Err(ExtractError::UnsupportedContentType(_))
+        ));
+    }
+}

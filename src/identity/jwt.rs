@@ -1,0 +1,143 @@
+//! Bearer-token verification: signature against the JWKS, `exp`/`nbf` with leeway, `iss`, `aud`
+//! and an algorithm allow-list.
+//!
+//! Algorithm confusion is closed three ways: `none` and HMAC are refused at configuration time,
+//! the token's `alg` must be on the allow-list, and it must belong to the family of the key that
+//! verifies it (and equal the JWK's own `alg` when the JWK pins one).
+
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use serde_json::Value;
+
+use super::IdentityError;
+use super::jwks::{Key, KeyStore};
+use crate::config::JwtConfig;
+
+/// Parses one configured algorithm name, refusing those that must never verify a bearer token.
+pub fn parse_allowed_algorithm(name: &str) -> Result<Algorithm, String> {
+    let alg: Algorithm = name
+        .parse()
+        .map_err(|_| format!("unknown algorithm {name:?}"))?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Err(format!(
+            "{name} is refused: HMAC needs a shared secret, and a JWKS publishes public keys"
+        )),
+        _ => Ok(alg),
+    }
+}
+
+pub struct JwtVerifier {
+    keys: Arc<KeyStore>,
+    algorithms: Vec<Algorithm>,
+    issuer: String,
+    audiences: Vec<String>,
+    leeway_secs: u64,
+    max_token_bytes: usize,
+}
+
+impl JwtVerifier {
+    pub fn new(config: &JwtConfig, keys: Arc<KeyStore>) -> Result<Self, String> {
+        let algorithms = config
+            .algorithms
+            .iter()
+            .map(|a| parse_allowed_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            keys,
+            algorithms,
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            leeway_secs: config.leeway.as_secs(),
+            max_token_bytes: config.max_token_bytes,
+        })
+    }
+
+    pub fn keys_loaded(&self) -> bool {
+        self.keys.is_loaded()
+    }
+
+    /// Verifies a compact JWS and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<serde_json::Map<String, Value>, IdentityError> {
+        if token.len() > self.max_token_bytes {
+            return Err(IdentityError::InvalidToken("token too large".into()));
+        }
+        let header = decode_header(token)
+            .map_err(|_| IdentityError::InvalidToken("malformed token".into()))?;
+        let alg = header.alg;
+        if !self.algorithms.contains(&alg) {
+            return Err(IdentityError::InvalidToken(format!(
+                "algorithm {alg:?} not allowed"
+            )));
+        }
+        let keys = self.keys.snapshot();
+        if keys.keys.is_empty() {
+            return Err(IdentityError::KeysUnavailable);
+        }
+        let key = select_key(&keys.keys, header.kid.as_deref(), alg)?;
+
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+
+        let data = decode::<serde_json::Map<String, Value>>(token, &key.decoding, &validation)
+            .map_err(|e| IdentityError::InvalidToken(describe(e.kind())))?;
+        Ok(data.claims)
+    }
+}
+
+/// Picks the key named by `kid`, or the only compatible key when the token names none.
+fn select_key<'k>(
+    keys: &'k [Key],
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<&'k Key, IdentityError> {
+    let compatible =
+        |k: &&Key| k.decoding.family() == alg.family() && k.alg.is_none_or(|pinned| pinned == alg);
+    let key = match kid {
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.kid.as_deref() == Some(kid))
+            .ok_or_else(|| IdentityError::InvalidToken("unknown signing key (kid)".into()))?,
+        None => {
+            let mut candidates = keys.iter().filter(compatible);
+            match (candidates.next(), candidates.next()) {
+                (Some(k), None) => k,
+                (None, _) => {
+                    return Err(IdentityError::InvalidToken(
+                        "no key for this algorithm".into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(IdentityError::InvalidToken(
+                        "token has no kid and several keys match".into(),
+                    ));
+                }
+            }
+        }
+    };
+    if !compatible(&key) {
+        return Err(IdentityError::InvalidToken(format!(
+            "algorithm {alg:?} does not match the signing key"
+        )));
+    }
+    Ok(key)
+}
+
+fn describe(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "token expired".into(),
+        K::ImmatureSignature => "token not yet valid".into(),
+        K::InvalidIssuer => "wrong issuer".into(),
+        K::InvalidAudience => "wrong audience".into(),
+        K::InvalidSignature => "bad signature".into(),
+        K::InvalidAlgorithm => "algorithm does not match the key".into(),
+        K::MissingRequiredClaim(c) => format!("missing claim {c}"),
+        K::InvalidClaimFormat(c) => format!("malformed claim {c}"),
+        _ => "malformed token".into(),
+    }
+}

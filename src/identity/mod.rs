@@ -1,0 +1,259 @@
+//! Stage 1: who is asking. Reads headers and Envoy metadata only, never the body, so a missing
+//! or invalid identity is refused before any body is parsed.
+//!
+//! Identity comes from one configured source: a bearer JWT we verify ourselves, or the payload
+//! Envoy's `jwt_authn` filter already verified (read from `metadata_context`, which a client
+//! cannot write). Headers a client could forge are never read as identity.
+
+pub mod jwks;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::config::{IdentityConfig, IdentitySource, PrincipalConfig};
+use jwks::KeyStore;
+use jwt::JwtVerifier;
+
+/// The Cerbos principal for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub id: String,
+    pub roles: Vec<String>,
+    pub attr: Map<String, Value>,
+    /// The verified token, kept only to pass to Cerbos as `auxData.jwt` when configured.
+    pub token: Option<BearerToken>,
+}
+
+/// A raw bearer token. Its `Debug` never shows the value, so it cannot reach a log by accident.
+#[derive(Clone, PartialEq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("malformed Authorization header: {0}")]
+    MalformedAuthorization(&'static str),
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("token lacks a usable {0} claim")]
+    MissingClaim(String),
+    #[error("no verified JWT payload from Envoy's jwt_authn filter")]
+    MissingEnvoyPayload,
+    #[error("signing keys are not loaded yet")]
+    KeysUnavailable,
+}
+
+/// Turns request headers and metadata into a [`Principal`].
+pub struct Authenticator {
+    source: Source,
+    mapping: PrincipalConfig,
+}
+
+enum Source {
+    Jwt(JwtVerifier),
+    EnvoyJwtAuthn {
+        namespace: String,
+        payload_key: String,
+    },
+}
+
+impl Authenticator {
+    pub async fn start(config: &IdentityConfig) -> anyhow::Result<Authenticator> {
+        let source = match (config.source, &config.jwt) {
+            (IdentitySource::Jwt, Some(jwt)) => {
+                let keys = KeyStore::start(&jwt.jwks).await?;
+                Source::Jwt(JwtVerifier::new(jwt, keys).map_err(anyhow::Error::msg)?)
+            }
+            (IdentitySource::Jwt, None) => anyhow::bail!("identity.jwt is required"),
+            (IdentitySource::EnvoyJwtAuthn, _) => Source::EnvoyJwtAuthn {
+                namespace: config.envoy_jwt_authn.namespace.clone(),
+                payload_key: config.envoy_jwt_authn.payload_key.clone(),
+            },
+        };
+        Ok(Authenticator {
+            source,
+            mapping: config.principal.clone(),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn with_verifier(verifier: JwtVerifier, mapping: PrincipalConfig) -> Self {
+        Authenticator {
+            source: Source::Jwt(verifier),
+            mapping,
+        }
+    }
+
+    /// Identifies the caller. `metadata` maps Envoy metadata namespaces to their JSON content.
+    pub fn authenticate(
+        &self,
+        headers: &HashMap<String, String>,
+        metadata: &HashMap<String, Value>,
+    ) -> Result<Principal, IdentityError> {
+        let (claims, token) = match &self.source {
+            Source::Jwt(verifier) => {
+                let token = bearer_token(headers)?;
+                (verifier.verify(token)?, Some(BearerToken(token.to_owned())))
+            }
+            Source::EnvoyJwtAuthn {
+                namespace,
+                payload_key,
+            } => {
+                let payload = metadata
+                    .get(namespace)
+                    .and_then(|ns| ns.get(payload_key))
+                    .and_then(Value::as_object)
+                    .ok_or(IdentityError::MissingEnvoyPayload)?;
+                // The token itself is only forwarded when jwt_authn kept it (`forward: true`).
+                let token = bearer_token(headers)
+                    .ok()
+                    .map(|t| BearerToken(t.to_owned()));
+                (payload.clone(), token)
+            }
+        };
+        let mut principal = map_claims(&self.mapping, claims)?;
+        if self.mapping.pass_token_to_cerbos {
+            principal.token = token;
+        }
+        Ok(principal)
+    }
+}
+
+/// Extracts the token from `Authorization: Bearer <token>`.
+///
+/// Envoy joins repeated headers with commas; a comma can never appear in a JWT, so its
+/// presence means the client sent several Authorization headers, which is refused rather than
+/// guessing which one the upstream would read.
+pub fn bearer_token(headers: &HashMap<String, String>) -> Result<&str, IdentityError> {
+    let value = headers
+        .get("authorization")
+        .ok_or(IdentityError::MissingToken)?;
+    if value.contains(',') {
+        return Err(IdentityError::MalformedAuthorization(
+            "several Authorization headers",
+        ));
+    }
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(IdentityError::MalformedAuthorization(
+            "expected Bearer <token>",
+        ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(IdentityError::MalformedAuthorization(
+            "scheme is not Bearer",
+        ));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(IdentityError::MissingToken);
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+    {
+        return Err(IdentityError::MalformedAuthorization(
+            "token has characters outside base64url",
+        ));
+    }
+    Ok(token)
+}
+
+/// Maps verified claims to the principal: id, roles and attributes as configured.
+pub fn map_claims(
+    mapping: &PrincipalConfig,
+    claims: Map<String, Value>,
+) -> Result<Principal, IdentityError> {
+    let id = match claims.get(&mapping.id_claim) {
+        // Control characters could split the identity header sent upstream.
+        Some(Value::String(s)) if !s.is_empty() && !s.chars().any(char::is_control) => s.clone(),
+        _ => return Err(IdentityError::MissingClaim(mapping.id_claim.clone())),
+    };
+    let mut roles = match lookup_path(&claims, &mapping.roles_claim) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| IdentityError::MissingClaim(mapping.roles_claim.clone()))?,
+        Some(_) => return Err(IdentityError::MissingClaim(mapping.roles_claim.clone())),
+    };
+    roles.retain(|r| !r.is_empty());
+    roles.dedup();
+    if roles.is_empty() {
+        roles = mapping.default_roles.clone();
+    }
+    if roles.is_empty() {
+        return Err(IdentityError::MissingClaim(mapping.roles_claim.clone()));
+    }
+    let attr = match mapping.attributes.claims() {
+        None => claims
+            .into_iter()
+            .map(|(k, v)| (k, normalize_numbers(v)))
+            .collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| {
+                claims
+                    .get(n)
+                    .map(|v| (n.clone(), normalize_numbers(v.clone())))
+            })
+            .collect(),
+    };
+    Ok(Principal {
+        id,
+        roles,
+        attr,
+        token: None,
+    })
+}
+
+fn lookup_path<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    // A claim whose name itself contains dots (e.g. a namespaced URL claim) wins over a path.
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut current = claims.get(parts.next()?)?;
+    for part in parts {
+        current = current.get(part)?;
+    }
+    Some(current)
+}
+
+/// Envoy's metadata carries every number as a double (`100000.0`). Integral values are turned
+/// back into integers so policies and logs see what the identity provider issued.
+fn normalize_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(normalize_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalize_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use super::jwks::{KeySet, KeyStore};
+use super::jwt::JwtVerifier;
+use super::*;
+use crate::config::{AttributeSelection, JwksSource, JwtConfig};
+
+const JWKS: &[u8] = include_bytes!("testdata/jwks.json");
+const RSA_KEY: &[u8] = include_bytes!("testdata/rsa_private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("testdata/rsa_public.pem");
+const EC_KEY: &[u8] = include_bytes!("testdata/ec_private.pem");
+const OTHER_KEY: &[u8] = include_bytes!("testdata/other_rsa_private.pem");
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims() -> Value {
+    json!({
+        "sub": "alice", "iss": "https://issuer", "aud": "gw", "exp": now() + 300,
+        "roles": ["support"], "assigned_ticket": "T-100", "refund_limit_cents": 100000
+    })
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, pem: &[u8], claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(pem).unwrap(),
+    };
+    encode(&header, claims, &key).unwrap()
+}
+
+fn rs256(claims: &Value) -> String {
+    sign(Algorithm::RS256, Some("rsa-1"), RSA_KEY, claims)
+}
+
+fn authenticator(mapping: PrincipalConfig) -> Authenticator {
+    let config = JwtConfig {
+        jwks: JwksSource {
+            file: None,
+            url: None,
+            refresh_interval: std::time::Duration::from_secs(60),
+            fetch_timeout: std::time::Duration::from_secs(1),
+        },
+        issuer: "https://issuer".into(),
+        audiences: vec!["gw".into()],
+        algorithms: vec!["RS256".into(), "ES256".into()],
+        leeway: std::time::Duration::from_secs(5),
+        max_token_bytes: 4096,
+    };
+    let keys = KeyStore::fixed(KeySet::parse(JWKS).unwrap());
+    Authenticator::with_verifier(JwtVerifier::new(&config, keys).unwrap(), mapping)
+}
+
+fn bearer(token: &str) -> HashMap<String, String> {
+    HashMap::from([("authorization".to_owned(), format!("Bearer {token}"))])
+}
+
+fn check(token: &str) -> Result<Principal, IdentityError> {
+    authenticator(PrincipalConfig::default()).authenticate(&bearer(token), &HashMap::new())
+}
+
+fn assert_invalid(token: &str, reason: &str) {
+    match check(token) {
+        Err(IdentityError::InvalidToken(got)) => assert!(got.contains(reason), "{got} !~ {reason}"),
+        other => panic!("expected invalid token ({reason}), got {other:?}"),
+    }
+}
+
+#[test]
+fn jwks_skips_encryption_and_symmetric_keys() {
+    let set = KeySet::parse(JWKS).unwrap();
+    let kids: Vec<_> = set.keys.iter().map(|k| k.kid.as_deref().unwrap()).collect();
+    assert_eq!(kids, ["rsa-1", "ec-1"]);
+    assert!(KeySet::parse(br#"{"keys":[]}"#).is_err());
+    assert!(KeySet::parse(b"not json").is_err());
+}
+
+#[test]
+fn good_tokens_map_to_a_principal() {
+    let p = check(&rs256(&claims())).unwrap();
+    assert_eq!(p.id, "alice");
+    assert_eq!(p.roles, ["support"]);
+    assert_eq!(p.attr["assigned_ticket"], "T-100");
+    assert_eq!(p.attr["refund_limit_cents"], 100000);
+    assert_eq!(
+        p.token, None,
+        "the token is kept only when passed to Cerbos"
+    );
+
+    let p = check(&sign(Algorithm::ES256, Some("ec-1"), EC_KEY, &claims())).unwrap();
+    assert_eq!(p.id, "alice");
+    let p = check(&sign(Algorithm::ES256, None, EC_KEY, &claims())).unwrap();
+    assert_eq!(p.id, "alice", "without kid the only EC key is used");
+}
+
+#[test]
+fn time_claims_are_enforced_with_leeway() {
+    let mut c = claims();
+    c["exp"] = json!(now() - 60);
+    assert_invalid(&rs256(&c), "expired");
+    c["exp"] = json!(now() - 2);
+    assert!(check(&rs256(&c)).is_ok(), "within 5 s leeway");
+    let mut c = claims();
+    c["nbf"] = json!(now() + 60);
+    assert_invalid(&rs256(&c), "not yet valid");
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("exp");
+    assert_invalid(&rs256(&c), "missing claim exp");
+}
+
+#[test]
+fn issuer_and_audience_are_enforced() {
+    let mut c = claims();
+    c["iss"] = json!("https://evil");
+    assert_invalid(&rs256(&c), "wrong issuer");
+    let mut c = claims();
+    c["aud"] = json!("other");
+    assert_invalid(&rs256(&c), "wrong audience");
+    let mut c = claims();
+    c["aud"] = json!(["other", "gw"]);
+    assert!(check(&rs256(&c)).is_ok(), "one matching audience suffices");
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("aud");
+    assert_invalid(&rs256(&c), "missing claim aud");
+}
+
+fn forge(header: Value, claims: &Value, signature: &[u8]) -> String {
+    let h = URL_SAFE_NO_PAD.encode(header.to_string());
+    let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{h}.{c}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[test]
+fn algorithm_attacks_are_refused() {
+    // alg none, with and without a signature.
+    let none = forge(json!({"alg": "none", "typ": "JWT"}), &claims(), b"");
+    assert_invalid(&none, "malformed");
+    let none_kid = forge(json!({"alg": "none", "kid": "rsa-1"}), &claims(), b"x");
+    assert_invalid(&none_kid, "malformed");
+    // HS256 keyed with the RSA public key (the classic confusion attack).
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let confused = encode(&header, &claims(), &EncodingKey::from_secret(RSA_PUBLIC)).unwrap();
+    assert_invalid(&confused, "not allowed");
+    // RS256 token presented against the EC key.
+    assert_invalid(
+        &sign(Algorithm::RS256, Some("ec-1"), RSA_KEY, &claims()),
+        "does not match",
+    );
+    // ES256 token presented against the RSA key pinned to RS256.
+    assert_invalid(
+        &sign(Algorithm::ES256, Some("rsa-1"), EC_KEY, &claims()),
+        "does not match",
+    );
+    // PS256 is a valid RSA algorithm but not on the allow-list.
+    assert_invalid(
+        &sign(Algorithm::PS256, Some("rsa-1"), RSA_KEY, &claims()),
+        "not allowed",
+    );
+}
+
+#[test]
+fn wrong_and_unknown_keys_are_refused() {
+    assert_invalid(
+        &sign(Algorithm::RS256, Some("rsa-1"), OTHER_KEY, &claims()),
+        "bad signature",
+    );
+    assert_invalid(
+        &sign(Algorithm::RS256, Some("nope"), RSA_KEY, &claims()),
+        "unknown signing key",
+    );
+    assert_invalid(
+        &sign(Algorithm::RS256, Some("enc-1"), RSA_KEY, &claims()),
+        "unknown signing key",
+    );
+    // Tampered payload keeps the original signature.
+    let token = rs256(&claims());
+    let parts: Vec<_> = token.split('.').collect();
+    let mut c = claims();
+    c["roles"] = json!(["admin"]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(c.to_string()),
+        parts[2]
+    );
+    assert_invalid(&tampered, "bad signature");
+}
+
+#[test]
+fn oversized_tokens_are_refused_unparsed() {
+    let mut c = claims();
+    c["padding"] = json!("x".repeat(5000));
+    assert_invalid(&rs256(&c), "too large");
+}
+
+#[test]
+fn authorization_header_shapes() {
+    let a = authenticator(PrincipalConfig::default());
+    let none = HashMap::new();
+    let run = |h: HashMap<String, String>| a.authenticate(&h, &none);
+    assert_eq!(run(HashMap::new()), Err(IdentityError::MissingToken));
+    let token = rs256(&claims());
+    let h = |v: String| HashMap::from([("authorization".to_owned(), v)]);
+    assert!(
+        run(h(format!("bearer {token}"))).is_ok(),
+        "scheme is case-insensitive"
+    );
+    assert!(matches!(
+        run(h(format!("Basic {token}"))),
+        Err(IdentityError::MalformedAuthorization(_))
+    ));
+    assert!(matches!(
+        run(h(format!("Bearer {token},Bearer {token}"))),
+        Err(IdentityError::MalformedAuthorization(
+            "several Authorization headers"
+        ))
+    ));
+    assert_eq!(run(h("Bearer ".into())), Err(IdentityError::MissingToken));
+    assert!(matches!(
+        run(h("Bearer a b".into())),
+        Err(IdentityError::MalformedAuthorization(_))
+    ));
+}
+
+#[test]
+fn claim_mapping_follows_config() {
+    let mut c = claims();
+    c["scope"] = json!("read write");
+    c["realm"] = json!({"roles": ["a", "b"]});
+    let mapping = PrincipalConfig {
+        roles_claim: "realm.roles".into(),
+        attributes: AttributeSelection::Claims(vec!["assigned_ticket".into(), "absent".into()]),
+        ..PrincipalConfig::default()
+    };
+    let p = map_claims(&mapping, c.as_object().unwrap().clone()).unwrap();
+    assert_eq!(p.roles, ["a", "b"]);
+    assert_eq!(Value::Object(p.attr), json!({"assigned_ticket": "T-100"}));
+
+    let scope_roles = PrincipalConfig {
+        roles_claim: "scope".into(),
+        ..PrincipalConfig::default()
+    };
+    let p = map_claims(&scope_roles, c.as_object().unwrap().clone()).unwrap();
+    assert_eq!(p.roles, ["read", "write"], "space-separated string");
+
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("roles");
+    let p = map_claims(&PrincipalConfig::default(), c.as_object().unwrap().clone()).unwrap();
+    assert_eq!(p.roles, ["authenticated"], "default roles");
+    let no_default = PrincipalConfig {
+        default_roles: vec![],
+        ..PrincipalConfig::default()
+    };
+    assert_eq!(
+        map_claims(&no_default, c.as_object().unwrap().clone()),
+        Err(IdentityError::MissingClaim("roles".into()))
+    );
+
+    let mut c = claims();
+    c["sub"] = json!(42);
+    assert_eq!(
+        map_claims(&PrincipalConfig::default(), c.as_object().unwrap().clone()),
+        Err(IdentityError::MissingClaim("sub".into()))
+    );
+}
+
+#[test]
+fn token_is_kept_only_when_passed_to_cerbos_and_never_printed() {
+    let mapping = PrincipalConfig {
+        pass_token_to_cerbos: true,
+        ..PrincipalConfig::default()
+    };
+    let token = rs256(&claims());
+    let p = authenticator(mapping)
+        .authenticate(&bearer(&token), &HashMap::new())
+        .unwrap();
+    assert_eq!(p.token.as_ref().unwrap().expose(), token);
+    assert!(!format!("{p:?}").contains(&token));
+}
+
+#[test]
+fn envoy_metadata_numbers_become_integers() {
+    let payload =
+        json!({"sub": "bob", "roles": ["support"], "refund_limit_cents": 5000.0, "ratio": 0.5});
+    let p = map_claims(
+        &PrincipalConfig::default(),
+        payload.as_object().unwrap().clone(),
+    )
+    .unwrap();
+    assert_eq!(p.attr["refund_limit_cents"], json!(5000));
+    assert!(p.attr["refund_limit_cents"].is_i64());
+    assert_eq!(p.attr["ratio"], json!(0.5));
+}

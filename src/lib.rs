@@ -1,0 +1,24 @@
+//! agent-authz: Cerbos policy decisions for AI agent traffic behind Envoy.
+//!
+//! Envoy's `ext_authz` filter sends every request (with its buffered body) to
+//! [`respond::ext_authz`]. The [`pipeline`] then runs the stages in request order:
+//!
+//! 1. [`identity`]: who asks (a verified JWT, or the payload Envoy's `jwt_authn` verified);
+//! 2. [`extract`]: what they ask for (model and declared tools, or MCP JSON-RPC messages);
+//! 3. [`decide`]: whether they may (one Cerbos `CheckResources` call for everything);
+//! 4. [`respond`]: the answer Envoy enforces (forward with identity headers, or a refusal in
+//!    the caller's dialect);
+//! 5. [`audit`]: one decision record per request.
+//!
+//! Each module depends only on the stages after it, never on the transport.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod decide;
+pub mod extract;
+pub mod identity;
+pub mod pipeline;
+pub mod respond;
+pub mod server;

@@ -1,0 +1,83 @@
+//! The `agent-authz` binary: parses the command line, sets up diagnostics, loads the
+//! configuration and hands over to the library. Exit codes: 0 ok, 64 bad configuration or
+//! usage, 1 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use agent_authz::config::Config;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Cerbos policy decisions for AI agent traffic behind Envoy ext_authz"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Envoy's ext_authz gRPC API.
+    Serve {
+        /// Path to the YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit (0 valid, 64 invalid).
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // Both rustls back ends are linked (tonic and reqwest); name the one in use.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let path = match &cli.command {
+        Command::Serve { config } | Command::Validate { config } => config,
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("agent-authz: invalid configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match cli.command {
+        Command::Validate { .. } => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { .. } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("agent-authz: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(agent_authz::server::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agent-authz: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The one place the stages are chained: identity → extract → decide → respond → audit.
+//! Transport-agnostic: ext_authz decodes into a [`CheckInput`] and encodes the [`Outcome`].
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, now_rfc3339};
+use crate::config::{Config, DeniedTools, Format, RouteConfig, UnclassifiedRoutes};
+use crate::decide::vocabulary::Vocabulary;
+use crate::decide::{Decision, PolicyEngine, Subject};
+use crate::extract::{self, AgentRequest, ExtractError, HttpRequest, Router};
+use crate::identity::{Authenticator, Principal};
+use crate::respond::Outcome;
+use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
+
+/// Header telling the upstream who was authorised.
+pub const PRINCIPAL_HEADER: &str = "x-agent-authz-principal";
+/// Header carrying the decision id, which joins the upstream's logs with ours.
+pub const DECISION_ID_HEADER: &str = "x-agent-authz-decision-id";
+/// Envoy marks a body cut at `max_request_bytes` with this header.
+const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
+/// A request as the transport delivered it.
+#[derive(Debug, Clone, Default)]
+pub struct CheckInput {
+    pub method: String,
+    /// The request target as Envoy saw it (may include a query string).
+    pub path: String,
+    /// Lower-cased header names.
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+    /// Envoy metadata namespaces (`metadata_context.filter_metadata`) as JSON.
+    pub metadata: HashMap<String, Value>,
+}
+
+pub struct Pipeline<E> {
+    router: Router,
+    authenticator: Authenticator,
+    vocabulary: Vocabulary,
+    engine: E,
+    unclassified: UnclassifiedRoutes,
+    denied_tools: DeniedTools,
+    max_body_bytes: usize,
+    protected_prefixes: Vec<String>,
+    answers: AnswerSettings,
+    audit: AuditLog,
+}
+
+/// What happened, accumulated as the stages run, then logged once.
+struct Trace {
+    started: Instant,
+    decision_id: String,
+    request_id: String,
+    principal: Option<Principal>,
+    route: Option<RouteConfig>,
+    decision: Decision,
+    denied_tools: Vec<String>,
+}
+
+impl<E: PolicyEngine> Pipeline<E> {
+    pub fn new(config: &Config, authenticator: Authenticator, engine: E, audit: AuditLog) -> Self {
+        Self {
+            router: Router::new(&config.routes),
+            authenticator,
+            vocabulary: Vocabulary::new(&config.vocabulary),
+            engine,
+            unclassified: config.unclassified_routes,
+            denied_tools: config.denied_tools,
+            max_body_bytes: config.server.max_request_bytes,
+            protected_prefixes: config.identity.protected_header_prefixes.clone(),
+            answers: AnswerSettings {
+                pdp_unavailable_status: config.cerbos.unavailable_status,
+                mcp_denied_status: config.mcp.denied_http_status,
+            },
+            audit,
+        }
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Judges one request. Never fails: every problem becomes a refusal.
+    pub async fn check(&self, input: CheckInput) -> Outcome {
+        let request_id = input
+            .headers
+            .get("x-request-id")
+            .filter(|id| !id.is_empty())
+            .cloned()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut trace = Trace {
+            started: Instant::now(),
+            decision_id: uuid::Uuid::new_v4().to_string(),
+            request_id,
+            principal: None,
+            route: None,
+            decision: Decision::default(),
+            denied_tools: Vec::new(),
+        };
+        let (result, dialect) = self.run(&input, &mut trace).await;
+        let principal_id = trace
+            .principal
+            .as_ref()
+            .map_or("", |p| p.id.as_str())
+            .to_owned();
+        let (outcome, status, reason, refusal) = match result {
+            Ok(()) => {
+                let reason = if trace.denied_tools.is_empty() {
+                    "allowed".to_owned()
+                } else {
+                    format!(
+                        "allowed; denied tools passed: {}",
+                        trace.denied_tools.join(", ")
+                    )
+                };
+                (self.allow(&input, &trace, &reason), 200, reason, None)
+            }
+            Err(refusal) => {
+                let reason = refusal.reason(&principal_id);
+                let denial = refusal.answer(&principal_id, &dialect, self.answers);
+                let status = denial.status;
+                let metadata = metadata(&trace, "deny", &reason);
+                (
+                    Outcome::Deny { denial, metadata },
+                    status,
+                    reason,
+                    Some(refusal.label()),
+                )
+            }
+        };
+        self.audit
+            .write(&record(&input, &trace, status, reason, refusal));
+        outcome
+    }
+
+    async fn run(&self, input: &CheckInput, trace: &mut Trace) -> (Result<(), Refusal>, Dialect) {
+        let path = extract::path_without_query(&input.path);
+        let route = self.router.classify(path).cloned();
+        trace.route = route.clone();
+        let mut dialect = match route.as_ref().map(|r| r.format) {
+            Some(Format::Mcp) => Dialect::Mcp {
+                ids: vec![],
+                batch: false,
+            },
+            _ => Dialect::Llm,
+        };
+        if let Err(e) = extract::check_normalized(path) {
+            return (Err(Refusal::BadRequest(e)), dialect);
+        }
+        let principal = match self
+            .authenticator
+            .authenticate(&input.headers, &input.metadata)
+        {
+            Ok(principal) => principal,
+            Err(e) => return (Err(Refusal::Unauthenticated(e)), dialect),
+        };
+        trace.principal = Some(principal.clone());
+        let Some(route) = route else {
+            return match self.unclassified {
+                UnclassifiedRoutes::Allow => (Ok(()), dialect),
+                UnclassifiedRoutes::Deny => {
+                    (Err(Refusal::UnclassifiedRoute(path.to_owned())), dialect)
+                }
+            };
+        };
+        let request = match self.read_body(&route, input, path) {
+            Ok(request) => request,
+            Err(e) => return (Err(Refusal::BadRequest(e)), dialect),
+        };
+        if let AgentRequest::Mcp(mcp) = &request {
+            dialect = Dialect::Mcp {
+                ids: mcp.messages.iter().map(|m| m.id.clone()).collect(),
+                batch: mcp.batch,
+            };
+        }
+        let checks = self.vocabulary.checks(&route, &request);
+        match self
+            .engine
+            .check(&principal, checks, &trace.request_id)
+            .await
+        {
+            Ok(decision) => trace.decision = decision,
+            Err(e) => return (Err(Refusal::PolicyUnavailable(e)), dialect),
+        }
+        (self.judge(trace), dialect)
+    }
+
+    fn read_body(
+        &self,
+        route: &RouteConfig,
+        input: &CheckInput,
+        path: &str,
+    ) -> Result<AgentRequest, ExtractError> {
+        if input
+            .headers
+            .get(PARTIAL_BODY_HEADER)
+            .is_some_and(|v| v == "true")
+        {
+            return Err(ExtractError::TruncatedBody);
+        }
+        if input.body.len() > self.max_body_bytes {
+            return Err(ExtractError::BodyTooLarge {
+                limit: self.max_body_bytes,
+            });
+        }
+        let declared = input
+            .headers
+            .get("content-length")
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if input.body.is_empty()
+            && (declared > 0 || input.headers.contains_key("transfer-encoding"))
+        {
+            tracing::warn!(
+                path,
+                "request has a body but Envoy sent none: set with_request_body on the ext_authz filter"
+            );
+        }
+        extract::extract(
+            route,
+            &HttpRequest {
+                method: &input.method,
+                path,
+                headers: &input.headers,
+                body: &input.body,
+            },
+        )
+    }
+
+    /// Applies the verdicts: any denied model or MCP message refuses the request; denied
+    /// declared tools refuse it or pass, as configured.
+    fn judge(&self, trace: &mut Trace) -> Result<(), Refusal> {
+        let denied: Vec<_> = trace
+            .decision
+            .verdicts
+            .iter()
+            .filter(|v| !v.effect.allows())
+            .cloned()
+            .collect();
+        trace.denied_tools = denied
+            .iter()
+            .filter_map(|v| match &v.check.subject {
+                Subject::Tool(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let blocking: Vec<_> = denied
+            .into_iter()
+            .filter(|v| {
+                !matches!(v.check.subject, Subject::Tool(_))
+                    || self.denied_tools == DeniedTools::Reject
+            })
+            .collect();
+        if blocking.is_empty() {
+            Ok(())
+        } else {
+            // Report the model first: it is the question the caller most needs answered.
+            let mut blocking = blocking;
+            blocking.sort_by_key(|v| !matches!(v.check.subject, Subject::Model(_)));
+            Err(Refusal::PolicyDenied(blocking))
+        }
+    }
+
+    fn allow(&self, input: &CheckInput, trace: &Trace, reason: &str) -> Outcome {
+        let mut headers = vec![(DECISION_ID_HEADER.to_owned(), trace.decision_id.clone())];
+        if let Some(p) = &trace.principal {
+            headers.push((PRINCIPAL_HEADER.to_owned(), p.id.clone()));
+        }
+        let remove_headers = input
+            .headers
+            .keys()
+            .filter(|name| {
+                self.protected_prefixes
+                    .iter()
+                    .any(|p| name.starts_with(p.as_str()))
+                    && !headers.iter().any(|(set, _)| set == *name)
+            })
+            .cloned()
+            .collect();
+        Outcome::Allow {
+            headers,
+            remove_headers,
+            metadata: metadata(trace, "allow", reason),
+        }
+    }
+}
+
+/// Dynamic metadata for Envoy's access log (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
+fn metadata(trace: &Trace, effect: &str, reason: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("decision_id".into(), trace.decision_id.clone().into());
+    m.insert("effect".into(), effect.into());
+    m.insert("reason".into(), reason.into());
+    if let Some(p) = &trace.principal {
+        m.insert("principal".into(), p.id.clone().into());
+    }
+    if !trace.denied_tools.is_empty() {
+        m.insert("denied_tools".into(), trace.denied_tools.join(",").into());
+    }
+    m
+}
+
+fn record(
+    input: &CheckInput,
+    trace: &Trace,
+    status: u16,
+    reason: String,
+    refusal: Option<&'static str>,
+) -> DecisionRecord {
+    DecisionRecord {
+        time: now_rfc3339(),
+        decision_id: trace.decision_id.clone(),
+        request_id: trace.request_id.clone(),
+        effect: if refusal.is_none() { "allow" } else { "deny" },
+        status,
+        reason,
+        refusal,
+        principal: trace.principal.as_ref().map(PrincipalRecord::from),
+        method: input.method.clone(),
+        path: extract::path_without_query(&input.path).to_owned(),
+        route: trace.route.as_ref().map(|r| r.path_prefix.clone()),
+        format: trace.route.as_ref().map(|r| r.format.as_str()),
+        resources: trace
+            .decision
+            .verdicts
+            .iter()
+            .map(ResourceRecord::from)
+            .collect(),
+        denied_tools: trace.denied_tools.clone(),
+        cerbos_call_ids: trace.decision.call_ids.clone(),
+        latency_ms: trace.started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

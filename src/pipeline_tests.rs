@@ -1,0 +1,420 @@
+//! The pipeline against a fake policy engine: every refusal path, and proof that nothing
+//! reaches the engine when identity or parsing fails.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use super::*;
+use crate::decide::{DecideError, Effect, ResourceCheck, Verdict};
+
+/// Allows what `allow` says; records every check it is asked.
+struct FakeEngine {
+    allow: fn(&Principal, &ResourceCheck) -> bool,
+    fail: Option<DecideError>,
+    calls: AtomicUsize,
+    seen: Mutex<Vec<ResourceCheck>>,
+}
+
+impl PolicyEngine for FakeEngine {
+    async fn check(
+        &self,
+        principal: &Principal,
+        checks: Vec<ResourceCheck>,
+        _: &str,
+    ) -> Result<Decision, DecideError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        self.seen.lock().unwrap().extend(checks.iter().cloned());
+        let verdicts = checks
+            .into_iter()
+            .map(|check| {
+                let effect = if (self.allow)(principal, &check) {
+                    Effect::Allow
+                } else {
+                    Effect::Deny
+                };
+                Verdict {
+                    check,
+                    effect,
+                    policy: Some("resource.fake.vdefault".into()),
+                    outputs: vec![],
+                }
+            })
+            .collect();
+        Ok(Decision {
+            verdicts,
+            call_ids: vec!["call-1".into()],
+        })
+    }
+}
+
+/// The demo rules: alice may invoke gpt-4o-mini, expose get_weather, connect, and refund up to
+/// her limit on her ticket.
+fn demo_rules(p: &Principal, c: &ResourceCheck) -> bool {
+    match (c.kind.as_str(), c.action.as_str()) {
+        ("llm_model", "invoke") => c.id == "gpt-4o-mini",
+        ("llm_tool", "expose") => c.id == "get_weather",
+        ("mcp_server", "connect") => true,
+        ("mcp_server", "tools/call/refund") => {
+            let args = &c.attr["arguments"];
+            args["ticket_id"] == p.attr["assigned_ticket"]
+                && args["amount_cents"].as_f64() <= p.attr["refund_limit_cents"].as_f64()
+        }
+        _ => false,
+    }
+}
+
+const CONFIG: &str = "
+identity:
+  source: envoy_jwt_authn
+routes:
+  - {path_prefix: /v1/chat/completions, format: openai_chat}
+  - {path_prefix: /mcp, format: mcp, mcp_server: support}
+";
+
+struct Harness {
+    pipeline: Pipeline<FakeEngine>,
+}
+
+impl Harness {
+    async fn new(extra: &str) -> Self {
+        Self::with_engine(extra, None).await
+    }
+
+    async fn with_engine(extra: &str, fail: Option<DecideError>) -> Self {
+        let config = Config::parse(&format!("{CONFIG}{extra}")).unwrap();
+        let authenticator = Authenticator::start(&config.identity).await.unwrap();
+        let engine = FakeEngine {
+            allow: demo_rules,
+            fail,
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(vec![]),
+        };
+        Self {
+            pipeline: Pipeline::new(
+                &config,
+                authenticator,
+                engine,
+                AuditLog::Memory(Mutex::new(vec![])),
+            ),
+        }
+    }
+
+    fn engine_calls(&self) -> usize {
+        self.pipeline.engine.calls.load(Ordering::SeqCst)
+    }
+
+    fn log(&self) -> Vec<Value> {
+        match &self.pipeline.audit {
+            AuditLog::Memory(lines) => lines.lock().unwrap().clone(),
+            AuditLog::Stdout => unreachable!(),
+        }
+    }
+}
+
+fn alice() -> HashMap<String, Value> {
+    HashMap::from([(
+        "envoy.filters.http.jwt_authn".to_owned(),
+        json!({"jwt_payload": {"sub": "alice", "roles": ["support"], "assigned_ticket": "T-100", "refund_limit_cents": 100000.0}}),
+    )])
+}
+
+fn input(path: &str, body: Value, metadata: HashMap<String, Value>) -> CheckInput {
+    CheckInput {
+        method: "POST".into(),
+        path: path.into(),
+        headers: HashMap::from([
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("x-request-id".to_owned(), "req-1".to_owned()),
+        ]),
+        body: Bytes::from(body.to_string()),
+        metadata,
+    }
+}
+
+fn chat(model: &str, tools: &[&str]) -> Value {
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|t| json!({"type": "function", "function": {"name": t}}))
+        .collect();
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "tools": tools})
+}
+
+fn refund(id: u64, ticket: &str, cents: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": "refund", "arguments": {"ticket_id": ticket, "amount_cents": cents}}})
+}
+
+fn denial(outcome: &Outcome) -> (u16, Value) {
+    match outcome {
+        Outcome::Deny { denial, .. } => {
+            (denial.status, serde_json::from_str(&denial.body).unwrap())
+        }
+        Outcome::Allow { .. } => panic!("expected a denial, got {outcome:?}"),
+    }
+}
+
+#[tokio::test]
+async fn allowed_chat_is_forwarded_with_identity_headers_and_forged_ones_removed() {
+    let h = Harness::new("").await;
+    let mut req = input(
+        "/v1/chat/completions?stream=1",
+        chat("gpt-4o-mini", &["get_weather"]),
+        alice(),
+    );
+    req.headers
+        .insert("x-agent-authz-principal".into(), "root".into());
+    req.headers
+        .insert("x-agent-authz-role".into(), "admin".into());
+    let Outcome::Allow {
+        headers,
+        remove_headers,
+        metadata,
+    } = h.pipeline.check(req).await
+    else {
+        panic!("expected allow");
+    };
+    assert!(
+        headers.contains(&(PRINCIPAL_HEADER.to_owned(), "alice".to_owned())),
+        "overwrites the forged value"
+    );
+    assert!(headers.iter().any(|(k, _)| k == DECISION_ID_HEADER));
+    assert_eq!(remove_headers, ["x-agent-authz-role"]);
+    assert_eq!(
+        (metadata["effect"].as_str(), metadata["principal"].as_str()),
+        (Some("allow"), Some("alice"))
+    );
+    let log = h.log();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["effect"], "allow");
+    assert_eq!(log[0]["request_id"], "req-1");
+    assert_eq!(log[0]["principal"]["id"], "alice");
+    assert_eq!(log[0]["principal"]["attr"]["refund_limit_cents"], 100000);
+    assert_eq!(log[0]["resources"].as_array().unwrap().len(), 2);
+    assert_eq!(log[0]["decision_id"], metadata["decision_id"]);
+}
+
+#[tokio::test]
+async fn denied_model_is_a_403_naming_it() {
+    let h = Harness::new("").await;
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input("/v1/chat/completions", chat("gpt-4o", &[]), alice()))
+            .await,
+    );
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "model_denied");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alice may not invoke model gpt-4o")
+    );
+    let log = h.log();
+    assert_eq!(
+        (log[0]["effect"].as_str(), log[0]["refusal"].as_str()),
+        (Some("deny"), Some("policy_denied"))
+    );
+    assert_eq!(log[0]["resources"][0]["effect"], "deny");
+    assert_eq!(log[0]["resources"][0]["policy"], "resource.fake.vdefault");
+}
+
+#[tokio::test]
+async fn denied_tools_reject_or_pass_as_configured() {
+    let h = Harness::new("").await;
+    let req = || {
+        input(
+            "/v1/chat/completions",
+            chat("gpt-4o-mini", &["get_weather", "delete_repo"]),
+            alice(),
+        )
+    };
+    let (status, body) = denial(&h.pipeline.check(req()).await);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tool_denied"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("use tool delete_repo")
+    );
+
+    let h = Harness::new("denied_tools: pass\n").await;
+    let Outcome::Allow { metadata, .. } = h.pipeline.check(req()).await else {
+        panic!("pass mode allows")
+    };
+    assert_eq!(metadata["denied_tools"], "delete_repo");
+    assert_eq!(h.log()[0]["denied_tools"], json!(["delete_repo"]));
+
+    // A denied model still refuses in pass mode, and is named first.
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o", &["delete_repo"]),
+                alice(),
+            ))
+            .await,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("model_denied"))
+    );
+}
+
+#[tokio::test]
+async fn mcp_refunds_are_judged_on_their_arguments() {
+    let h = Harness::new("").await;
+    assert!(matches!(
+        h.pipeline
+            .check(input("/mcp", refund(1, "T-100", 5000), alice()))
+            .await,
+        Outcome::Allow { .. }
+    ));
+    for (ticket, cents) in [("T-100", 200_000), ("T-999", 10)] {
+        let (status, body) = denial(
+            &h.pipeline
+                .check(input("/mcp", refund(2, ticket, cents), alice()))
+                .await,
+        );
+        assert_eq!(status, 200, "JSON-RPC error over HTTP 200");
+        assert_eq!(body["id"], 2);
+        assert_eq!(body["error"]["code"], 403);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tools/call/refund")
+        );
+    }
+    let denied = &h.log()[1];
+    assert_eq!(
+        denied["resources"][0]["attr"]["arguments"]["amount_cents"],
+        200000
+    );
+    assert_eq!(denied["format"], "mcp");
+}
+
+#[tokio::test]
+async fn an_mcp_batch_is_judged_element_by_element() {
+    let h = Harness::new("").await;
+    let batch = json!([refund(1, "T-100", 10), refund(2, "T-100", 999_999)]);
+    let (status, body) = denial(&h.pipeline.check(input("/mcp", batch, alice())).await);
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().unwrap().len(), 2);
+    assert_eq!(h.pipeline.engine.seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn identity_failures_never_reach_the_engine() {
+    let h = Harness::new("").await;
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o-mini", &[]),
+                HashMap::new(),
+            ))
+            .await,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["type"], "authentication_error");
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input("/mcp", refund(4, "T-100", 1), HashMap::new()))
+            .await,
+    );
+    assert_eq!((status, body["error"]["code"].as_i64()), (401, Some(401)));
+    assert_eq!(h.engine_calls(), 0);
+    assert_eq!(h.log()[0]["refusal"], "unauthenticated");
+}
+
+#[tokio::test]
+async fn unreadable_bodies_are_refused_before_the_engine() {
+    let h = Harness::new("").await;
+    let mut req = input("/v1/chat/completions", json!({}), alice());
+    req.body = Bytes::from_static(b"{not json");
+    assert_eq!(denial(&h.pipeline.check(req).await).0, 400);
+    let mut req = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+    req.headers
+        .insert("x-envoy-auth-partial-body".into(), "true".into());
+    assert_eq!(denial(&h.pipeline.check(req).await).0, 413);
+    let mut req = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+    req.body = Bytes::from(vec![b' '; 2 << 20]);
+    assert_eq!(denial(&h.pipeline.check(req).await).0, 413);
+    let req = input(
+        "/v1/chat/completions/../models",
+        chat("gpt-4o-mini", &[]),
+        alice(),
+    );
+    assert_eq!(denial(&h.pipeline.check(req).await).0, 400);
+    assert_eq!(h.engine_calls(), 0);
+}
+
+#[tokio::test]
+async fn unclassified_routes_follow_config() {
+    let h = Harness::new("").await;
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input("/v2/other", json!({}), alice()))
+            .await,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("route_denied"))
+    );
+    let h = Harness::new("unclassified_routes: allow\n").await;
+    assert!(matches!(
+        h.pipeline
+            .check(input("/v2/other", json!({}), alice()))
+            .await,
+        Outcome::Allow { .. }
+    ));
+    let (status, _) = denial(
+        &h.pipeline
+            .check(input("/v2/other", json!({}), HashMap::new()))
+            .await,
+    );
+    assert_eq!(
+        status, 401,
+        "allowed unclassified routes still need an identity"
+    );
+    assert_eq!(h.engine_calls(), 0);
+}
+
+#[tokio::test]
+async fn engine_failure_fails_closed() {
+    let h = Harness::with_engine(
+        "",
+        Some(DecideError::Unavailable("connection refused".into())),
+    )
+    .await;
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o-mini", &[]),
+                alice(),
+            ))
+            .await,
+    );
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "policy_unavailable");
+    let h = Harness::with_engine(
+        "cerbos: {unavailable_status: 500}\n",
+        Some(DecideError::Timeout(500)),
+    )
+    .await;
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input("/mcp", refund(3, "T-100", 1), alice()))
+            .await,
+    );
+    assert_eq!((status, body["error"]["code"].as_i64()), (500, Some(503)));
+}

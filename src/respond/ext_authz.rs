@@ -1,0 +1,350 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check`: decode the `CheckRequest` into a
+//! [`CheckInput`], run the pipeline, encode the [`Outcome`] as a `CheckResponse`.
+//!
+//! Every response carries an explicit status: Envoy treats a response without one as OK.
+//! Denials use `denied_response` (never `error_response`), so a deployment that turned on
+//! `failure_mode_allow` still cannot let a refused request through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::google::rpc::Status;
+use serde_json::{Map, Value};
+use tonic::{Request, Response};
+
+use super::{Denial, Outcome};
+use crate::decide::PolicyEngine;
+use crate::pipeline::{CheckInput, Pipeline};
+
+/// gRPC status codes used in `CheckResponse.status`.
+const CODE_OK: i32 = 0;
+const CODE_PERMISSION_DENIED: i32 = 7;
+const CODE_UNAVAILABLE: i32 = 14;
+const CODE_UNAUTHENTICATED: i32 = 16;
+
+pub struct ExtAuthzService<E> {
+    pipeline: Arc<Pipeline<E>>,
+}
+
+impl<E> ExtAuthzService<E> {
+    pub fn new(pipeline: Arc<Pipeline<E>>) -> Self {
+        Self { pipeline }
+    }
+}
+
+#[tonic::async_trait]
+impl<E: PolicyEngine> Authorization for ExtAuthzService<E> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, tonic::Status> {
+        let input = decode(request.into_inner());
+        let outcome = self.pipeline.check(input).await;
+        Ok(Response::new(encode(outcome)))
+    }
+}
+
+/// CheckRequest → CheckInput. Reads `raw_body` (exact bytes, `pack_as_bytes: true`) when
+/// present, else `body`; and headers from `header_map` when Envoy sends raw headers.
+pub fn decode(request: CheckRequest) -> CheckInput {
+    let attributes = request.attributes.unwrap_or_default();
+    let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+    let mut headers = http.headers;
+    if let Some(map) = http.header_map {
+        for h in map.headers {
+            let value = if h.raw_value.is_empty() {
+                h.value
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            };
+            headers
+                .entry(h.key.to_ascii_lowercase())
+                .and_modify(|v| {
+                    v.push(',');
+                    v.push_str(&value);
+                })
+                .or_insert(value);
+        }
+    }
+    let body = if http.raw_body.is_empty() {
+        Bytes::from(http.body.into_bytes())
+    } else {
+        Bytes::from(http.raw_body)
+    };
+    let metadata = attributes
+        .metadata_context
+        .map(|m| {
+            m.filter_metadata
+                .into_iter()
+                .map(|(ns, s)| (ns, Value::Object(struct_to_json(s))))
+                .collect()
+        })
+        .unwrap_or_else(HashMap::new);
+    CheckInput {
+        method: http.method,
+        path: http.path,
+        headers,
+        body,
+        metadata,
+    }
+}
+
+/// Outcome → CheckResponse.
+pub fn encode(outcome: Outcome) -> CheckResponse {
+    match outcome {
+        Outcome::Allow {
+            headers,
+            remove_headers,
+            metadata,
+        } => CheckResponse {
+            status: Some(status(CODE_OK, "")),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: headers.into_iter().map(|(k, v)| header(k, v)).collect(),
+                headers_to_remove: remove_headers,
+                ..OkHttpResponse::default()
+            })),
+            dynamic_metadata: Some(json_to_struct(metadata)),
+        },
+        Outcome::Deny {
+            denial:
+                Denial {
+                    status: http_status,
+                    headers,
+                    body,
+                },
+            metadata,
+        } => {
+            let code = match http_status {
+                401 => CODE_UNAUTHENTICATED,
+                500..=599 => CODE_UNAVAILABLE,
+                _ => CODE_PERMISSION_DENIED,
+            };
+            CheckResponse {
+                status: Some(status(code, "denied by agent-authz")),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: i32::from(http_status),
+                    }),
+                    headers: headers.into_iter().map(|(k, v)| header(k, v)).collect(),
+                    body,
+                })),
+                dynamic_metadata: Some(json_to_struct(metadata)),
+            }
+        }
+    }
+}
+
+fn status(code: i32, message: &str) -> Status {
+    Status {
+        code,
+        message: message.to_owned(),
+        details: vec![],
+    }
+}
+
+fn header(key: String, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key,
+            value,
+            raw_value: vec![],
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+fn struct_to_json(s: Struct) -> Map<String, Value> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| (k, pb_to_json(v)))
+        .collect()
+}
+
+fn pb_to_json(value: PbValue) -> Value {
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+        }
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(pb_to_json).collect()),
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s)),
+    }
+}
+
+fn json_to_struct(map: Map<String, Value>) -> Struct {
+    Struct {
+        fields: map.into_iter().map(|(k, v)| (k, json_to_pb(v))).collect(),
+    }
+}
+
+fn json_to_pb(value: Value) -> PbValue {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(json_to_pb).collect(),
+        }),
+        Value::Object(map) => Kind::StructValue(json_to_struct(map)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    fn check_request(http: HttpRequest, metadata: Option<Metadata>) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(http),
+                    ..AttrRequest::default()
+                }),
+                metadata_context: metadata,
+                ..AttributeContext::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn decodes_both_body_packings_and_raw_headers() {
+        let input = decode(check_request(
+            HttpRequest {
+                method: "POST".into(),
+                path: "/mcp?x=1".into(),
+                body: "{\"a\":1}".into(),
+                ..HttpRequest::default()
+            },
+            None,
+        ));
+        assert_eq!(
+            (input.method.as_str(), input.path.as_str()),
+            ("POST", "/mcp?x=1")
+        );
+        assert_eq!(&input.body[..], b"{\"a\":1}");
+
+        let input = decode(check_request(
+            HttpRequest {
+                body: "ignored".into(),
+                raw_body: b"\xff\xfe".to_vec(),
+                header_map: Some(HeaderMap {
+                    headers: vec![
+                        HeaderValue {
+                            key: "Authorization".into(),
+                            value: String::new(),
+                            raw_value: b"Bearer a".to_vec(),
+                        },
+                        HeaderValue {
+                            key: "authorization".into(),
+                            value: String::new(),
+                            raw_value: b"Bearer b".to_vec(),
+                        },
+                    ],
+                }),
+                ..HttpRequest::default()
+            },
+            None,
+        ));
+        assert_eq!(
+            &input.body[..],
+            b"\xff\xfe",
+            "raw_body wins and keeps exact bytes"
+        );
+        assert_eq!(
+            input.headers["authorization"], "Bearer a,Bearer b",
+            "repeats are joined like Envoy does"
+        );
+    }
+
+    #[test]
+    fn decodes_jwt_authn_metadata() {
+        let payload = json_to_struct(
+            json!({"sub": "alice", "exp": 1.0e9})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let metadata = Metadata {
+            filter_metadata: HashMap::from([(
+                "envoy.filters.http.jwt_authn".to_owned(),
+                Struct {
+                    fields: HashMap::from([(
+                        "jwt_payload".to_owned(),
+                        PbValue {
+                            kind: Some(Kind::StructValue(payload)),
+                        },
+                    )]),
+                },
+            )]),
+            ..Metadata::default()
+        };
+        let input = decode(check_request(HttpRequest::default(), Some(metadata)));
+        assert_eq!(
+            input.metadata["envoy.filters.http.jwt_authn"]["jwt_payload"]["sub"],
+            "alice"
+        );
+    }
+
+    #[test]
+    fn every_response_has_an_explicit_status() {
+        let allow = encode(Outcome::Allow {
+            headers: vec![("x-a".into(), "1".into())],
+            remove_headers: vec!["x-b".into()],
+            metadata: Map::new(),
+        });
+        assert_eq!(allow.status.unwrap().code, CODE_OK);
+        let Some(HttpResponse::OkResponse(ok)) = allow.http_response else {
+            panic!("ok response")
+        };
+        assert_eq!(
+            ok.headers[0].append_action,
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        );
+        assert_eq!(ok.headers_to_remove, ["x-b"]);
+
+        for (http, code) in [
+            (401, CODE_UNAUTHENTICATED),
+            (403, CODE_PERMISSION_DENIED),
+            (200, CODE_PERMISSION_DENIED),
+            (503, CODE_UNAVAILABLE),
+        ] {
+            let deny = encode(Outcome::Deny {
+                denial: Denial {
+                    status: http,
+                    headers: vec![],
+                    body: "b".into(),
+                },
+                metadata: json!({"effect": "deny"}).as_object().unwrap().clone(),
+            });
+            assert_eq!(deny.status.unwrap().code, code, "HTTP {http}");
+            let Some(HttpResponse::DeniedResponse(d)) = deny.http_response else {
+                panic!("denied response")
+            };
+            assert_eq!(d.status.unwrap().code, i32::from(http));
+            assert_eq!(
+                pb_to_json(PbValue {
+                    kind: Some(Kind::StructValue(deny.dynamic_metadata.unwrap()))
+                }),
+                json!({"effect": "deny"})
+            );
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Every reason to refuse a request, and the one exhaustive mapping from reason to answer.
+//!
+//! Answers speak the caller's dialect so its client library surfaces them well:
+//! - LLM routes: OpenAI's `{"error":{"message","type","code"}}`; the `openai` SDK raises
+//!   `AuthenticationError` (401), `PermissionDeniedError` (403), `BadRequestError` (400).
+//! - MCP routes: a JSON-RPC error carrying the request's id. A policy denial is sent with HTTP
+//!   200 by default (`mcp.denied_http_status`): MCP clients surface it as an error naming the
+//!   tool, whereas python-sdk 1.x hangs on a 4xx and OAuth-enabled clients resend after a 403.
+//!   Our JSON-RPC codes mirror the HTTP status (403, 401, 503) and stay outside the ranges
+//!   JSON-RPC and MCP reserve.
+
+use serde_json::{Value, json};
+
+use super::Denial;
+use crate::decide::{DecideError, Subject, Verdict};
+use crate::extract::{ExtractError, mcp};
+use crate::identity::IdentityError;
+
+/// Why a request does not go through.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Unauthenticated(IdentityError),
+    BadRequest(ExtractError),
+    /// The path matches no configured route and `unclassified_routes` is `deny`.
+    UnclassifiedRoute(String),
+    /// Cerbos denied at least one check; these are the denied verdicts.
+    PolicyDenied(Vec<Verdict>),
+    PolicyUnavailable(DecideError),
+}
+
+/// What the answer needs to know about the request it refuses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dialect {
+    /// OpenAI-style LLM API (or an unclassified route).
+    Llm,
+    /// MCP: the JSON-RPC ids of the exchange's requests (notifications have none).
+    Mcp {
+        ids: Vec<Option<Value>>,
+        batch: bool,
+    },
+}
+
+/// Answer-shaping settings, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerSettings {
+    pub pdp_unavailable_status: u16,
+    pub mcp_denied_status: u16,
+}
+
+/// Mnemonic JSON-RPC codes (see the module doc).
+const RPC_DENIED: i64 = 403;
+const RPC_UNAUTHENTICATED: i64 = 401;
+const RPC_UNAVAILABLE: i64 = 503;
+
+impl Refusal {
+    /// A short plain-text reason for logs and metadata.
+    pub fn reason(&self, principal: &str) -> String {
+        match self {
+            Refusal::Unauthenticated(e) => e.to_string(),
+            Refusal::BadRequest(e) => e.to_string(),
+            Refusal::UnclassifiedRoute(path) => format!("no route is configured for {path}"),
+            Refusal::PolicyDenied(verdicts) => denial_sentence(principal, verdicts),
+            Refusal::PolicyUnavailable(e) => e.to_string(),
+        }
+    }
+
+    /// A stable label for the kind of refusal (logs, metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::UnclassifiedRoute(_) => "unclassified_route",
+            Refusal::PolicyDenied(_) => "policy_denied",
+            Refusal::PolicyUnavailable(_) => "policy_unavailable",
+        }
+    }
+
+    pub fn answer(&self, principal: &str, dialect: &Dialect, settings: AnswerSettings) -> Denial {
+        let reason = self.reason(principal);
+        let (status, kind, code, rpc_code) = match self {
+            Refusal::Unauthenticated(IdentityError::KeysUnavailable) => (
+                503,
+                "service_unavailable",
+                "keys_unavailable",
+                RPC_UNAVAILABLE,
+            ),
+            Refusal::Unauthenticated(IdentityError::MissingToken) => (
+                401,
+                "authentication_error",
+                "missing_token",
+                RPC_UNAUTHENTICATED,
+            ),
+            Refusal::Unauthenticated(_) => (
+                401,
+                "authentication_error",
+                "invalid_token",
+                RPC_UNAUTHENTICATED,
+            ),
+            Refusal::BadRequest(e) => {
+                let (status, rpc) = match e {
+                    ExtractError::BodyTooLarge { .. } | ExtractError::TruncatedBody => {
+                        (413, mcp::INVALID_REQUEST)
+                    }
+                    ExtractError::UnsupportedContentType(_)
+                    | ExtractError::UnsupportedContentEncoding(_) => (415, mcp::INVALID_REQUEST),
+                    ExtractError::McpMethodNotAllowed(_) => (405, mcp::INVALID_REQUEST),
+                    ExtractError::Mcp { code, .. } => (400, *code),
+                    ExtractError::NotJson(_) => (400, -32700),
+                    ExtractError::EmptyBody
+                    | ExtractError::UnnormalizedPath(_)
+                    | ExtractError::InvalidRequest(_) => (400, mcp::INVALID_REQUEST),
+                };
+                (status, "invalid_request_error", "invalid_request", rpc)
+            }
+            Refusal::UnclassifiedRoute(_) => (403, "permission_denied", "route_denied", RPC_DENIED),
+            Refusal::PolicyDenied(verdicts) => {
+                let code = if verdicts
+                    .iter()
+                    .any(|v| matches!(v.check.subject, Subject::Model(_)))
+                {
+                    "model_denied"
+                } else {
+                    "tool_denied"
+                };
+                (403, "permission_denied", code, RPC_DENIED)
+            }
+            Refusal::PolicyUnavailable(_) => (
+                settings.pdp_unavailable_status,
+                "service_unavailable",
+                "policy_unavailable",
+                RPC_UNAVAILABLE,
+            ),
+        };
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if let Refusal::Unauthenticated(e) = self {
+            match e {
+                IdentityError::MissingToken => headers
+                    .push(("www-authenticate".into(), "Bearer realm=\"agent-authz\"".into())),
+                IdentityError::KeysUnavailable => {}
+                other => headers.push((
+                    "www-authenticate".into(),
+                    format!(
+                        "Bearer realm=\"agent-authz\", error=\"invalid_token\", error_description=\"{}\"",
+                        other.to_string().replace(['"', '\\'], "'")
+                    ),
+                )),
+            }
+        }
+        if let Refusal::BadRequest(ExtractError::McpMethodNotAllowed(_)) = self {
+            headers.push(("allow".into(), "GET, POST, DELETE".into()));
+        }
+        let message = format!("agent-authz: {reason}");
+        match dialect {
+            Dialect::Llm => Denial {
+                status,
+                headers,
+                body: json!({"error": {"message": message, "type": kind, "code": code}})
+                    .to_string(),
+            },
+            Dialect::Mcp { ids, batch } => {
+                let status = match self {
+                    Refusal::PolicyDenied(_) => settings.mcp_denied_status,
+                    _ => status,
+                };
+                let id_of_error = match self {
+                    Refusal::BadRequest(ExtractError::Mcp { id, .. }) => Some(id.clone()),
+                    _ => None,
+                };
+                let body = mcp_error_body(self, ids, *batch, id_of_error, rpc_code, &message);
+                Denial {
+                    status,
+                    headers,
+                    body: body.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// JSON-RPC error(s). A denied batch is refused whole: each request in it gets an error, the
+/// denied ones with their own reason.
+fn mcp_error_body(
+    refusal: &Refusal,
+    ids: &[Option<Value>],
+    batch: bool,
+    explicit_id: Option<Option<Value>>,
+    code: i64,
+    message: &str,
+) -> Value {
+    let error = |id: &Option<Value>, message: &str, data: Value| {
+        json!({"jsonrpc": "2.0", "id": id.clone().unwrap_or(Value::Null),
+               "error": {"code": code, "message": message, "data": data}})
+    };
+    let data_for = |index: usize| -> Value {
+        match refusal {
+            Refusal::PolicyDenied(verdicts) => verdicts
+                .iter()
+                .find(|v| v.check.subject == Subject::McpMessage(index))
+                .map(|v| json!({"action": v.check.action, "resource": v.check.id, "reason": v.reason()}))
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    };
+    if let Some(id) = explicit_id {
+        return error(&id, message, Value::Null);
+    }
+    if !batch {
+        return error(ids.first().unwrap_or(&None), message, data_for(0));
+    }
+    let errors: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| id.is_some())
+        .map(|(i, id)| {
+            let data = data_for(i);
+            let own = if data.is_null() {
+                format!("{message} (the batch was refused as a whole)")
+            } else {
+                message.to_owned()
+            };
+            error(id, &own, data)
+        })
+        .collect();
+    if errors.is_empty() {
+        error(&None, message, Value::Null)
+    } else {
+        Value::Array(errors)
+    }
+}
+
+/// "alice may not invoke llm_model gpt-4o (no policy rule allows it)"; several denials are
+/// joined with "; ".
+pub fn denial_sentence(principal: &str, verdicts: &[Verdict]) -> String {
+    verdicts
+        .iter()
+        .map(|v| {
+            let what = match &v.check.subject {
+                Subject::Model(m) => format!("invoke model {m}"),
+                Subject::Tool(t) => format!("use tool {t}"),
+                Subject::McpMessage(_) => format!("{} on {}", v.check.action, v.check.id),
+            };
+            format!("{principal} may not {what} ({})", v.reason())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+    use crate::decide::{Effect, ResourceCheck};
+
+    const SETTINGS: AnswerSettings = AnswerSettings {
+        pdp_unavailable_status: 503,
+        mcp_denied_status: 200,
+    };
+
+    fn verdict(subject: Subject, id: &str, action: &str) -> Verdict {
+        Verdict {
+            check: ResourceCheck {
+                kind: "k".into(),
+                id: id.into(),
+                action: action.into(),
+                attr: Map::new(),
+                subject,
+            },
+            effect: Effect::Deny,
+            policy: Some("resource.k.vdefault".into()),
+            outputs: vec![],
+        }
+    }
+
+    fn body(d: &Denial) -> Value {
+        serde_json::from_str(&d.body).unwrap()
+    }
+
+    #[test]
+    fn model_denial_is_an_openai_403() {
+        let r = Refusal::PolicyDenied(vec![verdict(
+            Subject::Model("gpt-4o".into()),
+            "gpt-4o",
+            "invoke",
+        )]);
+        let d = r.answer("alice", &Dialect::Llm, SETTINGS);
+        assert_eq!(d.status, 403);
+        let b = body(&d);
+        assert_eq!(b["error"]["code"], "model_denied");
+        assert_eq!(b["error"]["type"], "permission_denied");
+        assert_eq!(
+            b["error"]["message"],
+            "agent-authz: alice may not invoke model gpt-4o (denied by resource.k.vdefault)"
+        );
+    }
+
+    #[test]
+    fn mcp_denial_is_a_jsonrpc_error_with_the_request_id() {
+        let r = Refusal::PolicyDenied(vec![verdict(
+            Subject::McpMessage(0),
+            "refund",
+            "tools/call/refund",
+        )]);
+        let dialect = Dialect::Mcp {
+            ids: vec![Some(json!(9))],
+            batch: false,
+        };
+        let d = r.answer("alice", &dialect, SETTINGS);
+        assert_eq!(d.status, 200);
+        let b = body(&d);
+        assert_eq!(b["id"], 9);
+        assert_eq!(b["error"]["code"], 403);
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tools/call/refund on refund")
+        );
+        assert_eq!(b["error"]["data"]["resource"], "refund");
+    }
+
+    #[test]
+    fn denied_batches_answer_every_request() {
+        let r = Refusal::PolicyDenied(vec![verdict(
+            Subject::McpMessage(1),
+            "refund",
+            "tools/call/refund",
+        )]);
+        let dialect = Dialect::Mcp {
+            ids: vec![Some(json!(1)), Some(json!(2)), None],
+            batch: true,
+        };
+        let b = body(&r.answer("alice", &dialect, SETTINGS));
+        let items = b.as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0]["id"], 1);
+        assert!(
+            items[0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("refused as a whole")
+        );
+        assert_eq!(items[1]["error"]["data"]["resource"], "refund");
+    }
+
+    #[test]
+    fn unauthenticated_carries_a_bearer_challenge() {
+        let d = Refusal::Unauthenticated(IdentityError::MissingToken).answer(
+            "",
+            &Dialect::Llm,
+            SETTINGS,
+        );
+        assert_eq!(d.status, 401);
+        assert!(d.headers.contains(&(
+            "www-authenticate".into(),
+            "Bearer realm=\"agent-authz\"".into()
+        )));
+        let d = Refusal::Unauthenticated(IdentityError::InvalidToken("token expired".into()))
+            .answer(
+                "",
+                &Dialect::Mcp {
+                    ids: vec![Some(json!(1))],
+                    batch: false,
+                },
+                SETTINGS,
+            );
+        assert_eq!(d.status, 401);
+        let challenge = &d
+            .headers
+            .iter()
+            .find(|(k, _)| k == "www-authenticate")
+            .unwrap()
+            .1;
+        assert!(
+            challenge.contains("error=\"invalid_token\"") && challenge.contains("token expired")
+        );
+        assert_eq!(body(&d)["error"]["code"], 401);
+    }
+
+    #[test]
+    fn statuses_follow_the_reason() {
+        let status = |r: Refusal| r.answer("a", &Dialect::Llm, SETTINGS).status;
+        assert_eq!(
+            status(Refusal::BadRequest(ExtractError::NotJson("x".into()))),
+            400
+        );
+        assert_eq!(
+            status(Refusal::BadRequest(ExtractError::TruncatedBody)),
+            413
+        );
+        assert_eq!(
+            status(Refusal::BadRequest(
+                ExtractError::UnsupportedContentEncoding("gzip".into())
+            )),
+            415
+        );
+        assert_eq!(status(Refusal::UnclassifiedRoute("/x".into())), 403);
+        assert_eq!(
+            status(Refusal::PolicyUnavailable(DecideError::Timeout(5))),
+            503
+        );
+        assert_eq!(
+            status(Refusal::Unauthenticated(IdentityError::KeysUnavailable)),
+            503
+        );
+        let mcp_parse = Refusal::BadRequest(ExtractError::Mcp {
+            id: None,
+            code: -32700,
+            message: "parse error".into(),
+        });
+        let d = mcp_parse.answer(
+            "a",
+            &Dialect::Mcp {
+                ids: vec![],
+                batch: false,
+            },
+            SETTINGS,
+        );
+        assert_eq!(
+            (d.status, body(&d)["error"]["code"].as_i64()),
+            (400, Some(-32700))
+        );
+    }
+}
