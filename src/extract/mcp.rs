@@ -102,10 +102,8 @@ pub fn extract(request: &HttpRequest<'_>) -> Result<McpRequest, ExtractError> {
         .into_iter()
         .map(message)
         .collect::<Result<Vec<_>, _>>()?;
-    if !batch {
-        if let Some(first) = messages.first() {
-            check_routing_headers(request, protocol_version.as_deref(), first)?;
-        }
+    if let (false, Some(first)) = (batch, messages.first()) {
+        check_routing_headers(request, protocol_version.as_deref(), first)?;
     }
     Ok(McpRequest {
         batch,

@@ -5,7 +5,6 @@
 //! Denials use `denied_response` (never `error_response`), so a deployment that turned on
 //! `failure_mode_allow` still cannot let a refused request through.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -85,7 +84,7 @@ pub fn decode(request: CheckRequest) -> CheckInput {
                 .map(|(ns, s)| (ns, Value::Object(struct_to_json(s))))
                 .collect()
         })
-        .unwrap_or_else(HashMap::new);
+        .unwrap_or_default();
     CheckInput {
         method: http.method,
         path: http.path,
@@ -202,6 +201,8 @@ fn json_to_pb(value: Value) -> PbValue {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
