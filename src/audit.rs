@@ -18,6 +18,9 @@ use crate::identity::Principal;
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionRecord {
     pub time: String,
+    /// `request` (the ext_authz decision) or `response` (filtering a `tools/list` answer; it
+    /// shares the request's decision id).
+    pub phase: &'static str,
     pub decision_id: String,
     pub request_id: String,
     /// `allow` or `deny`: what Envoy was told.
@@ -37,6 +40,9 @@ pub struct DecisionRecord {
     /// Declared tools the policy denied (reported even when `denied_tools: pass` let them by).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied_tools: Vec<String>,
+    /// Tools removed from a `tools/list` answer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hidden_tools: Vec<String>,
     pub cerbos_call_ids: Vec<String>,
     pub latency_ms: f64,
 }

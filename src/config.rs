@@ -49,6 +49,12 @@ pub struct Config {
     /// What happens when a request declares tools the principal may not use.
     #[serde(default)]
     pub denied_tools: DeniedTools,
+    /// Add `x-agent-authz-denied-tools: a,b` to the response when declared tools were denied.
+    #[serde(default)]
+    pub denied_tools_response_header: bool,
+    /// With `denied_tools: strip`, what happens when `tool_choice` forces a denied tool.
+    #[serde(default)]
+    pub forced_denied_tool: ForcedDeniedTool,
     /// Names sent to Cerbos (resource kinds and actions).
     #[serde(default)]
     pub vocabulary: VocabularyConfig,
@@ -388,6 +394,20 @@ pub enum DeniedTools {
     Reject,
     /// Let the request through unchanged; denied tools are only logged.
     Pass,
+    /// Let the request through; the ext_proc leg removes the denied tools from the body
+    /// before the upstream sees it. Requires the ext_proc filter after ext_authz.
+    Strip,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForcedDeniedTool {
+    /// Refuse the request with 403 naming the tool: the caller demanded a tool it may not use,
+    /// and a request that silently stops forcing it would be a different request.
+    #[default]
+    Reject,
+    /// Strip the tool and fall back to `tool_choice: "auto"`.
+    Auto,
 }
 
 /// Cerbos names. Templates may use `{tool}` / `{prompt}`.
@@ -418,6 +438,10 @@ pub struct VocabularyConfig {
     /// Action for `prompts/get`; the preset decides the default.
     #[serde(default)]
     pub mcp_prompt_get_action: Option<String>,
+    /// Action judging whether a tool appears in a `tools/list` answer (judged with empty
+    /// arguments); the preset decides the default.
+    #[serde(default)]
+    pub mcp_tool_list_action: Option<String>,
 }
 
 impl Default for VocabularyConfig {
@@ -433,6 +457,7 @@ impl Default for VocabularyConfig {
             mcp_connect_action: default_mcp_connect_action(),
             mcp_resource_read_action: default_mcp_resource_read_action(),
             mcp_prompt_get_action: None,
+            mcp_tool_list_action: None,
         }
     }
 }
@@ -444,6 +469,15 @@ impl VocabularyConfig {
             .unwrap_or(match self.preset {
                 VocabularyPreset::Default => "tools/call/{tool}",
                 VocabularyPreset::Fastmcp => "tools/call::{tool}",
+            })
+    }
+
+    pub fn tool_list_action_template(&self) -> &str {
+        self.mcp_tool_list_action
+            .as_deref()
+            .unwrap_or(match self.preset {
+                VocabularyPreset::Default => "tools/list/{tool}",
+                VocabularyPreset::Fastmcp => "tools/list::{tool}",
             })
     }
 
@@ -495,18 +529,27 @@ pub struct McpConfig {
     /// (python-sdk 1.x) hang on a 4xx and OAuth-aware ones retry a 403.
     #[serde(default = "default_mcp_denied_status")]
     pub denied_http_status: u16,
+    /// Largest `tools/list` answer (JSON body, or one SSE event) filtered by the ext_proc leg;
+    /// a larger one fails closed.
+    #[serde(default = "default_max_list_response_bytes")]
+    pub max_list_response_bytes: usize,
 }
 
 impl Default for McpConfig {
     fn default() -> Self {
         Self {
             denied_http_status: default_mcp_denied_status(),
+            max_list_response_bytes: default_max_list_response_bytes(),
         }
     }
 }
 
 fn default_mcp_denied_status() -> u16 {
     200
+}
+
+fn default_max_list_response_bytes() -> usize {
+    4 * 1024 * 1024
 }
 
 impl Config {

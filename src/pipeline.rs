@@ -8,10 +8,13 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, now_rfc3339};
-use crate::config::{Config, DeniedTools, Format, RouteConfig, UnclassifiedRoutes};
+use crate::config::{
+    Config, DeniedTools, ForcedDeniedTool, Format, RouteConfig, UnclassifiedRoutes,
+};
 use crate::decide::vocabulary::Vocabulary;
-use crate::decide::{Decision, PolicyEngine, Subject};
+use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
 use crate::extract::{self, AgentRequest, ExtractError, HttpRequest, Router};
+use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
 use crate::identity::{Authenticator, Principal};
 use crate::respond::Outcome;
 use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
@@ -20,6 +23,8 @@ use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
 pub const PRINCIPAL_HEADER: &str = "x-agent-authz-principal";
 /// Header carrying the decision id, which joins the upstream's logs with ours.
 pub const DECISION_ID_HEADER: &str = "x-agent-authz-decision-id";
+/// Response header listing denied tools, when `denied_tools_response_header` is on.
+pub const DENIED_TOOLS_HEADER: &str = "x-agent-authz-denied-tools";
 /// Envoy marks a body cut at `max_request_bytes` with this header.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 
@@ -43,7 +48,10 @@ pub struct Pipeline<E> {
     engine: E,
     unclassified: UnclassifiedRoutes,
     denied_tools: DeniedTools,
+    forced_denied_tool: ForcedDeniedTool,
+    denied_tools_header: bool,
     max_body_bytes: usize,
+    max_list_response_bytes: usize,
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
     audit: AuditLog,
@@ -56,6 +64,7 @@ struct Trace {
     request_id: String,
     principal: Option<Principal>,
     route: Option<RouteConfig>,
+    request: Option<AgentRequest>,
     decision: Decision,
     denied_tools: Vec<String>,
 }
@@ -69,7 +78,10 @@ impl<E: PolicyEngine> Pipeline<E> {
             engine,
             unclassified: config.unclassified_routes,
             denied_tools: config.denied_tools,
+            forced_denied_tool: config.forced_denied_tool,
+            denied_tools_header: config.denied_tools_response_header,
             max_body_bytes: config.server.max_request_bytes,
+            max_list_response_bytes: config.mcp.max_list_response_bytes,
             protected_prefixes: config.identity.protected_header_prefixes.clone(),
             answers: AnswerSettings {
                 pdp_unavailable_status: config.cerbos.unavailable_status,
@@ -97,6 +109,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             request_id,
             principal: None,
             route: None,
+            request: None,
             decision: Decision::default(),
             denied_tools: Vec::new(),
         };
@@ -177,6 +190,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             };
         }
         let checks = self.vocabulary.checks(&route, &request);
+        trace.request = Some(request);
         match self
             .engine
             .check(&principal, checks, &trace.request_id)
@@ -231,14 +245,27 @@ impl<E: PolicyEngine> Pipeline<E> {
     }
 
     /// Applies the verdicts: any denied model or MCP message refuses the request; denied
-    /// declared tools refuse it or pass, as configured.
+    /// declared tools refuse it, pass, or are stripped by the ext_proc leg, as configured. A
+    /// denied tool that `tool_choice` forces is refused in strip mode unless
+    /// `forced_denied_tool: auto`.
     fn judge(&self, trace: &mut Trace) -> Result<(), Refusal> {
+        let forced: &[String] = match &trace.request {
+            Some(AgentRequest::Llm(llm)) => &llm.forced_tools,
+            _ => &[],
+        };
+        let tool_blocks = |name: &str| match self.denied_tools {
+            DeniedTools::Reject => true,
+            DeniedTools::Pass => false,
+            DeniedTools::Strip => {
+                self.forced_denied_tool == ForcedDeniedTool::Reject
+                    && forced.iter().any(|f| f == name)
+            }
+        };
         let denied: Vec<_> = trace
             .decision
             .verdicts
             .iter()
             .filter(|v| !v.effect.allows())
-            .cloned()
             .collect();
         trace.denied_tools = denied
             .iter()
@@ -247,21 +274,20 @@ impl<E: PolicyEngine> Pipeline<E> {
                 _ => None,
             })
             .collect();
-        let blocking: Vec<_> = denied
+        let mut blocking: Vec<_> = denied
             .into_iter()
-            .filter(|v| {
-                !matches!(v.check.subject, Subject::Tool(_))
-                    || self.denied_tools == DeniedTools::Reject
+            .filter(|v| match &v.check.subject {
+                Subject::Tool(name) => tool_blocks(name),
+                Subject::Model(_) | Subject::McpMessage(_) => true,
             })
+            .cloned()
             .collect();
         if blocking.is_empty() {
-            Ok(())
-        } else {
-            // Report the model first: it is the question the caller most needs answered.
-            let mut blocking = blocking;
-            blocking.sort_by_key(|v| !matches!(v.check.subject, Subject::Model(_)));
-            Err(Refusal::PolicyDenied(blocking))
+            return Ok(());
         }
+        // Report the model first: it is the question the caller most needs answered.
+        blocking.sort_by_key(|v| !matches!(v.check.subject, Subject::Model(_)));
+        Err(Refusal::PolicyDenied(blocking))
     }
 
     fn allow(&self, input: &CheckInput, trace: &Trace, reason: &str) -> Outcome {
@@ -280,11 +306,110 @@ impl<E: PolicyEngine> Pipeline<E> {
             })
             .cloned()
             .collect();
+        let mut response_headers = Vec::new();
+        if self.denied_tools_header && !trace.denied_tools.is_empty() {
+            response_headers.push((DENIED_TOOLS_HEADER.to_owned(), trace.denied_tools.join(",")));
+        }
+        let mut metadata = metadata(trace, "allow", reason);
+        if let Some(handoff) = self.handoff(trace) {
+            metadata.insert(handoff::METADATA_KEY.into(), handoff.to_value());
+        }
         Outcome::Allow {
             headers,
             remove_headers,
-            metadata: metadata(trace, "allow", reason),
+            response_headers,
+            metadata,
         }
+    }
+
+    /// What the ext_proc leg needs to apply this decision without asking Cerbos again.
+    fn handoff(&self, trace: &Trace) -> Option<Handoff> {
+        let principal = trace.principal.as_ref()?;
+        let strip_tools = if self.denied_tools == DeniedTools::Strip {
+            trace.denied_tools.clone()
+        } else {
+            Vec::new()
+        };
+        let tools_list = match (&trace.request, &trace.route) {
+            (Some(AgentRequest::Mcp(mcp)), Some(route)) if !mcp.batch => mcp
+                .messages
+                .first()
+                .filter(|m| m.method == "tools/list")
+                .and_then(|m| m.id.clone())
+                .map(|request_id| ToolsListHandoff {
+                    request_id,
+                    server: route.mcp_server.clone().unwrap_or_default(),
+                    kind: self.vocabulary.mcp_kind(route),
+                }),
+            _ => None,
+        };
+        Some(Handoff {
+            decision_id: trace.decision_id.clone(),
+            request_id: trace.request_id.clone(),
+            principal: HandoffPrincipal::from(principal),
+            strip_tools,
+            tools_list,
+        })
+    }
+}
+
+impl<E: PolicyEngine> Pipeline<E> {
+    /// Which of the tools a `tools/list` answer names the principal may not see. Judged with
+    /// the visibility action and empty arguments; one Cerbos call per answer; logged as the
+    /// `response` phase of the request's decision.
+    pub async fn hidden_tools(
+        &self,
+        handoff: &Handoff,
+        path: &str,
+        tools: &[String],
+    ) -> Result<Vec<String>, DecideError> {
+        let started = Instant::now();
+        let Some(list) = &handoff.tools_list else {
+            return Ok(Vec::new());
+        };
+        let principal = Principal::from(handoff.principal.clone());
+        let checks = self
+            .vocabulary
+            .tool_visibility_checks(&list.server, &list.kind, tools);
+        let decision = self
+            .engine
+            .check(&principal, checks, &handoff.request_id)
+            .await?;
+        let hidden: Vec<String> = decision
+            .verdicts
+            .iter()
+            .filter(|v| !v.effect.allows())
+            .map(|v| v.check.id.clone())
+            .collect();
+        self.audit.write(&DecisionRecord {
+            time: now_rfc3339(),
+            phase: "response",
+            decision_id: handoff.decision_id.clone(),
+            request_id: handoff.request_id.clone(),
+            effect: "allow",
+            status: 200,
+            reason: if hidden.is_empty() {
+                "every listed tool is visible".to_owned()
+            } else {
+                format!("hidden from tools/list: {}", hidden.join(", "))
+            },
+            refusal: None,
+            principal: Some(PrincipalRecord::from(&principal)),
+            method: "POST".to_owned(),
+            path: path.to_owned(),
+            route: None,
+            format: Some(Format::Mcp.as_str()),
+            resources: decision.verdicts.iter().map(ResourceRecord::from).collect(),
+            denied_tools: Vec::new(),
+            hidden_tools: hidden.clone(),
+            cerbos_call_ids: decision.call_ids,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        });
+        Ok(hidden)
+    }
+
+    pub fn max_list_response_bytes(&self) -> usize {
+        self.max_list_response_bytes
     }
 }
 
@@ -312,6 +437,7 @@ fn record(
 ) -> DecisionRecord {
     DecisionRecord {
         time: now_rfc3339(),
+        phase: "request",
         decision_id: trace.decision_id.clone(),
         request_id: trace.request_id.clone(),
         effect: if refusal.is_none() { "allow" } else { "deny" },
@@ -330,6 +456,7 @@ fn record(
             .map(ResourceRecord::from)
             .collect(),
         denied_tools: trace.denied_tools.clone(),
+        hidden_tools: Vec::new(),
         cerbos_call_ids: trace.decision.call_ids.clone(),
         latency_ms: trace.started.elapsed().as_secs_f64() * 1000.0,
     }

@@ -174,6 +174,7 @@ async fn allowed_chat_is_forwarded_with_identity_headers_and_forged_ones_removed
         headers,
         remove_headers,
         metadata,
+        ..
     } = h.pipeline.check(req).await
     else {
         panic!("expected allow");
@@ -417,4 +418,121 @@ async fn engine_failure_fails_closed() {
             .await,
     );
     assert_eq!((status, body["error"]["code"].as_i64()), (500, Some(503)));
+}
+
+fn handoff_of(outcome: &Outcome) -> Handoff {
+    let Outcome::Allow { metadata, .. } = outcome else {
+        panic!("expected allow, got {outcome:?}")
+    };
+    let namespaces = HashMap::from([(
+        handoff::EXT_AUTHZ_NAMESPACE.to_owned(),
+        Value::Object(metadata.clone()),
+    )]);
+    Handoff::from_metadata(&namespaces).expect("handoff in metadata")
+}
+
+#[tokio::test]
+async fn strip_mode_allows_and_hands_the_denied_tools_to_ext_proc() {
+    let h = Harness::new("denied_tools: strip\ndenied_tools_response_header: true\n").await;
+    let req = input(
+        "/v1/chat/completions",
+        chat("gpt-4o-mini", &["get_weather", "delete_repo"]),
+        alice(),
+    );
+    let outcome = h.pipeline.check(req).await;
+    let handoff = handoff_of(&outcome);
+    assert_eq!(handoff.strip_tools, ["delete_repo"]);
+    assert_eq!(handoff.principal.id, "alice");
+    assert_eq!(handoff.request_id, "req-1");
+    let Outcome::Allow {
+        response_headers, ..
+    } = outcome
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        response_headers,
+        [(DENIED_TOOLS_HEADER.to_owned(), "delete_repo".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_forced_denied_tool_is_refused_unless_configured_to_fall_back() {
+    let mut body = chat("gpt-4o-mini", &["get_weather", "delete_repo"]);
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "delete_repo"}});
+    let h = Harness::new("denied_tools: strip\n").await;
+    let (status, reply) = denial(
+        &h.pipeline
+            .check(input("/v1/chat/completions", body.clone(), alice()))
+            .await,
+    );
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (403, Some("tool_denied"))
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("delete_repo")
+    );
+
+    let h = Harness::new("denied_tools: strip\nforced_denied_tool: auto\n").await;
+    let handoff = handoff_of(
+        &h.pipeline
+            .check(input("/v1/chat/completions", body, alice()))
+            .await,
+    );
+    assert_eq!(handoff.strip_tools, ["delete_repo"]);
+}
+
+#[tokio::test]
+async fn tools_list_requests_hand_over_what_the_answer_filter_needs() {
+    let h = Harness::new("").await;
+    let list = json!({"jsonrpc": "2.0", "id": 12, "method": "tools/list", "params": {}});
+    let handoff = handoff_of(&h.pipeline.check(input("/mcp", list, alice())).await);
+    let tools_list = handoff.tools_list.expect("tools/list handoff");
+    assert_eq!(tools_list.request_id, json!(12));
+    assert_eq!(
+        (tools_list.server.as_str(), tools_list.kind.as_str()),
+        ("support", "mcp_server")
+    );
+    assert_eq!(handoff.principal.attr["refund_limit_cents"], json!(100000));
+    assert!(handoff.strip_tools.is_empty());
+
+    let hidden = h
+        .pipeline
+        .hidden_tools(
+            &handoff_of(
+                &h.pipeline
+                    .check(input(
+                        "/mcp",
+                        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+                        alice(),
+                    ))
+                    .await,
+            ),
+            "/mcp",
+            &["refund".into(), "delete_repo".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hidden,
+        ["refund", "delete_repo"],
+        "the fake engine knows no tools/list/* action"
+    );
+    let seen = h.pipeline.engine.seen.lock().unwrap().clone();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.attr["arguments"].clone()),
+        ("tools/list/delete_repo", json!({}))
+    );
+    let log = h.log();
+    let response_phase = log.last().unwrap();
+    assert_eq!(response_phase["phase"], "response");
+    assert_eq!(
+        response_phase["hidden_tools"],
+        json!(["refund", "delete_repo"])
+    );
 }

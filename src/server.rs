@@ -1,9 +1,10 @@
 //! Start-up and the gRPC listener: builds the pipeline from a validated [`Config`] and serves
-//! ext_authz until SIGINT/SIGTERM, letting in-flight checks finish.
+//! ext_authz and ext_proc on one port until SIGINT/SIGTERM, letting in-flight checks finish.
 
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tonic::transport::Server;
 
 use crate::audit::AuditLog;
@@ -12,6 +13,7 @@ use crate::decide::cerbos::CerbosEngine;
 use crate::identity::Authenticator;
 use crate::pipeline::Pipeline;
 use crate::respond::ext_authz::ExtAuthzService;
+use crate::respond::ext_proc::ExtProcService;
 
 /// Room for the headers and attributes around the largest body Envoy may send.
 const GRPC_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -28,7 +30,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let max_message = pipeline
         .max_body_bytes()
         .saturating_add(GRPC_OVERHEAD_BYTES);
-    let authz = AuthorizationServer::new(ExtAuthzService::new(pipeline))
+    let authz = AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&pipeline)))
+        .max_decoding_message_size(max_message);
+    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(pipeline))
         .max_decoding_message_size(max_message);
 
     let listener = tokio::net::TcpListener::bind(config.server.grpc_address).await?;
@@ -36,6 +40,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%address, cerbos = %config.cerbos.address, "agent-authz listening");
     Server::builder()
         .add_service(authz)
+        .add_service(ext_proc)
         .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown_signal())
         .await?;
     tracing::info!("agent-authz stopped");

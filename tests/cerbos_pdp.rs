@@ -146,6 +146,7 @@ fn llm(model: &str, tools: &[&str]) -> AgentRequest {
                 kind: "function".into(),
             })
             .collect(),
+        forced_tools: vec![],
         stream: false,
     })
 }

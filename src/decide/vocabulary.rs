@@ -44,12 +44,37 @@ impl Vocabulary {
         checks
     }
 
-    fn mcp_checks(&self, route: &RouteConfig, request: &McpRequest) -> Vec<ResourceCheck> {
-        let server = route.mcp_server.clone().unwrap_or_default();
-        let kind = route
+    /// The resource kind of an MCP route's server.
+    pub fn mcp_kind(&self, route: &RouteConfig) -> String {
+        route
             .resource_kind
             .clone()
-            .unwrap_or_else(|| self.config.mcp_kind.clone());
+            .unwrap_or_else(|| self.config.mcp_kind.clone())
+    }
+
+    /// Visibility checks for the tools a `tools/list` answer names, judged with empty
+    /// arguments so that a tool callable with the right arguments stays visible.
+    pub fn tool_visibility_checks(
+        &self,
+        server: &str,
+        kind: &str,
+        tools: &[String],
+    ) -> Vec<ResourceCheck> {
+        tools
+            .iter()
+            .map(|name| ResourceCheck {
+                kind: kind.to_owned(),
+                id: name.clone(),
+                action: self.config.tool_list_action_template().replace("{tool}", name),
+                attr: object(json!({"server": server, "tool_name": name, "arguments": {}, "method": "tools/list"})),
+                subject: Subject::Tool(name.clone()),
+            })
+            .collect()
+    }
+
+    fn mcp_checks(&self, route: &RouteConfig, request: &McpRequest) -> Vec<ResourceCheck> {
+        let server = route.mcp_server.clone().unwrap_or_default();
+        let kind = self.mcp_kind(route);
         request
             .messages
             .iter()
@@ -146,6 +171,7 @@ mod tests {
                 name: "get_weather".into(),
                 kind: "function".into(),
             }],
+            forced_tools: vec![],
             stream: false,
         });
         let checks = Vocabulary::new(&VocabularyConfig::default()).checks(&route, &request);

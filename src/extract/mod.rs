@@ -38,6 +38,8 @@ pub struct LlmRequest {
     pub model: String,
     /// Declared tools, unique by name, in request order.
     pub tools: Vec<DeclaredTool>,
+    /// Tools the caller forces the model to call (`tool_choice` / `function_call` naming one).
+    pub forced_tools: Vec<String>,
     pub stream: bool,
 }
 

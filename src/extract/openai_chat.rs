@@ -38,9 +38,22 @@ pub fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
         });
     }
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let forced_tools = ["tool_choice", "function_call"]
+        .iter()
+        .filter_map(|key| body.get(*key))
+        .filter_map(|choice| {
+            let kind = choice.get("type").and_then(Value::as_str);
+            let named = match kind {
+                Some(k @ ("function" | "custom")) => choice.get(k),
+                _ => Some(choice),
+            };
+            named?.get("name")?.as_str().map(str::to_owned)
+        })
+        .collect();
     Ok(LlmRequest {
         model,
         tools,
+        forced_tools,
         stream,
     })
 }
@@ -118,6 +131,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.model, "gpt-4o");
         assert!(r.stream);
+        assert!(r.forced_tools.is_empty());
         assert_eq!(
             names(&r),
             [
@@ -126,6 +140,16 @@ mod tests {
                 ("legacy_fn", "function")
             ]
         );
+    }
+
+    #[test]
+    fn forced_tools_are_named() {
+        let r = run(json!({"model": "m", "tools": [{"type": "function", "function": {"name": "a"}}],
+            "tool_choice": {"type": "function", "function": {"name": "a"}}, "function_call": {"name": "b"}}))
+        .unwrap();
+        assert_eq!(r.forced_tools, ["a", "b"]);
+        let r = run(json!({"model": "m", "tool_choice": "required"})).unwrap();
+        assert!(r.forced_tools.is_empty());
     }
 
     #[test]

@@ -239,7 +239,7 @@ fn lookup_path<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Val
 
 /// Envoy's metadata carries every number as a double (`100000.0`). Integral values are turned
 /// back into integers so policies and logs see what the identity provider issued.
-fn normalize_numbers(value: Value) -> Value {
+pub(crate) fn normalize_numbers(value: Value) -> Value {
     match value {
         Value::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),

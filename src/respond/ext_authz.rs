@@ -100,12 +100,17 @@ pub fn encode(outcome: Outcome) -> CheckResponse {
         Outcome::Allow {
             headers,
             remove_headers,
+            response_headers,
             metadata,
         } => CheckResponse {
             status: Some(status(CODE_OK, "")),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: headers.into_iter().map(|(k, v)| header(k, v)).collect(),
                 headers_to_remove: remove_headers,
+                response_headers_to_add: response_headers
+                    .into_iter()
+                    .map(|(k, v)| header(k, v))
+                    .collect(),
                 ..OkHttpResponse::default()
             })),
             dynamic_metadata: Some(json_to_struct(metadata)),
@@ -159,7 +164,7 @@ fn header(key: String, value: String) -> HeaderValueOption {
     }
 }
 
-fn struct_to_json(s: Struct) -> Map<String, Value> {
+pub(crate) fn struct_to_json(s: Struct) -> Map<String, Value> {
     s.fields
         .into_iter()
         .map(|(k, v)| (k, pb_to_json(v)))
@@ -179,7 +184,7 @@ fn pb_to_json(value: PbValue) -> Value {
     }
 }
 
-fn json_to_struct(map: Map<String, Value>) -> Struct {
+pub(crate) fn json_to_struct(map: Map<String, Value>) -> Struct {
     Struct {
         fields: map.into_iter().map(|(k, v)| (k, json_to_pb(v))).collect(),
     }
@@ -309,6 +314,7 @@ mod tests {
         let allow = encode(Outcome::Allow {
             headers: vec![("x-a".into(), "1".into())],
             remove_headers: vec!["x-b".into()],
+            response_headers: vec![("x-c".into(), "2".into())],
             metadata: Map::new(),
         });
         assert_eq!(allow.status.unwrap().code, CODE_OK);
@@ -320,6 +326,10 @@ mod tests {
             HeaderAppendAction::OverwriteIfExistsOrAdd as i32
         );
         assert_eq!(ok.headers_to_remove, ["x-b"]);
+        assert_eq!(
+            ok.response_headers_to_add[0].header.as_ref().unwrap().key,
+            "x-c"
+        );
 
         for (http, code) in [
             (401, CODE_UNAUTHENTICATED),

@@ -4,6 +4,7 @@
 //! [`ext_authz`] turns an `Outcome` into Envoy's `CheckResponse`.
 
 pub mod ext_authz;
+pub mod ext_proc;
 pub mod refusal;
 
 use serde_json::{Map, Value};
@@ -16,6 +17,8 @@ pub enum Outcome {
         headers: Vec<(String, String)>,
         /// Client-sent headers that only agent-authz may set.
         remove_headers: Vec<String>,
+        /// Headers added to the response sent back to the client.
+        response_headers: Vec<(String, String)>,
         metadata: Map<String, Value>,
     },
     Deny {

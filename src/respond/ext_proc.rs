@@ -1,0 +1,774 @@
+//! Envoy's `envoy.service.ext_proc.v3.ExternalProcessor/Process`: the leg that changes bodies,
+//! which ext_authz cannot do. It never judges a request: it applies the decision ext_authz
+//! handed over in forwarded metadata ([`crate::handoff`]):
+//!
+//! - request body (BUFFERED): remove the declared tools ext_authz denied (`denied_tools: strip`),
+//!   byte-preservingly, and fix `content-length`;
+//! - response of an MCP `tools/list` (response headers SEND, body STREAMED): remove the tools
+//!   the principal may not see, from an `application/json` body (held back until complete,
+//!   bounded) or from the one SSE event that carries the result (other events flow through as
+//!   they arrive). Visibility is a new question (the answer's tools were unknown at request
+//!   time), asked once per answer.
+//!
+//! A stream without ext_authz's handoff is refused (500): ext_proc must run after ext_authz with
+//! `metadata_options.forwarding_namespaces.untyped: [envoy.filters.http.ext_authz]`.
+//! Every response sets the variant matching its request; Envoy treats any other as spurious.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    body_mutation::Mutation, external_processor_server::ExternalProcessor,
+    processing_request::Request as Phase, processing_response::Response as Reply,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ext_authz::struct_to_json;
+use crate::decide::PolicyEngine;
+use crate::handoff::Handoff;
+use crate::pipeline::Pipeline;
+use crate::rewrite::{mcp_tools_list, openai_chat, sse};
+
+/// Namespace of the metadata this leg emits (list it in ext_proc `receiving_namespaces`).
+pub const METADATA_NAMESPACE: &str = "agent_authz";
+
+pub struct ExtProcService<E> {
+    pipeline: Arc<Pipeline<E>>,
+}
+
+impl<E> ExtProcService<E> {
+    pub fn new(pipeline: Arc<Pipeline<E>>) -> Self {
+        Self { pipeline }
+    }
+}
+
+#[tonic::async_trait]
+impl<E: PolicyEngine> ExternalProcessor for ExtProcService<E> {
+    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let pipeline = Arc::clone(&self.pipeline);
+        tokio::spawn(async move {
+            let mut exchange = Exchange::default();
+            while let Ok(Some(message)) = inbound.message().await {
+                let reply = exchange.handle(&pipeline, message).await;
+                let stop = reply.is_err();
+                if tx.send(reply).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What one HTTP exchange has shown so far.
+#[derive(Default)]
+struct Exchange {
+    handoff: Option<Handoff>,
+    saw_request_headers: bool,
+    path: String,
+    response: ResponseFilter,
+}
+
+#[derive(Default)]
+enum ResponseFilter {
+    /// Not a `tools/list` answer (or not a successful one): bytes flow through untouched.
+    #[default]
+    Pass,
+    /// An `application/json` answer, held back until complete.
+    Json(Vec<u8>),
+    /// A `text/event-stream` answer, rewritten event by event.
+    Sse(sse::EventSplitter),
+}
+
+impl Exchange {
+    async fn handle<E: PolicyEngine>(
+        &mut self,
+        pipeline: &Pipeline<E>,
+        message: ProcessingRequest,
+    ) -> Result<ProcessingResponse, Status> {
+        if let (None, Some(metadata)) = (&self.handoff, message.metadata_context) {
+            let namespaces: HashMap<String, Value> = metadata
+                .filter_metadata
+                .into_iter()
+                .map(|(ns, s)| (ns, Value::Object(struct_to_json(s))))
+                .collect();
+            self.handoff = Handoff::from_metadata(&namespaces);
+        }
+        let Some(phase) = message.request else {
+            return Err(Status::invalid_argument(
+                "ProcessingRequest without a phase",
+            ));
+        };
+        if self.handoff.is_none()
+            && matches!(phase, Phase::RequestHeaders(_) | Phase::RequestBody(_))
+        {
+            tracing::error!(
+                "ext_proc stream without ext_authz's decision: run ext_proc after ext_authz and forward \
+                 the envoy.filters.http.ext_authz metadata namespace"
+            );
+            return Ok(immediate(
+                500,
+                "agent-authz: no authorization decision for this request",
+            ));
+        }
+        match phase {
+            Phase::RequestHeaders(headers) => {
+                self.saw_request_headers = true;
+                self.path = header(&headers, ":path").unwrap_or_default();
+                Ok(reply(Reply::RequestHeaders(HeadersResponse::default())))
+            }
+            Phase::RequestBody(body) => self.request_body(body.body, body.end_of_stream),
+            Phase::RequestTrailers(_) => {
+                Ok(reply(Reply::RequestTrailers(TrailersResponse::default())))
+            }
+            Phase::ResponseHeaders(headers) => Ok(self.response_headers(pipeline, &headers)),
+            Phase::ResponseBody(body) => {
+                self.response_body(pipeline, body.body, body.end_of_stream)
+                    .await
+            }
+            Phase::ResponseTrailers(_) => {
+                Ok(reply(Reply::ResponseTrailers(TrailersResponse::default())))
+            }
+        }
+    }
+
+    fn request_body(
+        &mut self,
+        body: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<ProcessingResponse, Status> {
+        let strip = self
+            .handoff
+            .as_ref()
+            .map(|h| h.strip_tools.as_slice())
+            .unwrap_or(&[]);
+        if strip.is_empty() {
+            return Ok(reply(Reply::RequestBody(BodyResponse::default())));
+        }
+        if !end_of_stream {
+            tracing::error!(
+                "tools must be stripped but the body arrived in parts: set request_body_mode: BUFFERED"
+            );
+            return Ok(immediate(
+                500,
+                "agent-authz: request body must be buffered to remove denied tools",
+            ));
+        }
+        let rewritten = match openai_chat::strip_tools(&body, strip) {
+            Ok(Some(rewritten)) => rewritten,
+            Ok(None) => return Ok(reply(Reply::RequestBody(BodyResponse::default()))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot strip tools from the request body");
+                return Ok(immediate(
+                    400,
+                    "agent-authz: request body cannot be rewritten",
+                ));
+            }
+        };
+        tracing::debug!(tools = ?strip, "stripped denied tools");
+        // With request headers SKIPped Envoy already dropped content-length; otherwise the new
+        // length must be set or Envoy answers 500 for the mismatch.
+        let header_mutation = self.saw_request_headers.then(|| HeaderMutation {
+            set_headers: vec![set_header("content-length", rewritten.len().to_string())],
+            remove_headers: vec![],
+        });
+        Ok(reply(Reply::RequestBody(BodyResponse {
+            response: Some(CommonResponse {
+                header_mutation,
+                body_mutation: Some(BodyMutation {
+                    mutation: Some(Mutation::Body(rewritten)),
+                }),
+                ..CommonResponse::default()
+            }),
+        })))
+    }
+
+    fn response_headers<E: PolicyEngine>(
+        &mut self,
+        pipeline: &Pipeline<E>,
+        headers: &HttpHeaders,
+    ) -> ProcessingResponse {
+        let listing = self
+            .handoff
+            .as_ref()
+            .is_some_and(|h| h.tools_list.is_some());
+        let ok = header(headers, ":status").as_deref() == Some("200");
+        let content_type = header(headers, "content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        self.response = match (
+            listing && ok && !headers.end_of_stream,
+            content_type.as_str(),
+        ) {
+            (true, ct) if ct.starts_with("application/json") => ResponseFilter::Json(Vec::new()),
+            (true, ct) if ct.starts_with("text/event-stream") => {
+                ResponseFilter::Sse(sse::EventSplitter::new(pipeline.max_list_response_bytes()))
+            }
+            _ => ResponseFilter::Pass,
+        };
+        let response = match self.response {
+            ResponseFilter::Pass => None,
+            // The body will change length.
+            _ => Some(CommonResponse {
+                header_mutation: Some(HeaderMutation {
+                    set_headers: vec![],
+                    remove_headers: vec!["content-length".to_owned()],
+                }),
+                ..CommonResponse::default()
+            }),
+        };
+        reply(Reply::ResponseHeaders(HeadersResponse { response }))
+    }
+
+    async fn response_body<E: PolicyEngine>(
+        &mut self,
+        pipeline: &Pipeline<E>,
+        chunk: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<ProcessingResponse, Status> {
+        let limit = pipeline.max_list_response_bytes();
+        let mut hidden = Vec::new();
+        let output = match &mut self.response {
+            ResponseFilter::Pass => return Ok(reply(Reply::ResponseBody(BodyResponse::default()))),
+            ResponseFilter::Json(buffer) => {
+                buffer.extend_from_slice(&chunk);
+                if buffer.len() > limit {
+                    return Err(Status::resource_exhausted(format!(
+                        "tools/list answer exceeds {limit} bytes"
+                    )));
+                }
+                if !end_of_stream {
+                    return Ok(body_reply(None));
+                }
+                let message = std::mem::take(buffer);
+                self.filter_message(pipeline, message, &mut hidden).await?
+            }
+            ResponseFilter::Sse(splitter) => {
+                let mut events = splitter
+                    .push(&chunk)
+                    .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                if end_of_stream {
+                    events.push(splitter.finish());
+                }
+                let mut output = Vec::new();
+                for event in events {
+                    match sse::data(&event) {
+                        Some(data) => {
+                            let filtered = self
+                                .filter_message(pipeline, data.clone(), &mut hidden)
+                                .await?;
+                            if filtered == data {
+                                output.extend_from_slice(&event);
+                            } else {
+                                output.extend_from_slice(&sse::with_data(&event, &filtered));
+                            }
+                        }
+                        None => output.extend_from_slice(&event),
+                    }
+                }
+                output
+            }
+        };
+        let mut response = body_reply(Some(output));
+        if !hidden.is_empty() {
+            response.dynamic_metadata = Some(Struct {
+                fields: HashMap::from([(
+                    METADATA_NAMESPACE.to_owned(),
+                    PbValue {
+                        kind: Some(Kind::StructValue(Struct {
+                            fields: HashMap::from([(
+                                "hidden_tools".to_owned(),
+                                PbValue {
+                                    kind: Some(Kind::StringValue(hidden.join(","))),
+                                },
+                            )]),
+                        })),
+                    },
+                )]),
+            });
+        }
+        Ok(response)
+    }
+
+    /// Filters one JSON-RPC message if it is the `tools/list` answer; returns it unchanged
+    /// otherwise. Fails closed: an answer that cannot be judged is not passed on.
+    async fn filter_message<E: PolicyEngine>(
+        &self,
+        pipeline: &Pipeline<E>,
+        message: Vec<u8>,
+        hidden_out: &mut Vec<String>,
+    ) -> Result<Vec<u8>, Status> {
+        let Some(handoff) = &self.handoff else {
+            return Ok(message);
+        };
+        let Some(list) = &handoff.tools_list else {
+            return Ok(message);
+        };
+        let parsed = match mcp_tools_list::parse(&message, &list.request_id) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(message),
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "tools/list answer cannot be filtered: {e}"
+                )));
+            }
+        };
+        let hidden = pipeline
+            .hidden_tools(handoff, &self.path, &parsed.names)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let filtered = parsed
+            .without(&message, &hidden)
+            .map_err(|e| Status::internal(format!("tools/list answer cannot be filtered: {e}")))?;
+        hidden_out.extend(hidden);
+        Ok(filtered)
+    }
+}
+
+fn reply(response: Reply) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(response),
+        ..ProcessingResponse::default()
+    }
+}
+
+/// A response-body reply: `Some(bytes)` replaces the chunk, `None` holds it back.
+fn body_reply(body: Option<Vec<u8>>) -> ProcessingResponse {
+    let mutation = match body {
+        Some(bytes) => Mutation::Body(bytes),
+        None => Mutation::ClearBody(true),
+    };
+    reply(Reply::ResponseBody(BodyResponse {
+        response: Some(CommonResponse {
+            body_mutation: Some(BodyMutation {
+                mutation: Some(mutation),
+            }),
+            ..CommonResponse::default()
+        }),
+    }))
+}
+
+fn immediate(status: u16, message: &str) -> ProcessingResponse {
+    reply(Reply::ImmediateResponse(ImmediateResponse {
+        status: Some(HttpStatus {
+            code: i32::from(status),
+        }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![set_header("content-type", "application/json".to_owned())],
+            remove_headers: vec![],
+        }),
+        body: json!({"error": {"message": message, "type": "server_error", "code": "ext_proc"}})
+            .to_string()
+            .into_bytes(),
+        grpc_status: None,
+        details: "agent_authz_ext_proc".to_owned(),
+    }))
+}
+
+fn set_header(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: String::new(),
+            raw_value: value.into_bytes(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+/// A header's value; ext_proc sends values in `raw_value`.
+fn header(headers: &HttpHeaders, name: &str) -> Option<String> {
+    headers
+        .headers
+        .as_ref()?
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
+    use envoy_types::pb::envoy::service::ext_proc::v3::HttpBody;
+
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::config::Config;
+    use crate::decide::{DecideError, Decision, Effect, ResourceCheck, Verdict};
+    use crate::handoff::{EXT_AUTHZ_NAMESPACE, HandoffPrincipal, METADATA_KEY, ToolsListHandoff};
+    use crate::identity::{Authenticator, Principal};
+
+    /// Hides `delete_repo`; sees everything else.
+    struct HideDeleteRepo;
+
+    impl PolicyEngine for HideDeleteRepo {
+        async fn check(
+            &self,
+            _: &Principal,
+            checks: Vec<ResourceCheck>,
+            _: &str,
+        ) -> Result<Decision, DecideError> {
+            let verdicts = checks
+                .into_iter()
+                .map(|check| {
+                    let effect = if check.id == "delete_repo" {
+                        Effect::Deny
+                    } else {
+                        Effect::Allow
+                    };
+                    Verdict {
+                        check,
+                        effect,
+                        policy: None,
+                        outputs: vec![],
+                    }
+                })
+                .collect();
+            Ok(Decision {
+                verdicts,
+                call_ids: vec![],
+            })
+        }
+    }
+
+    async fn pipeline() -> Pipeline<HideDeleteRepo> {
+        let config = Config::parse("identity: {source: envoy_jwt_authn}\n").unwrap();
+        let auth = Authenticator::start(&config.identity).await.unwrap();
+        Pipeline::new(
+            &config,
+            auth,
+            HideDeleteRepo,
+            AuditLog::Memory(std::sync::Mutex::new(vec![])),
+        )
+    }
+
+    fn handoff(strip: &[&str], list_id: Option<Value>) -> Handoff {
+        Handoff {
+            decision_id: "d-1".into(),
+            request_id: "r-1".into(),
+            principal: HandoffPrincipal {
+                id: "alice".into(),
+                roles: vec!["support".into()],
+                attr: Default::default(),
+            },
+            strip_tools: strip.iter().map(|s| s.to_string()).collect(),
+            tools_list: list_id.map(|request_id| ToolsListHandoff {
+                request_id,
+                server: "support".into(),
+                kind: "mcp_server".into(),
+            }),
+        }
+    }
+
+    fn metadata(handoff: &Handoff) -> Metadata {
+        let fields = json!({ METADATA_KEY: handoff.to_value() });
+        let Some(Value::Object(map)) = Some(fields) else {
+            unreachable!()
+        };
+        Metadata {
+            filter_metadata: HashMap::from([(
+                EXT_AUTHZ_NAMESPACE.to_owned(),
+                super::super::ext_authz::json_to_struct(map),
+            )]),
+            ..Metadata::default()
+        }
+    }
+
+    fn headers(
+        phase: fn(HttpHeaders) -> Phase,
+        pairs: &[(&str, &str)],
+        meta: Option<Metadata>,
+    ) -> ProcessingRequest {
+        let headers = HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: k.to_string(),
+                    value: String::new(),
+                    raw_value: v.as_bytes().to_vec(),
+                })
+                .collect(),
+        };
+        ProcessingRequest {
+            metadata_context: meta,
+            request: Some(phase(HttpHeaders {
+                headers: Some(headers),
+                ..HttpHeaders::default()
+            })),
+            ..ProcessingRequest::default()
+        }
+    }
+
+    fn body(phase: fn(HttpBody) -> Phase, bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
+        ProcessingRequest {
+            request: Some(phase(HttpBody {
+                body: bytes.to_vec(),
+                end_of_stream,
+                ..HttpBody::default()
+            })),
+            ..ProcessingRequest::default()
+        }
+    }
+
+    fn mutated_body(r: &ProcessingResponse) -> Option<Vec<u8>> {
+        let (Some(Reply::RequestBody(b)) | Some(Reply::ResponseBody(b))) = &r.response else {
+            panic!("expected a body reply, got {r:?}")
+        };
+        match b
+            .response
+            .as_ref()?
+            .body_mutation
+            .as_ref()?
+            .mutation
+            .as_ref()?
+        {
+            Mutation::Body(bytes) => Some(bytes.clone()),
+            Mutation::ClearBody(_) => Some(vec![]),
+            Mutation::StreamedResponse(_) => None,
+        }
+    }
+
+    const CHAT: &[u8] = br#"{"model":"m","tools":[{"type":"function","function":{"name":"get_weather"}},{"type":"function","function":{"name":"delete_repo"}}]}"#;
+
+    #[tokio::test]
+    async fn denied_tools_are_stripped_with_a_correct_content_length() {
+        let p = pipeline().await;
+        let mut x = Exchange::default();
+        let h = handoff(&["delete_repo"], None);
+        let r = x
+            .handle(
+                &p,
+                headers(
+                    Phase::RequestHeaders,
+                    &[(":path", "/v1/chat/completions")],
+                    Some(metadata(&h)),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(r.response, Some(Reply::RequestHeaders(_))));
+        let r = x
+            .handle(&p, body(Phase::RequestBody, CHAT, true))
+            .await
+            .unwrap();
+        let out = mutated_body(&r).unwrap();
+        assert_eq!(
+            out,
+            br#"{"model":"m","tools":[{"type":"function","function":{"name":"get_weather"}}]}"#
+        );
+        let Some(Reply::RequestBody(b)) = &r.response else {
+            unreachable!()
+        };
+        let set = &b
+            .response
+            .as_ref()
+            .unwrap()
+            .header_mutation
+            .as_ref()
+            .unwrap()
+            .set_headers[0];
+        let set = set.header.as_ref().unwrap();
+        assert_eq!(
+            (set.key.as_str(), set.raw_value.as_slice()),
+            ("content-length", out.len().to_string().as_bytes())
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_to_strip_leaves_the_body_alone() {
+        let p = pipeline().await;
+        let mut x = Exchange::default();
+        let r = x
+            .handle(
+                &p,
+                ProcessingRequest {
+                    metadata_context: Some(metadata(&handoff(&[], None))),
+                    ..body(Phase::RequestBody, CHAT, true)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(mutated_body(&r), None);
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_ext_authz_decision_is_refused() {
+        let p = pipeline().await;
+        let mut x = Exchange::default();
+        let r = x
+            .handle(
+                &p,
+                headers(
+                    Phase::RequestHeaders,
+                    &[(":path", "/v1/chat/completions")],
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        let Some(Reply::ImmediateResponse(i)) = r.response else {
+            panic!("expected refusal")
+        };
+        assert_eq!(i.status.unwrap().code, 500);
+    }
+
+    const LIST: &[u8] = br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"refund"},{"name":"delete_repo"}],"nextCursor":"n"}}"#;
+    const FILTERED: &[u8] =
+        br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"refund"}],"nextCursor":"n"}}"#;
+
+    async fn list_exchange(p: &Pipeline<HideDeleteRepo>, content_type: &str) -> Exchange {
+        let mut x = Exchange::default();
+        let h = handoff(&[], Some(json!(5)));
+        x.handle(
+            p,
+            headers(
+                Phase::RequestHeaders,
+                &[(":path", "/mcp")],
+                Some(metadata(&h)),
+            ),
+        )
+        .await
+        .unwrap();
+        let r = x
+            .handle(
+                p,
+                headers(
+                    Phase::ResponseHeaders,
+                    &[
+                        (":status", "200"),
+                        ("content-type", content_type),
+                        ("content-length", "99"),
+                    ],
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        let Some(Reply::ResponseHeaders(hr)) = r.response else {
+            panic!("headers reply")
+        };
+        assert_eq!(
+            hr.response.unwrap().header_mutation.unwrap().remove_headers,
+            ["content-length"]
+        );
+        x
+    }
+
+    #[tokio::test]
+    async fn json_tools_list_answers_are_held_back_then_filtered() {
+        let p = pipeline().await;
+        let mut x = list_exchange(&p, "application/json").await;
+        let (a, b) = LIST.split_at(30);
+        let first = x
+            .handle(&p, body(Phase::ResponseBody, a, false))
+            .await
+            .unwrap();
+        assert_eq!(mutated_body(&first).unwrap(), b"", "held back");
+        let last = x
+            .handle(&p, body(Phase::ResponseBody, b, true))
+            .await
+            .unwrap();
+        assert_eq!(mutated_body(&last).unwrap(), FILTERED);
+        assert_eq!(
+            struct_to_json(last.dynamic_metadata.unwrap())[METADATA_NAMESPACE]["hidden_tools"],
+            "delete_repo"
+        );
+    }
+
+    #[tokio::test]
+    async fn sse_tools_list_answers_are_filtered_at_any_chunk_boundary() {
+        let p = pipeline().await;
+        let stream = [
+            &b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"[..],
+            b"event: message\ndata: ",
+            LIST,
+            b"\n\n",
+        ]
+        .concat();
+        let expected = [
+            &b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"[..],
+            b"event: message\ndata: ",
+            FILTERED,
+            b"\n\n",
+        ]
+        .concat();
+        for split in (0..stream.len()).step_by(7) {
+            let mut x = list_exchange(&p, "text/event-stream").await;
+            let mut out = Vec::new();
+            for (chunk, last) in [(&stream[..split], false), (&stream[split..], true)] {
+                let r = x
+                    .handle(&p, body(Phase::ResponseBody, chunk, last))
+                    .await
+                    .unwrap();
+                out.extend(mutated_body(&r).unwrap());
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected),
+                "split at {split}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn other_answers_pass_untouched() {
+        let p = pipeline().await;
+        let mut x = Exchange::default();
+        let h = handoff(&[], None);
+        x.handle(
+            &p,
+            headers(
+                Phase::RequestHeaders,
+                &[(":path", "/mcp")],
+                Some(metadata(&h)),
+            ),
+        )
+        .await
+        .unwrap();
+        let r = x
+            .handle(
+                &p,
+                headers(
+                    Phase::ResponseHeaders,
+                    &[(":status", "200"), ("content-type", "application/json")],
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        let Some(Reply::ResponseHeaders(hr)) = r.response else {
+            panic!("headers reply")
+        };
+        assert!(hr.response.is_none());
+        let r = x
+            .handle(&p, body(Phase::ResponseBody, LIST, true))
+            .await
+            .unwrap();
+        assert_eq!(mutated_body(&r), None);
+    }
+}
