@@ -23,8 +23,12 @@ pub struct DecisionRecord {
     pub phase: &'static str,
     pub decision_id: String,
     pub request_id: String,
-    /// `allow` or `deny`: what Envoy was told.
+    /// `allow` or `deny`: the decision. Under dry-run a `deny` is logged here while the
+    /// request is let through.
     pub effect: &'static str,
+    /// The request was let through despite `effect: deny` because dry-run is on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// HTTP status of the answer (200 when forwarded).
     pub status: u16,
     pub reason: String,
@@ -96,36 +100,147 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Where decision records go.
-pub enum AuditLog {
+/// Where decision records go, and what is masked or dropped on the way.
+pub struct AuditLog {
+    sink: Sink,
+    mask: Vec<RedactPath>,
+    drop: Vec<RedactPath>,
+}
+
+enum Sink {
     Stdout,
+    File(std::sync::Mutex<std::fs::File>),
     #[cfg(test)]
     Memory(std::sync::Mutex<Vec<Value>>),
 }
 
+/// A redaction target: a dot path into principal attributes or into call arguments.
+#[derive(Debug, Clone)]
+enum RedactPath {
+    Claim(Vec<String>),
+    Argument(Vec<String>),
+}
+
+impl RedactPath {
+    fn parse(path: &str) -> Option<RedactPath> {
+        let split = |rest: &str| rest.split('.').map(str::to_owned).collect();
+        if let Some(rest) = path.strip_prefix("claims.") {
+            Some(RedactPath::Claim(split(rest)))
+        } else {
+            path.strip_prefix("arguments.")
+                .map(|rest| RedactPath::Argument(split(rest)))
+        }
+    }
+}
+
+/// The value written in place of a masked one.
+pub const MASK: &str = "****";
+
 impl AuditLog {
+    pub fn new(config: &crate::config::AuditConfig) -> std::io::Result<AuditLog> {
+        let sink = match config.output.file() {
+            None => Sink::Stdout,
+            Some(path) => Sink::File(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+        };
+        let parse = |paths: &[String]| paths.iter().filter_map(|p| RedactPath::parse(p)).collect();
+        Ok(AuditLog {
+            sink,
+            mask: parse(&config.mask),
+            drop: parse(&config.drop),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn memory(config: &crate::config::AuditConfig) -> AuditLog {
+        let mut log = AuditLog::new(config).unwrap_or_else(|_| unreachable!());
+        log.sink = Sink::Memory(std::sync::Mutex::new(Vec::new()));
+        log
+    }
+
+    #[cfg(test)]
+    pub fn lines(&self) -> Vec<Value> {
+        match &self.sink {
+            Sink::Memory(lines) => lines.lock().map(|l| l.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn write(&self, record: &DecisionRecord) {
-        match self {
-            AuditLog::Stdout => {
-                let mut line = match serde_json::to_vec(record) {
-                    Ok(line) => line,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot serialise a decision record");
-                        return;
-                    }
-                };
-                line.push(b'\n');
-                let mut out = std::io::stdout().lock();
-                if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
-                    tracing::error!(error = %e, "cannot write the decision log");
-                }
+        let mut record = record.clone();
+        self.redact(&mut record);
+        let mut line = match serde_json::to_vec(&record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise a decision record");
+                return;
             }
+        };
+        line.push(b'\n');
+        let result = match &self.sink {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&line).and_then(|()| out.flush())
+            }
+            Sink::File(file) => match file.lock() {
+                Ok(mut f) => f.write_all(&line),
+                Err(_) => Ok(()),
+            },
             #[cfg(test)]
-            AuditLog::Memory(lines) => {
-                if let (Ok(mut lines), Ok(value)) = (lines.lock(), serde_json::to_value(record)) {
+            Sink::Memory(lines) => {
+                if let (Ok(mut lines), Ok(value)) = (lines.lock(), serde_json::from_slice(&line)) {
                     lines.push(value);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot write the decision log");
+        }
+    }
+
+    fn redact(&self, record: &mut DecisionRecord) {
+        for (paths, masking) in [(&self.mask, true), (&self.drop, false)] {
+            for path in paths {
+                match path {
+                    RedactPath::Claim(keys) => {
+                        if let Some(p) = &mut record.principal {
+                            redact_in(&mut p.attr, keys, masking);
+                        }
+                    }
+                    RedactPath::Argument(keys) => {
+                        for resource in &mut record.resources {
+                            if let Some(Value::Object(args)) = resource.attr.get_mut("arguments") {
+                                redact_in(args, keys, masking);
+                            }
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+fn redact_in(map: &mut Map<String, Value>, keys: &[String], masking: bool) {
+    let Some((last, parents)) = keys.split_last() else {
+        return;
+    };
+    let mut current = map;
+    for key in parents {
+        match current.get_mut(key) {
+            Some(Value::Object(next)) => current = next,
+            _ => return,
+        }
+    }
+    if masking {
+        if let Some(v) = current.get_mut(last) {
+            *v = Value::String(MASK.to_owned());
+        }
+    } else {
+        current.remove(last);
     }
 }

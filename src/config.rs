@@ -61,6 +61,70 @@ pub struct Config {
     /// How MCP denials are answered.
     #[serde(default)]
     pub mcp: McpConfig,
+    /// Evaluate and log policy denials but let requests through (marked `dry_run` in the log),
+    /// to roll a policy out safely. Identity, parsing and Cerbos failures are still enforced.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The decision log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `stdout` (default) or a file path (appended to).
+    #[serde(default)]
+    pub output: AuditOutput,
+    /// Paths replaced by `"****"` in the log: `arguments.<path>` (MCP call and prompt
+    /// arguments) or `claims.<name>` (principal attributes).
+    #[serde(default)]
+    pub mask: Vec<String>,
+    /// Paths removed from the log, same syntax as `mask`.
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AuditOutput {
+    #[default]
+    #[serde(skip)]
+    Stdout,
+    File(PathBuf),
+}
+
+impl AuditOutput {
+    /// `stdout` written in the file means standard output.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            AuditOutput::File(p) if p.as_os_str() != "stdout" => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener; `null` turns it off.
+    #[serde(default = "default_admin_address")]
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: default_admin_address(),
+        }
+    }
+}
+
+fn default_admin_address() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9192)))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,6 +419,9 @@ pub struct RouteConfig {
     /// MCP only: overrides the Cerbos resource kind for this server (e.g. `mcp::support`).
     #[serde(default)]
     pub resource_kind: Option<String>,
+    /// Dry-run for this route only (see the top-level `dry_run`).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Request formats agent-authz can read.
@@ -650,6 +717,20 @@ impl Config {
                 }
             }
         }
+        for (key, paths) in [
+            ("audit.mask", &self.audit.mask),
+            ("audit.drop", &self.audit.drop),
+        ] {
+            if let Some(bad_path) = paths.iter().find(|p| {
+                !(p.strip_prefix("arguments.").is_some_and(|r| !r.is_empty())
+                    || p.strip_prefix("claims.").is_some_and(|r| !r.is_empty()))
+            }) {
+                return Err((
+                    key.to_owned(),
+                    format!("{bad_path:?} must start with arguments. or claims."),
+                ));
+            }
+        }
         for (key, value) in [
             ("vocabulary.model_kind", &self.vocabulary.model_kind),
             ("vocabulary.model_action", &self.vocabulary.model_action),
@@ -757,6 +838,9 @@ routes:
             "tools/call/{tool}"
         );
         assert_eq!(c.mcp.denied_http_status, 200);
+        assert!(!c.dry_run);
+        assert_eq!(c.audit.output.file(), None);
+        assert_eq!(c.admin.address.unwrap().to_string(), "127.0.0.1:9192");
     }
 
     #[test]
@@ -800,6 +884,11 @@ routes:
                 "audiences: [gw]",
                 "audiences: [gw]\n    leeway: forever",
                 "identity.jwt.leeway",
+            ),
+            (
+                "routes:",
+                "audit: {mask: [card_number]}\nroutes:",
+                "audit.mask",
             ),
         ];
         for (from, to, key) in cases {

@@ -14,12 +14,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod decide;
 pub mod extract;
 pub mod handoff;
 pub mod identity;
+pub mod metrics;
 pub mod pipeline;
 pub mod respond;
 pub mod rewrite;

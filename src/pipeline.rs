@@ -2,6 +2,7 @@
 //! Transport-agnostic: ext_authz decodes into a [`CheckInput`] and encodes the [`Outcome`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
 use crate::extract::{self, AgentRequest, ExtractError, HttpRequest, Router};
 use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
 use crate::identity::{Authenticator, Principal};
+use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
 use crate::respond::Outcome;
 use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
 
@@ -54,7 +56,9 @@ pub struct Pipeline<E> {
     max_list_response_bytes: usize,
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
+    dry_run: bool,
     audit: AuditLog,
+    metrics: Arc<Metrics>,
 }
 
 /// What happened, accumulated as the stages run, then logged once.
@@ -70,7 +74,13 @@ struct Trace {
 }
 
 impl<E: PolicyEngine> Pipeline<E> {
-    pub fn new(config: &Config, authenticator: Authenticator, engine: E, audit: AuditLog) -> Self {
+    pub fn new(
+        config: &Config,
+        authenticator: Authenticator,
+        engine: E,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             router: Router::new(&config.routes),
             authenticator,
@@ -87,8 +97,33 @@ impl<E: PolicyEngine> Pipeline<E> {
                 pdp_unavailable_status: config.cerbos.unavailable_status,
                 mcp_denied_status: config.mcp.denied_http_status,
             },
+            dry_run: config.dry_run,
             audit,
+            metrics,
         }
+    }
+
+    /// Asks the engine, timing the round trip.
+    async fn ask(
+        &self,
+        principal: &Principal,
+        checks: Vec<crate::decide::ResourceCheck>,
+        request_id: &str,
+    ) -> Result<Decision, DecideError> {
+        let asked = Instant::now();
+        let answer = self.engine.check(principal, checks, request_id).await;
+        let error = answer.as_ref().err().map(DecideError::label);
+        self.metrics.observe_cerbos(asked.elapsed(), error);
+        answer
+    }
+
+    /// Readiness: signing keys loaded, and Cerbos answering.
+    pub async fn readiness(&self) -> (bool, bool) {
+        (self.authenticator.keys_loaded(), self.engine.ready().await)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -119,17 +154,42 @@ impl<E: PolicyEngine> Pipeline<E> {
             .as_ref()
             .map_or("", |p| p.id.as_str())
             .to_owned();
-        let (outcome, status, reason, refusal) = match result {
+        let dry_run = self.dry_run || trace.route.as_ref().is_some_and(|r| r.dry_run);
+        let (outcome, status, reason, refusal, dry_run) = match result {
             Ok(()) => {
+                let verb = match self.denied_tools {
+                    DeniedTools::Strip => "stripped",
+                    DeniedTools::Pass | DeniedTools::Reject => "passed",
+                };
                 let reason = if trace.denied_tools.is_empty() {
                     "allowed".to_owned()
                 } else {
                     format!(
-                        "allowed; denied tools passed: {}",
+                        "allowed; denied tools {verb}: {}",
                         trace.denied_tools.join(", ")
                     )
                 };
-                (self.allow(&input, &trace, &reason), 200, reason, None)
+                (
+                    self.allow(&input, &trace, &reason),
+                    200,
+                    reason,
+                    None,
+                    false,
+                )
+            }
+            // Dry-run rolls out policy: only policy denials are waived, never identity,
+            // parsing or PDP failures.
+            Err(refusal @ (Refusal::PolicyDenied(_) | Refusal::UnclassifiedRoute(_)))
+                if dry_run =>
+            {
+                let reason = format!("dry-run, would deny: {}", refusal.reason(&principal_id));
+                (
+                    self.allow(&input, &trace, &reason),
+                    200,
+                    reason,
+                    Some(refusal.label()),
+                    true,
+                )
             }
             Err(refusal) => {
                 let reason = refusal.reason(&principal_id);
@@ -141,12 +201,47 @@ impl<E: PolicyEngine> Pipeline<E> {
                     status,
                     reason,
                     Some(refusal.label()),
+                    false,
                 )
             }
         };
-        self.audit
-            .write(&record(&input, &trace, status, reason, refusal));
+        let record = record(&input, &trace, status, reason, refusal, dry_run);
+        self.count(&record);
+        self.audit.write(&record);
         outcome
+    }
+
+    fn count(&self, record: &DecisionRecord) {
+        self.metrics
+            .check_duration
+            .observe(record.latency_ms / 1000.0);
+        self.metrics
+            .checks
+            .get_or_create(&CheckLabels {
+                route: record.route.clone().unwrap_or_default(),
+                format: record.format.unwrap_or("").to_owned(),
+                effect: record.effect.to_owned(),
+                refusal: record.refusal.unwrap_or("").to_owned(),
+                dry_run: record.dry_run.to_string(),
+            })
+            .inc();
+        for r in &record.resources {
+            self.metrics
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    kind: r.kind.clone(),
+                    action: r.action.clone(),
+                    effect: serde_json::to_value(r.effect)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                })
+                .inc();
+        }
+        if self.denied_tools == DeniedTools::Strip && record.effect == "allow" {
+            self.metrics
+                .count_removed("strip", record.denied_tools.len());
+        }
     }
 
     async fn run(&self, input: &CheckInput, trace: &mut Trace) -> (Result<(), Refusal>, Dialect) {
@@ -191,11 +286,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         }
         let checks = self.vocabulary.checks(&route, &request);
         trace.request = Some(request);
-        match self
-            .engine
-            .check(&principal, checks, &trace.request_id)
-            .await
-        {
+        match self.ask(&principal, checks, &trace.request_id).await {
             Ok(decision) => trace.decision = decision,
             Err(e) => return (Err(Refusal::PolicyUnavailable(e)), dialect),
         }
@@ -371,10 +462,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         let checks = self
             .vocabulary
             .tool_visibility_checks(&list.server, &list.kind, tools);
-        let decision = self
-            .engine
-            .check(&principal, checks, &handoff.request_id)
-            .await?;
+        let decision = self.ask(&principal, checks, &handoff.request_id).await?;
         let hidden: Vec<String> = decision
             .verdicts
             .iter()
@@ -387,6 +475,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             decision_id: handoff.decision_id.clone(),
             request_id: handoff.request_id.clone(),
             effect: "allow",
+            dry_run: false,
             status: 200,
             reason: if hidden.is_empty() {
                 "every listed tool is visible".to_owned()
@@ -405,6 +494,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             cerbos_call_ids: decision.call_ids,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         });
+        self.metrics.count_removed("hide", hidden.len());
         Ok(hidden)
     }
 
@@ -434,6 +524,7 @@ fn record(
     status: u16,
     reason: String,
     refusal: Option<&'static str>,
+    dry_run: bool,
 ) -> DecisionRecord {
     DecisionRecord {
         time: now_rfc3339(),
@@ -441,6 +532,7 @@ fn record(
         decision_id: trace.decision_id.clone(),
         request_id: trace.request_id.clone(),
         effect: if refusal.is_none() { "allow" } else { "deny" },
+        dry_run,
         status,
         reason,
         refusal,

@@ -87,7 +87,9 @@ impl Harness {
 
     async fn with_engine(extra: &str, fail: Option<DecideError>) -> Self {
         let config = Config::parse(&format!("{CONFIG}{extra}")).unwrap();
-        let authenticator = Authenticator::start(&config.identity).await.unwrap();
+        let authenticator = Authenticator::start(&config.identity, Default::default())
+            .await
+            .unwrap();
         let engine = FakeEngine {
             allow: demo_rules,
             fail,
@@ -99,7 +101,8 @@ impl Harness {
                 &config,
                 authenticator,
                 engine,
-                AuditLog::Memory(Mutex::new(vec![])),
+                AuditLog::memory(&config.audit),
+                Arc::new(Metrics::new()),
             ),
         }
     }
@@ -109,10 +112,7 @@ impl Harness {
     }
 
     fn log(&self) -> Vec<Value> {
-        match &self.pipeline.audit {
-            AuditLog::Memory(lines) => lines.lock().unwrap().clone(),
-            AuditLog::Stdout => unreachable!(),
-        }
+        self.pipeline.audit.lines()
     }
 }
 
@@ -535,4 +535,92 @@ async fn tools_list_requests_hand_over_what_the_answer_filter_needs() {
         response_phase["hidden_tools"],
         json!(["refund", "delete_repo"])
     );
+}
+
+#[tokio::test]
+async fn dry_run_logs_the_denial_and_lets_the_request_through() {
+    let h = Harness::new("dry_run: true\n").await;
+    let outcome = h
+        .pipeline
+        .check(input("/v1/chat/completions", chat("gpt-4o", &[]), alice()))
+        .await;
+    assert!(matches!(outcome, Outcome::Allow { .. }));
+    let line = &h.log()[0];
+    assert_eq!(
+        (line["effect"].as_str(), line["dry_run"].as_bool()),
+        (Some("deny"), Some(true))
+    );
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("dry-run, would deny: alice may not invoke model gpt-4o")
+    );
+    // Identity is still enforced.
+    let (status, _) = denial(
+        &h.pipeline
+            .check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o", &[]),
+                HashMap::new(),
+            ))
+            .await,
+    );
+    assert_eq!(status, 401);
+
+    let per_route = CONFIG.replace(
+        "format: mcp, mcp_server: support}",
+        "format: mcp, mcp_server: support, dry_run: true}",
+    );
+    let config = Config::parse(&per_route).unwrap();
+    assert!(config.routes[1].dry_run && !config.routes[0].dry_run);
+}
+
+#[tokio::test]
+async fn redaction_masks_and_drops_before_the_log() {
+    let h = Harness::new("audit: {mask: [arguments.card.number, claims.assigned_ticket], drop: [arguments.cvv, claims.refund_limit_cents]}\n").await;
+    let mut body = refund(1, "T-100", 10);
+    body["params"]["arguments"]["card"] = json!({"number": "4111111111111111", "brand": "visa"});
+    body["params"]["arguments"]["cvv"] = json!("123");
+    h.pipeline.check(input("/mcp", body, alice())).await;
+    let line = h.log()[0].clone();
+    let args = &line["resources"][0]["attr"]["arguments"];
+    assert_eq!(args["card"], json!({"number": "****", "brand": "visa"}));
+    assert!(args.get("cvv").is_none());
+    assert_eq!(line["principal"]["attr"]["assigned_ticket"], "****");
+    assert!(
+        line["principal"]["attr"]
+            .get("refund_limit_cents")
+            .is_none()
+    );
+    let text = line.to_string();
+    assert!(!text.contains("4111111111111111") && !text.contains("\"123\""));
+    // The decision itself saw the real values (the refund was judged on its own ticket).
+    assert_eq!(line["effect"], "allow");
+}
+
+#[tokio::test]
+async fn metrics_count_checks_and_decisions() {
+    let h = Harness::new("").await;
+    h.pipeline
+        .check(input("/v1/chat/completions", chat("gpt-4o", &[]), alice()))
+        .await;
+    h.pipeline
+        .check(input(
+            "/v1/chat/completions",
+            chat("gpt-4o-mini", &[]),
+            alice(),
+        ))
+        .await;
+    let text = h.pipeline.metrics().encode();
+    assert!(text.contains(r#"agent_authz_checks_total{route="/v1/chat/completions",format="openai_chat",effect="deny",refusal="policy_denied",dry_run="false"} 1"#), "{text}");
+    assert!(text.contains(r#"agent_authz_checks_total{route="/v1/chat/completions",format="openai_chat",effect="allow",refusal="",dry_run="false"} 1"#));
+    assert!(text.contains(
+        r#"agent_authz_decisions_total{kind="llm_model",action="invoke",effect="deny"} 1"#
+    ));
+    assert!(
+        text.contains("agent_authz_cerbos_request_duration_seconds_count 2"),
+        "{text}"
+    );
+    assert!(text.contains("agent_authz_check_duration_seconds_count 2"));
 }

@@ -1,16 +1,20 @@
-//! Start-up and the gRPC listener: builds the pipeline from a validated [`Config`] and serves
-//! ext_authz and ext_proc on one port until SIGINT/SIGTERM, letting in-flight checks finish.
+//! Start-up and listeners: builds the pipeline from a validated [`Config`], serves ext_authz,
+//! ext_proc and `grpc.health.v1` on the gRPC port and the admin router on its own port, until
+//! SIGINT/SIGTERM, letting in-flight checks finish.
 
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use tokio::sync::watch;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::decide::cerbos::CerbosEngine;
 use crate::identity::Authenticator;
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::respond::ext_authz::ExtAuthzService;
 use crate::respond::ext_proc::ExtProcService;
@@ -19,38 +23,76 @@ use crate::respond::ext_proc::ExtProcService;
 const GRPC_OVERHEAD_BYTES: usize = 1024 * 1024;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let authenticator = Authenticator::start(&config.identity).await?;
+    let metrics = Arc::new(Metrics::new());
+    let authenticator =
+        Authenticator::start(&config.identity, metrics.jwks_refresh_failures.clone()).await?;
     let engine = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
+    let audit = AuditLog::new(&config.audit).map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
     let pipeline = Arc::new(Pipeline::new(
         &config,
         authenticator,
         engine,
-        AuditLog::Stdout,
+        audit,
+        metrics,
     ));
     let max_message = pipeline
         .max_body_bytes()
         .saturating_add(GRPC_OVERHEAD_BYTES);
     let authz = AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&pipeline)))
         .max_decoding_message_size(max_message);
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(pipeline))
+    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&pipeline)))
         .max_decoding_message_size(max_message);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AuthorizationServer<ExtAuthzService<CerbosEngine>>>()
+        .await;
+    health_reporter
+        .set_serving::<ExternalProcessorServer<ExtProcService<CerbosEngine>>>()
+        .await;
 
-    let listener = tokio::net::TcpListener::bind(config.server.grpc_address).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let admin = match config.admin.address {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("admin.address {address}: {e}"))?;
+            let router = crate::admin::router(Arc::clone(&pipeline));
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                router,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.server.grpc_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("server.grpc_address {}: {e}", config.server.grpc_address))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, cerbos = %config.cerbos.address, "agent-authz listening");
     Server::builder()
+        .add_service(health)
         .add_service(authz)
         .add_service(ext_proc)
-        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped(stop_rx),
+        )
         .await?;
+    if let Some(admin) = admin {
+        admin.await??;
+    }
     tracing::info!("agent-authz stopped");
     Ok(())
-}
-
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn shutdown_signal() {

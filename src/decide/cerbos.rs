@@ -20,6 +20,9 @@ use cerbos::genpb::google::protobuf::{ListValue, Struct, Value as PbValue, value
 use futures_util::future::try_join_all;
 use serde_json::{Map, Value};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
@@ -28,6 +31,7 @@ use crate::identity::Principal;
 #[derive(Clone)]
 pub struct CerbosEngine {
     client: CerbosServiceClient<Channel>,
+    health: HealthClient<Channel>,
     timeout: Duration,
     policy_version: String,
     scope: String,
@@ -49,8 +53,10 @@ impl CerbosEngine {
                 .tls_config(ClientTlsConfig::new().with_native_roots())
                 .map_err(|e| format!("cerbos.address: {e}"))?;
         }
+        let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: CerbosServiceClient::new(endpoint.connect_lazy()),
+            client: CerbosServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
             timeout: config.timeout,
             policy_version: config.policy_version.clone(),
             scope: config.scope.clone(),
@@ -104,6 +110,17 @@ impl CerbosEngine {
 }
 
 impl PolicyEngine for CerbosEngine {
+    async fn ready(&self) -> bool {
+        let mut health = self.health.clone();
+        let probe = health.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        matches!(
+            tokio::time::timeout(self.timeout, probe).await,
+            Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32
+        )
+    }
+
     async fn check(
         &self,
         principal: &Principal,

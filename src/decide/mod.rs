@@ -112,6 +112,17 @@ pub enum DecideError {
     Protocol(String),
 }
 
+impl DecideError {
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecideError::Unavailable(_) => "unavailable",
+            DecideError::Timeout(_) => "timeout",
+            DecideError::Protocol(_) => "protocol",
+        }
+    }
+}
+
 /// A policy decision point.
 pub trait PolicyEngine: Send + Sync + 'static {
     /// Judges every check for `principal` in as few round trips as the engine allows.
@@ -122,4 +133,9 @@ pub trait PolicyEngine: Send + Sync + 'static {
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
+
+    /// Whether the engine answers right now (for readiness probes).
+    fn ready(&self) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
 }

@@ -139,6 +139,7 @@ mod tests {
             format: Format::Mcp,
             mcp_server: Some("support".into()),
             resource_kind: kind.map(str::to_owned),
+            dry_run: false,
         }
     }
 
@@ -164,6 +165,7 @@ mod tests {
             format: Format::OpenaiChat,
             mcp_server: None,
             resource_kind: None,
+            dry_run: false,
         };
         let request = AgentRequest::Llm(LlmRequest {
             model: "gpt-4o".into(),

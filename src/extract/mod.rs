@@ -218,6 +218,7 @@ mod tests {
             format: Format::OpenaiChat,
             mcp_server: None,
             resource_kind: None,
+            dry_run: false,
         }
     }
 

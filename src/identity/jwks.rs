@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::JwksSource;
 
@@ -130,7 +131,7 @@ impl KeyStore {
     /// Loads the configured source. A file must load now (a typo is a start-up error); a URL
     /// that is down at start is retried by the refresh task, and tokens are refused with 503
     /// until keys arrive.
-    pub async fn start(source: &JwksSource) -> Result<Arc<KeyStore>, JwksError> {
+    pub async fn start(source: &JwksSource, failures: Counter) -> Result<Arc<KeyStore>, JwksError> {
         if let Some(path) = &source.file {
             let keys = load_file(path)?;
             tracing::info!(path = %path.display(), keys = keys.keys.len(), "JWKS loaded");
@@ -149,7 +150,10 @@ impl KeyStore {
                 tracing::info!(%url, keys = keys.keys.len(), "JWKS fetched");
                 store.replace(keys);
             }
-            Err(e) => tracing::error!(error = %e, "JWKS fetch failed at start; retrying"),
+            Err(e) => {
+                failures.inc();
+                tracing::error!(error = %e, "JWKS fetch failed at start; retrying");
+            }
         }
         let refresh = source.refresh_interval;
         let weak = Arc::downgrade(&store);

@@ -11,6 +11,7 @@ pub mod jwt;
 use std::collections::HashMap;
 use std::fmt;
 
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 
 use crate::config::{IdentityConfig, IdentitySource, PrincipalConfig};
@@ -74,10 +75,14 @@ enum Source {
 }
 
 impl Authenticator {
-    pub async fn start(config: &IdentityConfig) -> anyhow::Result<Authenticator> {
+    /// `jwks_failures` counts failed JWKS refreshes.
+    pub async fn start(
+        config: &IdentityConfig,
+        jwks_failures: Counter,
+    ) -> anyhow::Result<Authenticator> {
         let source = match (config.source, &config.jwt) {
             (IdentitySource::Jwt, Some(jwt)) => {
-                let keys = KeyStore::start(&jwt.jwks).await?;
+                let keys = KeyStore::start(&jwt.jwks, jwks_failures).await?;
                 Source::Jwt(JwtVerifier::new(jwt, keys).map_err(anyhow::Error::msg)?)
             }
             (IdentitySource::Jwt, None) => anyhow::bail!("identity.jwt is required"),
@@ -97,6 +102,14 @@ impl Authenticator {
         Authenticator {
             source: Source::Jwt(verifier),
             mapping,
+        }
+    }
+
+    /// Whether verification keys are available (always true when Envoy verifies).
+    pub fn keys_loaded(&self) -> bool {
+        match &self.source {
+            Source::Jwt(verifier) => verifier.keys_loaded(),
+            Source::EnvoyJwtAuthn { .. } => true,
         }
     }
 

@@ -458,12 +458,15 @@ mod tests {
 
     async fn pipeline() -> Pipeline<HideDeleteRepo> {
         let config = Config::parse("identity: {source: envoy_jwt_authn}\n").unwrap();
-        let auth = Authenticator::start(&config.identity).await.unwrap();
+        let auth = Authenticator::start(&config.identity, Default::default())
+            .await
+            .unwrap();
         Pipeline::new(
             &config,
             auth,
             HideDeleteRepo,
-            AuditLog::Memory(std::sync::Mutex::new(vec![])),
+            AuditLog::memory(&config.audit),
+            Arc::new(crate::metrics::Metrics::new()),
         )
     }
 

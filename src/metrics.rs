@@ -1,0 +1,189 @@
+//! Prometheus metrics, served as text on the admin port (`/metrics`). Names spell out subject
+//! and verb (`agent_authz_checks_total`, `agent_authz_cerbos_errors_total`); label values are
+//! bounded by configuration (routes, resource kinds, actions), never by request content other
+//! than the tool and model names a policy already knows.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub route: String,
+    pub format: String,
+    /// `allow` or `deny`.
+    pub effect: String,
+    /// Why a denial happened (`policy_denied`, `unauthenticated`, ...); empty on allow.
+    pub refusal: String,
+    /// `true` when dry-run turned a denial into an allow.
+    pub dry_run: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub kind: String,
+    pub action: String,
+    pub effect: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemovedLabels {
+    /// `strip` (request body) or `hide` (tools/list answer).
+    pub how: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub checks: Family<CheckLabels, Counter>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub check_duration: Histogram,
+    pub cerbos_duration: Histogram,
+    pub cerbos_errors: Family<ErrorLabels, Counter>,
+    pub jwks_refresh_failures: Counter,
+    pub tools_removed: Family<RemovedLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agent_authz");
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "checks",
+            "Requests judged, by route, format and outcome",
+            checks.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Cerbos verdicts, by resource kind, action and effect",
+            decisions.clone(),
+        );
+        let check_duration = Histogram::new(exponential_buckets(0.0002, 2.0, 16));
+        registry.register(
+            "check_duration_seconds",
+            "Time to judge one request, Cerbos included",
+            check_duration.clone(),
+        );
+        let cerbos_duration = Histogram::new(exponential_buckets(0.0002, 2.0, 16));
+        registry.register(
+            "cerbos_request_duration_seconds",
+            "Time of one CheckResources round trip",
+            cerbos_duration.clone(),
+        );
+        let cerbos_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "cerbos_errors",
+            "Cerbos calls that failed (the request failed closed)",
+            cerbos_errors.clone(),
+        );
+        let jwks_refresh_failures = Counter::default();
+        registry.register(
+            "jwks_refresh_failures",
+            "JWKS fetches that failed (the last good keys were kept)",
+            jwks_refresh_failures.clone(),
+        );
+        let tools_removed = Family::<RemovedLabels, Counter>::default();
+        registry.register(
+            "tools_removed",
+            "Tools removed from request bodies or tools/list answers",
+            tools_removed.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Self {
+            registry,
+            checks,
+            decisions,
+            check_duration,
+            cerbos_duration,
+            cerbos_errors,
+            jwks_refresh_failures,
+            tools_removed,
+        }
+    }
+
+    pub fn observe_cerbos(&self, elapsed: Duration, error: Option<&str>) {
+        self.cerbos_duration.observe(elapsed.as_secs_f64());
+        if let Some(error) = error {
+            self.cerbos_errors
+                .get_or_create(&ErrorLabels {
+                    error: error.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn count_removed(&self, how: &str, n: usize) {
+        if n > 0 {
+            self.tools_removed
+                .get_or_create(&RemovedLabels {
+                    how: how.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_exposition_names_what_happened() {
+        let m = Metrics::new();
+        m.checks
+            .get_or_create(&CheckLabels {
+                route: "/mcp".into(),
+                format: "mcp".into(),
+                effect: "deny".into(),
+                refusal: "policy_denied".into(),
+                dry_run: "false".into(),
+            })
+            .inc();
+        m.observe_cerbos(Duration::from_millis(3), Some("timeout"));
+        m.count_removed("strip", 2);
+        let text = m.encode();
+        assert!(text.contains(
+            r#"agent_authz_checks_total{route="/mcp",format="mcp",effect="deny",refusal="policy_denied",dry_run="false"} 1"#
+        ));
+        assert!(text.contains(r#"agent_authz_cerbos_errors_total{error="timeout"} 1"#));
+        assert!(text.contains(r#"agent_authz_tools_removed_total{how="strip"} 2"#));
+        assert!(text.contains("agent_authz_cerbos_request_duration_seconds_count 1"));
+        assert!(text.contains("agent_authz_build_info{version="));
+    }
+}
