@@ -124,6 +124,7 @@ fn chat_route() -> RouteConfig {
         format: Format::OpenaiChat,
         mcp_server: None,
         resource_kind: None,
+        dry_run: false,
     }
 }
 
@@ -133,6 +134,7 @@ fn mcp_route() -> RouteConfig {
         format: Format::Mcp,
         mcp_server: Some("support".into()),
         resource_kind: None,
+        dry_run: false,
     }
 }
 
