@@ -137,6 +137,10 @@ pub struct ServerConfig {
     /// `with_request_body.max_request_bytes`; a larger body is refused with 413.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Most resources one request may ask about (a model plus its tools, or an MCP batch);
+    /// more is refused with 400 rather than fanned out to Cerbos.
+    #[serde(default = "default_max_checks")]
+    pub max_checks_per_request: usize,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +148,7 @@ impl Default for ServerConfig {
         Self {
             grpc_address: default_grpc_address(),
             max_request_bytes: default_max_request_bytes(),
+            max_checks_per_request: default_max_checks(),
         }
     }
 }
@@ -154,6 +159,10 @@ fn default_grpc_address() -> SocketAddr {
 
 fn default_max_request_bytes() -> usize {
     1024 * 1024
+}
+
+fn default_max_checks() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize)]

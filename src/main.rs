@@ -45,8 +45,6 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // Both rustls back ends are linked (tonic and reqwest); name the one in use.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let path = match &cli.command {
         Command::Serve { config } | Command::Validate { config } => config,

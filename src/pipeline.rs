@@ -54,6 +54,7 @@ pub struct Pipeline<E> {
     denied_tools_header: bool,
     max_body_bytes: usize,
     max_list_response_bytes: usize,
+    max_checks: usize,
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
     dry_run: bool,
@@ -92,6 +93,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             denied_tools_header: config.denied_tools_response_header,
             max_body_bytes: config.server.max_request_bytes,
             max_list_response_bytes: config.mcp.max_list_response_bytes,
+            max_checks: config.server.max_checks_per_request,
             protected_prefixes: config.identity.protected_header_prefixes.clone(),
             answers: AnswerSettings {
                 pdp_unavailable_status: config.cerbos.unavailable_status,
@@ -261,6 +263,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         let principal = match self
             .authenticator
             .authenticate(&input.headers, &input.metadata)
+            .await
         {
             Ok(principal) => principal,
             Err(e) => return (Err(Refusal::Unauthenticated(e)), dialect),
@@ -286,6 +289,13 @@ impl<E: PolicyEngine> Pipeline<E> {
         }
         let checks = self.vocabulary.checks(&route, &request);
         trace.request = Some(request);
+        if checks.len() > self.max_checks {
+            let too_many = ExtractError::TooManyResources {
+                count: checks.len(),
+                limit: self.max_checks,
+            };
+            return (Err(Refusal::BadRequest(too_many)), dialect);
+        }
         match self.ask(&principal, checks, &trace.request_id).await {
             Ok(decision) => trace.decision = decision,
             Err(e) => return (Err(Refusal::PolicyUnavailable(e)), dialect),

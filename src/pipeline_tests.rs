@@ -624,3 +624,20 @@ async fn metrics_count_checks_and_decisions() {
     );
     assert!(text.contains("agent_authz_check_duration_seconds_count 2"));
 }
+
+#[tokio::test]
+async fn too_many_resources_are_refused_not_fanned_out() {
+    let h = Harness::new("").await;
+    let many: Vec<String> = (0..300).map(|i| format!("tool_{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let req = input("/v1/chat/completions", chat("gpt-4o-mini", &many), alice());
+    let (status, body) = denial(&h.pipeline.check(req).await);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("301 resources; the limit is 256")
+    );
+    assert_eq!(h.engine_calls(), 0);
+}

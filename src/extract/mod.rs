@@ -102,6 +102,8 @@ pub enum ExtractError {
     NotJson(String),
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("request asks about {count} resources; the limit is {limit}")]
+    TooManyResources { count: usize, limit: usize },
     /// An MCP request that breaks JSON-RPC or MCP rules; answered as a JSON-RPC error.
     #[error("{message}")]
     Mcp {
@@ -205,7 +207,75 @@ pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
     if request.body.is_empty() {
         return Err(ExtractError::EmptyBody);
     }
-    serde_json::from_slice(request.body).map_err(|e| ExtractError::NotJson(e.to_string()))
+    serde_json::from_slice::<StrictJson>(request.body)
+        .map(|strict| strict.0)
+        .map_err(|e| ExtractError::NotJson(e.to_string()))
+}
+
+/// JSON that refuses duplicate object keys. Parsers disagree on which duplicate wins (serde
+/// and Python take the last, others the first), so `{"model":"cheap","model":"expensive"}`
+/// could be judged as one request and executed as another: such bodies are not judged at all.
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(d).map(|s: StrictJson| s.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let StrictJson(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +347,24 @@ mod tests {
                 Err(ExtractError::NotJson(_))
             ),
             "BOM"
+        );
+        for dup in [
+            &br#"{"model":"a","model":"b"}"#[..],
+            br#"{"params":{"name":"x","name":"y"}}"#,
+            br#"[{"a":1,"a":1}]"#,
+        ] {
+            match req(&headers, Box::leak(dup.to_vec().into_boxed_slice())) {
+                Err(ExtractError::NotJson(why)) => assert!(why.contains("duplicate key"), "{why}"),
+                other => panic!("duplicate keys accepted: {other:?}"),
+            }
+        }
+        assert_eq!(
+            req(
+                &headers,
+                br#"{"a":{"k":1},"b":{"k":2},"n":1.5,"i":-3,"u":18446744073709551615}"#
+            )
+            .unwrap(),
+            serde_json::json!({"a":{"k":1},"b":{"k":2},"n":1.5,"i":-3,"u":18446744073709551615u64})
         );
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let deep: &'static [u8] = Box::leak(deep.into_bytes().into_boxed_slice());

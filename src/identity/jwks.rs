@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -97,15 +97,28 @@ impl KeySet {
     }
 }
 
-/// The shared, swappable key set.
+/// The shared, swappable key set, and where to fetch it again.
 pub struct KeyStore {
     current: RwLock<Arc<KeySet>>,
+    remote: Option<Remote>,
 }
 
+struct Remote {
+    client: reqwest::Client,
+    url: String,
+    failures: Counter,
+    /// When a token's unknown `kid` last made us fetch.
+    last_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// An unknown `kid` fetches the JWKS again (key rotation), at most this often.
+const MIN_REFETCH: Duration = Duration::from_secs(10);
+
 impl KeyStore {
-    fn new(initial: KeySet) -> Self {
+    fn new(initial: KeySet, remote: Option<Remote>) -> Self {
         Self {
             current: RwLock::new(Arc::new(initial)),
+            remote,
         }
     }
 
@@ -135,26 +148,26 @@ impl KeyStore {
         if let Some(path) = &source.file {
             let keys = load_file(path)?;
             tracing::info!(path = %path.display(), keys = keys.keys.len(), "JWKS loaded");
-            return Ok(Arc::new(KeyStore::new(keys)));
+            return Ok(Arc::new(KeyStore::new(keys, None)));
         }
         let Some(url) = source.url.clone() else {
             return Err(JwksError::Shape("no JWKS source configured".into()));
         };
+        // reqwest builds its TLS config from the process-wide rustls provider; two back ends
+        // are linked (through tonic and reqwest), so name one. Fails harmlessly if already set.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(source.fetch_timeout)
             .build()
             .map_err(|e| JwksError::Fetch(url.clone(), e.to_string()))?;
-        let store = Arc::new(KeyStore::new(KeySet::default()));
-        match fetch(&client, &url).await {
-            Ok(keys) => {
-                tracing::info!(%url, keys = keys.keys.len(), "JWKS fetched");
-                store.replace(keys);
-            }
-            Err(e) => {
-                failures.inc();
-                tracing::error!(error = %e, "JWKS fetch failed at start; retrying");
-            }
-        }
+        let remote = Remote {
+            client,
+            url,
+            failures,
+            last_kid_refetch: tokio::sync::Mutex::new(None),
+        };
+        let store = Arc::new(KeyStore::new(KeySet::default(), Some(remote)));
+        store.fetch().await;
         let refresh = source.refresh_interval;
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -169,23 +182,48 @@ impl KeyStore {
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(refresh);
                 let Some(store) = weak.upgrade() else { return };
-                match fetch(&client, &url).await {
-                    Ok(keys) => {
-                        tracing::debug!(%url, keys = keys.keys.len(), "JWKS refreshed");
-                        store.replace(keys);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "JWKS refresh failed; keeping last good keys")
-                    }
-                }
+                store.fetch().await;
             }
         });
         Ok(store)
     }
 
+    /// Fetches the JWKS again because a token names a key we do not have (the identity
+    /// provider rotated its keys). At most once per [`MIN_REFETCH`], so tokens with made-up
+    /// `kid`s cannot turn into a flood against the identity provider; concurrent callers wait
+    /// for the one fetch. Returns whether a fetch happened.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let mut last = remote.last_kid_refetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.fetch().await;
+        true
+    }
+
+    /// One fetch. A failure keeps the last good keys and counts in
+    /// `agent_authz_jwks_refresh_failures_total`.
+    async fn fetch(&self) {
+        let Some(remote) = &self.remote else { return };
+        match fetch(&remote.client, &remote.url).await {
+            Ok(keys) => {
+                tracing::debug!(url = %remote.url, keys = keys.keys.len(), "JWKS fetched");
+                self.replace(keys);
+            }
+            Err(e) => {
+                remote.failures.inc();
+                tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good keys");
+            }
+        }
+    }
+
     #[cfg(test)]
     pub fn fixed(keys: KeySet) -> Arc<KeyStore> {
-        Arc::new(KeyStore::new(keys))
+        Arc::new(KeyStore::new(keys, None))
     }
 }
 

@@ -57,8 +57,26 @@ impl JwtVerifier {
         self.keys.is_loaded()
     }
 
-    /// Verifies a compact JWS and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<serde_json::Map<String, Value>, IdentityError> {
+    /// Verifies a compact JWS and returns its claims. A token naming a key we do not hold
+    /// triggers one (rate-limited) JWKS fetch, so rotated keys work without a restart.
+    pub async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, Value>, IdentityError> {
+        match self.verify_with_current_keys(token) {
+            Err(IdentityError::InvalidToken(reason))
+                if reason == UNKNOWN_KID && self.keys.refetch_for_unknown_kid().await =>
+            {
+                self.verify_with_current_keys(token)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_with_current_keys(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, Value>, IdentityError> {
         if token.len() > self.max_token_bytes {
             return Err(IdentityError::InvalidToken("token too large".into()));
         }
@@ -89,6 +107,8 @@ impl JwtVerifier {
     }
 }
 
+const UNKNOWN_KID: &str = "unknown signing key (kid)";
+
 /// Picks the key named by `kid`, or the only compatible key when the token names none.
 fn select_key<'k>(
     keys: &'k [Key],
@@ -101,7 +121,7 @@ fn select_key<'k>(
         Some(kid) => keys
             .iter()
             .find(|k| k.kid.as_deref() == Some(kid))
-            .ok_or_else(|| IdentityError::InvalidToken("unknown signing key (kid)".into()))?,
+            .ok_or_else(|| IdentityError::InvalidToken(UNKNOWN_KID.into()))?,
         None => {
             let mut candidates = keys.iter().filter(compatible);
             match (candidates.next(), candidates.next()) {

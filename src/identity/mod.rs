@@ -114,7 +114,7 @@ impl Authenticator {
     }
 
     /// Identifies the caller. `metadata` maps Envoy metadata namespaces to their JSON content.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         headers: &HashMap<String, String>,
         metadata: &HashMap<String, Value>,
@@ -122,7 +122,10 @@ impl Authenticator {
         let (claims, token) = match &self.source {
             Source::Jwt(verifier) => {
                 let token = bearer_token(headers)?;
-                (verifier.verify(token)?, Some(BearerToken(token.to_owned())))
+                (
+                    verifier.verify(token).await?,
+                    Some(BearerToken(token.to_owned())),
+                )
             }
             Source::EnvoyJwtAuthn {
                 namespace,

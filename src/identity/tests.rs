@@ -17,6 +17,14 @@ const RSA_PUBLIC: &[u8] = include_bytes!("testdata/rsa_public.pem");
 const EC_KEY: &[u8] = include_bytes!("testdata/ec_private.pem");
 const OTHER_KEY: &[u8] = include_bytes!("testdata/other_rsa_private.pem");
 
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -68,7 +76,7 @@ fn bearer(token: &str) -> HashMap<String, String> {
 }
 
 fn check(token: &str) -> Result<Principal, IdentityError> {
-    authenticator(PrincipalConfig::default()).authenticate(&bearer(token), &HashMap::new())
+    block(authenticator(PrincipalConfig::default()).authenticate(&bearer(token), &HashMap::new()))
 }
 
 fn assert_invalid(token: &str, reason: &str) {
@@ -210,7 +218,7 @@ fn oversized_tokens_are_refused_unparsed() {
 fn authorization_header_shapes() {
     let a = authenticator(PrincipalConfig::default());
     let none = HashMap::new();
-    let run = |h: HashMap<String, String>| a.authenticate(&h, &none);
+    let run = |h: HashMap<String, String>| block(a.authenticate(&h, &none));
     assert_eq!(run(HashMap::new()), Err(IdentityError::MissingToken));
     let token = rs256(&claims());
     let h = |v: String| HashMap::from([("authorization".to_owned(), v)]);
@@ -277,8 +285,8 @@ fn claim_mapping_follows_config() {
     );
 }
 
-#[test]
-fn token_is_kept_only_when_passed_to_cerbos_and_never_printed() {
+#[tokio::test]
+async fn token_is_kept_only_when_passed_to_cerbos_and_never_printed() {
     let mapping = PrincipalConfig {
         pass_token_to_cerbos: true,
         ..PrincipalConfig::default()
@@ -286,6 +294,7 @@ fn token_is_kept_only_when_passed_to_cerbos_and_never_printed() {
     let token = rs256(&claims());
     let p = authenticator(mapping)
         .authenticate(&bearer(&token), &HashMap::new())
+        .await
         .unwrap();
     assert_eq!(p.token.as_ref().unwrap().expose(), token);
     assert!(!format!("{p:?}").contains(&token));
@@ -303,4 +312,122 @@ fn envoy_metadata_numbers_become_integers() {
     assert_eq!(p.attr["refund_limit_cents"], json!(5000));
     assert!(p.attr["refund_limit_cents"].is_i64());
     assert_eq!(p.attr["ratio"], json!(0.5));
+}
+
+/// A JWKS endpoint on loopback whose document can be changed, or which can fail.
+struct JwksServer {
+    url: String,
+    document: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl JwksServer {
+    async fn start(document: Option<String>) -> JwksServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let document = std::sync::Arc::new(std::sync::Mutex::new(document));
+        let served = document.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let response = match served.lock().unwrap().clone() {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
+                };
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        JwksServer { url, document }
+    }
+
+    fn serve(&self, document: Option<String>) {
+        *self.document.lock().unwrap() = document;
+    }
+}
+
+fn jwks_with(kids: &[&str]) -> String {
+    let all: Value = serde_json::from_slice(JWKS).unwrap();
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+#[tokio::test]
+async fn remote_jwks_rotation_and_outages() {
+    let server = JwksServer::start(Some(jwks_with(&["ec-1"]))).await;
+    let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let source = JwksSource {
+        file: None,
+        url: Some(server.url.clone()),
+        refresh_interval: std::time::Duration::from_secs(3600),
+        fetch_timeout: std::time::Duration::from_secs(2),
+    };
+    let keys = KeyStore::start(&source, failures.clone()).await.unwrap();
+    assert!(keys.is_loaded());
+    let config = JwtConfig {
+        jwks: source,
+        issuer: "https://issuer".into(),
+        audiences: vec!["gw".into()],
+        algorithms: vec!["RS256".into(), "ES256".into()],
+        leeway: std::time::Duration::from_secs(5),
+        max_token_bytes: 4096,
+    };
+    let verifier = JwtVerifier::new(&config, keys.clone()).unwrap();
+    // The provider rotates in rsa-1: an unknown kid fetches the JWKS again, once.
+    server.serve(Some(jwks_with(&["ec-1", "rsa-1"])));
+    assert_eq!(
+        verifier.verify(&rs256(&claims())).await.unwrap()["sub"],
+        "alice"
+    );
+    // The endpoint goes down: the last good keys keep working, and the failure is counted.
+    server.serve(None);
+    assert!(
+        !keys.refetch_for_unknown_kid().await,
+        "rate-limited right after a fetch"
+    );
+    let unknown = sign(Algorithm::RS256, Some("rsa-2"), RSA_KEY, &claims());
+    assert!(verifier.verify(&unknown).await.is_err());
+    assert!(verifier.verify(&rs256(&claims())).await.is_ok());
+    assert_eq!(
+        failures.get(),
+        0,
+        "no fetch was attempted inside the rate limit"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_jwks_down_at_start_counts_a_failure_and_refuses_with_503() {
+    let server = JwksServer::start(None).await;
+    let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let source = JwksSource {
+        file: None,
+        url: Some(server.url.clone()),
+        refresh_interval: std::time::Duration::from_secs(3600),
+        fetch_timeout: std::time::Duration::from_secs(2),
+    };
+    let keys = KeyStore::start(&source, failures.clone()).await.unwrap();
+    assert!(!keys.is_loaded());
+    assert_eq!(failures.get(), 1);
+    let config = JwtConfig {
+        jwks: source,
+        issuer: "https://issuer".into(),
+        audiences: vec!["gw".into()],
+        algorithms: vec!["RS256".into()],
+        leeway: std::time::Duration::from_secs(5),
+        max_token_bytes: 4096,
+    };
+    let verifier = JwtVerifier::new(&config, keys).unwrap();
+    assert_eq!(
+        verifier.verify(&rs256(&claims())).await,
+        Err(IdentityError::KeysUnavailable)
+    );
 }

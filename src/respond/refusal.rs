@@ -107,6 +107,7 @@ impl Refusal {
                     ExtractError::Mcp { code, .. } => (400, *code),
                     ExtractError::NotJson(_) => (400, -32700),
                     ExtractError::EmptyBody
+                    | ExtractError::TooManyResources { .. }
                     | ExtractError::UnnormalizedPath(_)
                     | ExtractError::InvalidRequest(_) => (400, mcp::INVALID_REQUEST),
                 };
