@@ -23,6 +23,9 @@ pub struct DecisionRecord {
     pub phase: &'static str,
     pub decision_id: String,
     pub request_id: String,
+    /// W3C trace id from the `traceparent` header Envoy forwards, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// `allow` or `deny`: the decision. Under dry-run a `deny` is logged here while the
     /// request is let through.
     pub effect: &'static str,

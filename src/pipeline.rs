@@ -484,6 +484,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             phase: "response",
             decision_id: handoff.decision_id.clone(),
             request_id: handoff.request_id.clone(),
+            trace_id: None,
             effect: "allow",
             dry_run: false,
             status: 200,
@@ -511,6 +512,14 @@ impl<E: PolicyEngine> Pipeline<E> {
     pub fn max_list_response_bytes(&self) -> usize {
         self.max_list_response_bytes
     }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32);
+    valid.then(|| id.to_ascii_lowercase())
 }
 
 /// Dynamic metadata for Envoy's access log (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
@@ -541,6 +550,7 @@ fn record(
         phase: "request",
         decision_id: trace.decision_id.clone(),
         request_id: trace.request_id.clone(),
+        trace_id: input.headers.get("traceparent").and_then(|t| trace_id(t)),
         effect: if refusal.is_none() { "allow" } else { "deny" },
         dry_run,
         status,

@@ -641,3 +641,21 @@ async fn too_many_resources_are_refused_not_fanned_out() {
     );
     assert_eq!(h.engine_calls(), 0);
 }
+
+#[tokio::test]
+async fn the_trace_id_of_traceparent_is_logged() {
+    let h = Harness::new("").await;
+    let mut req = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+    req.headers.insert(
+        "traceparent".into(),
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".into(),
+    );
+    h.pipeline.check(req).await;
+    let mut bad = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+    bad.headers
+        .insert("traceparent".into(), "00-nothex-00f067aa0ba902b7-01".into());
+    h.pipeline.check(bad).await;
+    let log = h.log();
+    assert_eq!(log[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(log[1].get("trace_id").is_none());
+}
