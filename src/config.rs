@@ -71,6 +71,41 @@ pub struct Config {
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Trace export.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); none: no export.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Timeout of one export.
+    #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            export_timeout: default_export_timeout(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "agent-authz".to_owned()
+}
+
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -26,3 +26,4 @@ pub mod pipeline;
 pub mod respond;
 pub mod rewrite;
 pub mod server;
+pub mod telemetry;

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use agent_authz::config::Config;
+use agent_authz::telemetry;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(
@@ -38,14 +42,6 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-
     let path = match &cli.command {
         Command::Serve { config } | Command::Validate { config } => config,
     };
@@ -56,26 +52,40 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    match cli.command {
-        Command::Validate { .. } => {
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
+    if let Command::Validate { .. } = cli.command {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent-authz: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        Command::Serve { .. } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("agent-authz: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(agent_authz::server::serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("agent-authz: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    };
+    let _guard = runtime.enter();
+    let traces = match telemetry::otlp_provider(&config.tracing) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("agent-authz: tracing.otlp_endpoint: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(traces.as_ref().map(telemetry::layer))
+        .init();
+    let result = runtime.block_on(agent_authz::server::serve(config));
+    if let Some(traces) = traces {
+        let _ = traces.shutdown();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-authz: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

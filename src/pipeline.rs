@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, now_rfc3339};
 use crate::config::{
@@ -20,6 +21,7 @@ use crate::identity::{Authenticator, Principal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
 use crate::respond::Outcome;
 use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
+use crate::telemetry;
 
 /// Header telling the upstream who was authorised.
 pub const PRINCIPAL_HEADER: &str = "x-agent-authz-principal";
@@ -134,6 +136,11 @@ impl<E: PolicyEngine> Pipeline<E> {
 
     /// Judges one request. Never fails: every problem becomes a refusal.
     pub async fn check(&self, input: CheckInput) -> Outcome {
+        let span = telemetry::check_span(&input.headers);
+        self.check_in_span(input).instrument(span).await
+    }
+
+    async fn check_in_span(&self, input: CheckInput) -> Outcome {
         let request_id = input
             .headers
             .get("x-request-id")
@@ -208,6 +215,12 @@ impl<E: PolicyEngine> Pipeline<E> {
             }
         };
         let record = record(&input, &trace, status, reason, refusal, dry_run);
+        let span = tracing::Span::current();
+        span.record("decision_id", record.decision_id.as_str());
+        span.record("effect", record.effect);
+        if let Some(p) = &record.principal {
+            span.record("principal", p.id.as_str());
+        }
         self.count(&record);
         self.audit.write(&record);
         outcome

@@ -153,9 +153,6 @@ impl KeyStore {
         let Some(url) = source.url.clone() else {
             return Err(JwksError::Shape("no JWKS source configured".into()));
         };
-        // reqwest builds its TLS config from the process-wide rustls provider; two back ends
-        // are linked (through tonic and reqwest), so name one. Fails harmlessly if already set.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(source.fetch_timeout)
             .build()
