@@ -74,6 +74,42 @@ pub struct Config {
     /// Trace export.
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// The decision cache (off by default).
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Reuse Cerbos verdicts for identical questions (same principal, attributes, resource,
+    /// action). A policy change reaches cached questions when their entries expire.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a verdict is reused.
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most verdicts kept.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl: default_cache_ttl(),
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_cache_entries() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub cerbos_errors: Family<ErrorLabels, Counter>,
     pub jwks_refresh_failures: Counter,
     pub tools_removed: Family<RemovedLabels, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -109,6 +111,18 @@ impl Metrics {
             "Tools removed from request bodies or tools/list answers",
             tools_removed.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Verdicts answered from the decision cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Verdicts the decision cache had to ask Cerbos for",
+            cache_misses.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -125,6 +139,8 @@ impl Metrics {
             cerbos_errors,
             jwks_refresh_failures,
             tools_removed,
+            cache_hits,
+            cache_misses,
         }
     }
 

@@ -12,7 +12,11 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::decide::cache::CachedEngine;
 use crate::decide::cerbos::CerbosEngine;
+
+/// The policy engine in production: Cerbos behind the (optional) verdict cache.
+type Engine = CachedEngine<CerbosEngine>;
 use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -26,7 +30,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let authenticator =
         Authenticator::start(&config.identity, metrics.jwks_refresh_failures.clone()).await?;
-    let engine = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
+    let cerbos = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
+    let ttl = if config.cache.enabled {
+        config.cache.ttl
+    } else {
+        std::time::Duration::ZERO
+    };
+    let namespace = format!("{}/{}", config.cerbos.policy_version, config.cerbos.scope);
+    let engine = CachedEngine::new(
+        cerbos,
+        ttl,
+        config.cache.max_entries,
+        namespace,
+        Arc::clone(&metrics),
+    );
     let audit = AuditLog::new(&config.audit).map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
     let pipeline = Arc::new(Pipeline::new(
         &config,
@@ -44,10 +61,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<AuthorizationServer<ExtAuthzService<CerbosEngine>>>()
+        .set_serving::<AuthorizationServer<ExtAuthzService<Engine>>>()
         .await;
     health_reporter
-        .set_serving::<ExternalProcessorServer<ExtProcService<CerbosEngine>>>()
+        .set_serving::<ExternalProcessorServer<ExtProcService<Engine>>>()
         .await;
 
     let (stop_tx, stop_rx) = watch::channel(false);

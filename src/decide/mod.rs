@@ -4,6 +4,7 @@
 //! Only [`cerbos`] knows Cerbos' wire types; everything else sees [`ResourceCheck`] and
 //! [`Verdict`], so the pipeline can be tested with a fake engine.
 
+pub mod cache;
 pub mod cerbos;
 pub mod vocabulary;
 

@@ -1,0 +1,320 @@
+//! A bounded, TTL-based cache of Cerbos verdicts, so an agent loop that sends the same model
+//! and tools every turn skips the PDP.
+//!
+//! The key is everything Cerbos sees for one verdict, serialised exactly: principal id, roles
+//! and attributes; resource kind, id and attributes; the action; policy version and scope. Any
+//! attribute change is a different key, so a cached verdict is only ever reused for an
+//! identical question. PDP errors are never cached. A policy change takes effect for cached
+//! questions when their entries expire (`cache.ttl`); the cache is off by default.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
+use crate::identity::Principal;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct Cached {
+    effect: Effect,
+    policy: Option<String>,
+    outputs: Vec<(String, Value)>,
+}
+
+/// An engine with an optional verdict cache in front.
+pub struct CachedEngine<E> {
+    inner: E,
+    cache: Option<moka::sync::Cache<String, Cached>>,
+    /// Policy version and scope: part of every key.
+    namespace: String,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl<E: PolicyEngine> CachedEngine<E> {
+    /// `ttl` zero or `max_entries` zero disables caching.
+    pub fn new(
+        inner: E,
+        ttl: Duration,
+        max_entries: u64,
+        namespace: String,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
+        let cache = (!ttl.is_zero() && max_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build()
+        });
+        Self {
+            inner,
+            cache,
+            namespace,
+            metrics,
+        }
+    }
+
+    fn key(&self, principal: &Principal, check: &ResourceCheck) -> String {
+        json!([
+            self.namespace,
+            principal.id,
+            principal.roles,
+            principal.attr,
+            check.kind,
+            check.id,
+            check.action,
+            check.attr,
+        ])
+        .to_string()
+    }
+}
+
+impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
+    async fn check(
+        &self,
+        principal: &Principal,
+        checks: Vec<ResourceCheck>,
+        request_id: &str,
+    ) -> Result<Decision, DecideError> {
+        let Some(cache) = &self.cache else {
+            return self.inner.check(principal, checks, request_id).await;
+        };
+        // Tokens travel to Cerbos as auxData and may change its answer: never cache those.
+        if principal.token.is_some() {
+            return self.inner.check(principal, checks, request_id).await;
+        }
+        let keys: Vec<String> = checks.iter().map(|c| self.key(principal, c)).collect();
+        let mut slots: Vec<Option<Verdict>> = Vec::with_capacity(checks.len());
+        let mut misses = Vec::new();
+        for (check, key) in checks.iter().zip(&keys) {
+            match cache.get(key) {
+                Some(hit) => slots.push(Some(Verdict {
+                    check: check.clone(),
+                    effect: hit.effect,
+                    policy: hit.policy,
+                    outputs: hit.outputs,
+                })),
+                None => {
+                    slots.push(None);
+                    misses.push(check.clone());
+                }
+            }
+        }
+        self.metrics
+            .cache_hits
+            .inc_by((checks.len() - misses.len()) as u64);
+        self.metrics.cache_misses.inc_by(misses.len() as u64);
+        let mut call_ids = Vec::new();
+        if !misses.is_empty() {
+            let answer = self.inner.check(principal, misses, request_id).await?;
+            call_ids = answer.call_ids;
+            let mut fresh = answer.verdicts.into_iter();
+            for (slot, key) in slots.iter_mut().zip(&keys) {
+                if slot.is_none() {
+                    let verdict = fresh.next().ok_or_else(|| {
+                        DecideError::Protocol("fewer verdicts than questions".into())
+                    })?;
+                    cache.insert(
+                        key.clone(),
+                        Cached {
+                            effect: verdict.effect,
+                            policy: verdict.policy.clone(),
+                            outputs: verdict.outputs.clone(),
+                        },
+                    );
+                    *slot = Some(verdict);
+                }
+            }
+        }
+        let verdicts = slots
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| DecideError::Protocol("missing verdict".into()))?;
+        Ok(Decision { verdicts, call_ids })
+    }
+
+    fn ready(&self) -> impl std::future::Future<Output = bool> + Send {
+        self.inner.ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::Map;
+
+    use super::*;
+    use crate::decide::Subject;
+
+    /// Allows everything; counts the questions it is asked.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl PolicyEngine for Counting {
+        async fn check(
+            &self,
+            _: &Principal,
+            checks: Vec<ResourceCheck>,
+            _: &str,
+        ) -> Result<Decision, DecideError> {
+            self.0.fetch_add(checks.len(), Ordering::SeqCst);
+            let verdicts = checks
+                .into_iter()
+                .map(|check| Verdict {
+                    check,
+                    effect: Effect::Allow,
+                    policy: Some("p".into()),
+                    outputs: vec![],
+                })
+                .collect();
+            Ok(Decision {
+                verdicts,
+                call_ids: vec!["c".into()],
+            })
+        }
+    }
+
+    fn principal(attr: Value) -> Principal {
+        Principal {
+            id: "alice".into(),
+            roles: vec!["support".into()],
+            attr: attr.as_object().cloned().unwrap_or_default(),
+            token: None,
+        }
+    }
+
+    fn check(id: &str, attr: Value) -> ResourceCheck {
+        ResourceCheck {
+            kind: "llm_tool".into(),
+            id: id.into(),
+            action: "expose".into(),
+            attr: attr.as_object().cloned().unwrap_or_else(Map::new),
+            subject: Subject::Tool(id.into()),
+        }
+    }
+
+    fn engine(ttl: Duration) -> CachedEngine<Counting> {
+        CachedEngine::new(
+            Counting::default(),
+            ttl,
+            100,
+            "default/".into(),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn repeated_questions_skip_the_pdp_and_keep_their_order() {
+        let e = engine(Duration::from_secs(60));
+        let p = principal(json!({"team": "a"}));
+        let first = e
+            .check(&p, vec![check("a", json!({})), check("b", json!({}))], "r")
+            .await
+            .unwrap();
+        assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
+        let second = e
+            .check(
+                &p,
+                vec![
+                    check("c", json!({})),
+                    check("b", json!({})),
+                    check("a", json!({})),
+                ],
+                "r",
+            )
+            .await
+            .unwrap();
+        assert_eq!(e.inner.0.load(Ordering::SeqCst), 3, "only c was asked");
+        let ids: Vec<_> = second
+            .verdicts
+            .iter()
+            .map(|v| v.check.id.as_str())
+            .collect();
+        assert_eq!(ids, ["c", "b", "a"]);
+        assert_eq!(first.verdicts[0].policy.as_deref(), Some("p"));
+        let text = e.metrics.encode();
+        assert!(
+            text.contains("agent_authz_cache_hits_total 2")
+                && text.contains("agent_authz_cache_misses_total 3"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn any_attribute_change_misses() {
+        let e = engine(Duration::from_secs(60));
+        e.check(
+            &principal(json!({"limit": 1})),
+            vec![check("a", json!({"model": "m"}))],
+            "r",
+        )
+        .await
+        .unwrap();
+        for (p, c) in [
+            (
+                principal(json!({"limit": 2})),
+                check("a", json!({"model": "m"})),
+            ),
+            (
+                principal(json!({"limit": 1})),
+                check("a", json!({"model": "n"})),
+            ),
+            (
+                principal(json!({"limit": 1, "extra": true})),
+                check("a", json!({"model": "m"})),
+            ),
+            (
+                Principal {
+                    roles: vec!["admin".into()],
+                    ..principal(json!({"limit": 1}))
+                },
+                check("a", json!({"model": "m"})),
+            ),
+            (
+                Principal {
+                    id: "bob".into(),
+                    ..principal(json!({"limit": 1}))
+                },
+                check("a", json!({"model": "m"})),
+            ),
+            (
+                principal(json!({"limit": 1})),
+                ResourceCheck {
+                    action: "invoke".into(),
+                    ..check("a", json!({"model": "m"}))
+                },
+            ),
+            (
+                principal(json!({"limit": 1})),
+                ResourceCheck {
+                    kind: "llm_model".into(),
+                    ..check("a", json!({"model": "m"}))
+                },
+            ),
+        ] {
+            let before = e.inner.0.load(Ordering::SeqCst);
+            e.check(&p, vec![c], "r").await.unwrap();
+            assert_eq!(e.inner.0.load(Ordering::SeqCst), before + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_expire_and_zero_ttl_disables() {
+        let e = engine(Duration::from_millis(50));
+        let p = principal(json!({}));
+        e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
+        assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
+        let off = engine(Duration::ZERO);
+        off.check(&p, vec![check("a", json!({}))], "r")
+            .await
+            .unwrap();
+        off.check(&p, vec![check("a", json!({}))], "r")
+            .await
+            .unwrap();
+        assert_eq!(off.inner.0.load(Ordering::SeqCst), 2);
+    }
+}
