@@ -103,11 +103,10 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Where decision records go, and what is masked or dropped on the way.
+/// Where decision records go. Redaction happened before: records only hold what
+/// [`crate::redact`] let through.
 pub struct AuditLog {
     sink: Sink,
-    mask: Vec<RedactPath>,
-    drop: Vec<RedactPath>,
 }
 
 enum Sink {
@@ -116,28 +115,6 @@ enum Sink {
     #[cfg(test)]
     Memory(std::sync::Mutex<Vec<Value>>),
 }
-
-/// A redaction target: a dot path into principal attributes or into call arguments.
-#[derive(Debug, Clone)]
-enum RedactPath {
-    Claim(Vec<String>),
-    Argument(Vec<String>),
-}
-
-impl RedactPath {
-    fn parse(path: &str) -> Option<RedactPath> {
-        let split = |rest: &str| rest.split('.').map(str::to_owned).collect();
-        if let Some(rest) = path.strip_prefix("claims.") {
-            Some(RedactPath::Claim(split(rest)))
-        } else {
-            path.strip_prefix("arguments.")
-                .map(|rest| RedactPath::Argument(split(rest)))
-        }
-    }
-}
-
-/// The value written in place of a masked one.
-pub const MASK: &str = "****";
 
 impl AuditLog {
     pub fn new(config: &crate::config::AuditConfig) -> std::io::Result<AuditLog> {
@@ -150,19 +127,14 @@ impl AuditLog {
                     .open(path)?,
             )),
         };
-        let parse = |paths: &[String]| paths.iter().filter_map(|p| RedactPath::parse(p)).collect();
-        Ok(AuditLog {
-            sink,
-            mask: parse(&config.mask),
-            drop: parse(&config.drop),
-        })
+        Ok(AuditLog { sink })
     }
 
     #[cfg(test)]
-    pub fn memory(config: &crate::config::AuditConfig) -> AuditLog {
-        let mut log = AuditLog::new(config).unwrap_or_else(|_| unreachable!());
-        log.sink = Sink::Memory(std::sync::Mutex::new(Vec::new()));
-        log
+    pub fn memory() -> AuditLog {
+        AuditLog {
+            sink: Sink::Memory(std::sync::Mutex::new(Vec::new())),
+        }
     }
 
     #[cfg(test)]
@@ -174,9 +146,7 @@ impl AuditLog {
     }
 
     pub fn write(&self, record: &DecisionRecord) {
-        let mut record = record.clone();
-        self.redact(&mut record);
-        let mut line = match serde_json::to_vec(&record) {
+        let mut line = match serde_json::to_vec(record) {
             Ok(line) => line,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise a decision record");
@@ -204,46 +174,5 @@ impl AuditLog {
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write the decision log");
         }
-    }
-
-    fn redact(&self, record: &mut DecisionRecord) {
-        for (paths, masking) in [(&self.mask, true), (&self.drop, false)] {
-            for path in paths {
-                match path {
-                    RedactPath::Claim(keys) => {
-                        if let Some(p) = &mut record.principal {
-                            redact_in(&mut p.attr, keys, masking);
-                        }
-                    }
-                    RedactPath::Argument(keys) => {
-                        for resource in &mut record.resources {
-                            if let Some(Value::Object(args)) = resource.attr.get_mut("arguments") {
-                                redact_in(args, keys, masking);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn redact_in(map: &mut Map<String, Value>, keys: &[String], masking: bool) {
-    let Some((last, parents)) = keys.split_last() else {
-        return;
-    };
-    let mut current = map;
-    for key in parents {
-        match current.get_mut(key) {
-            Some(Value::Object(next)) => current = next,
-            _ => return,
-        }
-    }
-    if masking {
-        if let Some(v) = current.get_mut(last) {
-            *v = Value::String(MASK.to_owned());
-        }
-    } else {
-        current.remove(last);
     }
 }

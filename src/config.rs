@@ -150,8 +150,9 @@ pub struct AuditConfig {
     /// `stdout` (default) or a file path (appended to).
     #[serde(default)]
     pub output: AuditOutput,
-    /// Paths replaced by `"****"` in the log: `arguments.<path>` (MCP call and prompt
-    /// arguments) or `claims.<name>` (principal attributes).
+    /// Paths replaced by `"****"` before anything leaves agent-authz (decision log, Envoy
+    /// metadata, Cerbos request): `arguments.<path>` (MCP call and prompt arguments) or
+    /// `claims.<name>` (principal attributes). A policy cannot decide on a masked field.
     #[serde(default)]
     pub mask: Vec<String>,
     /// Paths removed from the log, same syntax as `mask`.

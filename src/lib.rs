@@ -23,6 +23,7 @@ pub mod handoff;
 pub mod identity;
 pub mod metrics;
 pub mod pipeline;
+pub mod redact;
 pub mod respond;
 pub mod rewrite;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::extract::{self, AgentRequest, ExtractError, HttpRequest, Router};
 use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
 use crate::identity::{Authenticator, Principal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
+use crate::redact::Redaction;
 use crate::respond::Outcome;
 use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
 use crate::telemetry;
@@ -60,6 +61,7 @@ pub struct Pipeline<E> {
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
     dry_run: bool,
+    redaction: Redaction,
     audit: AuditLog,
     metrics: Arc<Metrics>,
 }
@@ -102,6 +104,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 mcp_denied_status: config.mcp.denied_http_status,
             },
             dry_run: config.dry_run,
+            redaction: Redaction::new(&config.audit),
             audit,
             metrics,
         }
@@ -281,6 +284,8 @@ impl<E: PolicyEngine> Pipeline<E> {
             Ok(principal) => principal,
             Err(e) => return (Err(Refusal::Unauthenticated(e)), dialect),
         };
+        let mut principal = principal;
+        self.redaction.claims(&mut principal.attr);
         trace.principal = Some(principal.clone());
         let Some(route) = route else {
             return match self.unclassified {
@@ -300,7 +305,12 @@ impl<E: PolicyEngine> Pipeline<E> {
                 batch: mcp.batch,
             };
         }
-        let checks = self.vocabulary.checks(&route, &request);
+        let mut checks = self.vocabulary.checks(&route, &request);
+        for check in &mut checks {
+            if let Some(arguments) = check.attr.get_mut("arguments") {
+                self.redaction.arguments(arguments);
+            }
+        }
         trace.request = Some(request);
         if checks.len() > self.max_checks {
             let too_many = ExtractError::TooManyResources {

@@ -101,7 +101,7 @@ impl Harness {
                 &config,
                 authenticator,
                 engine,
-                AuditLog::memory(&config.audit),
+                AuditLog::memory(),
                 Arc::new(Metrics::new()),
             ),
         }
@@ -577,26 +577,43 @@ async fn dry_run_logs_the_denial_and_lets_the_request_through() {
 }
 
 #[tokio::test]
-async fn redaction_masks_and_drops_before_the_log() {
-    let h = Harness::new("audit: {mask: [arguments.card.number, claims.assigned_ticket], drop: [arguments.cvv, claims.refund_limit_cents]}\n").await;
+async fn redaction_happens_before_anything_leaves() {
+    let h = Harness::new(
+        "audit: {mask: [arguments.card.number, claims.email], drop: [arguments.cvv, claims.phone]}\n",
+    )
+    .await;
+    let mut identity = alice();
+    let payload = identity.get_mut("envoy.filters.http.jwt_authn").unwrap();
+    payload["jwt_payload"]["email"] = json!("alice@example.com");
+    payload["jwt_payload"]["phone"] = json!("+44 1234");
     let mut body = refund(1, "T-100", 10);
     body["params"]["arguments"]["card"] = json!({"number": "4111111111111111", "brand": "visa"});
     body["params"]["arguments"]["cvv"] = json!("123");
-    h.pipeline.check(input("/mcp", body, alice())).await;
+    let outcome = h.pipeline.check(input("/mcp", body, identity)).await;
+
+    // The decision log.
     let line = h.log()[0].clone();
     let args = &line["resources"][0]["attr"]["arguments"];
     assert_eq!(args["card"], json!({"number": "****", "brand": "visa"}));
     assert!(args.get("cvv").is_none());
-    assert_eq!(line["principal"]["attr"]["assigned_ticket"], "****");
-    assert!(
-        line["principal"]["attr"]
-            .get("refund_limit_cents")
-            .is_none()
-    );
-    let text = line.to_string();
-    assert!(!text.contains("4111111111111111") && !text.contains("\"123\""));
-    // The decision itself saw the real values (the refund was judged on its own ticket).
-    assert_eq!(line["effect"], "allow");
+    assert_eq!(line["principal"]["attr"]["email"], "****");
+    assert!(line["principal"]["attr"].get("phone").is_none());
+    // What Cerbos was sent.
+    let sent = h.pipeline.engine.seen.lock().unwrap()[0].attr.clone();
+    assert_eq!(sent["arguments"]["card"]["number"], "****");
+    // Envoy's metadata (and so its access log).
+    let Outcome::Allow { metadata, .. } = outcome else {
+        panic!("refund within limits")
+    };
+    let everywhere = format!("{line} {} {metadata:?}", Value::Object(sent));
+    for secret in [
+        "4111111111111111",
+        "\"123\"",
+        "alice@example.com",
+        "+44 1234",
+    ] {
+        assert!(!everywhere.contains(secret), "{secret} leaked");
+    }
 }
 
 #[tokio::test]

@@ -465,7 +465,7 @@ mod tests {
             &config,
             auth,
             HideDeleteRepo,
-            AuditLog::memory(&config.audit),
+            AuditLog::memory(),
             Arc::new(crate::metrics::Metrics::new()),
         )
     }
