@@ -257,6 +257,23 @@ pub struct IdentityConfig {
     /// these prefixes is removed from the request before it reaches the upstream.
     #[serde(default = "default_protected_header_prefixes")]
     pub protected_header_prefixes: Vec<String>,
+    /// Workloads identified by their mesh identity (the mTLS peer's SPIFFE id, which Envoy
+    /// verified) when they present no bearer token: agents that are services.
+    #[serde(default)]
+    pub mesh_peers: Vec<MeshPeerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshPeerConfig {
+    /// The peer's SPIFFE id as Envoy reports it (`attributes.source.principal`), matched exactly.
+    pub spiffe_id: String,
+    /// The Cerbos principal id.
+    pub id: String,
+    pub roles: Vec<String>,
+    /// Principal attributes.
+    #[serde(default)]
+    pub attr: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_protected_header_prefixes() -> Vec<String> {
@@ -744,6 +761,18 @@ impl Config {
             }
             (_, Some(jwt)) => validate_jwt(jwt)?,
             (IdentitySource::EnvoyJwtAuthn, None) => {}
+        }
+        for (i, peer) in self.identity.mesh_peers.iter().enumerate() {
+            let key = |k: &str| format!("identity.mesh_peers[{i}].{k}");
+            if !peer.spiffe_id.starts_with("spiffe://") {
+                return Err((key("spiffe_id"), "must be a spiffe:// URI".into()));
+            }
+            if peer.id.is_empty() || peer.id.chars().any(char::is_control) {
+                return Err((key("id"), "must be a non-empty printable string".into()));
+            }
+            if peer.roles.is_empty() {
+                return Err((key("roles"), "list at least one role".into()));
+            }
         }
         if self.identity.principal.id_claim.is_empty() {
             return bad("identity.principal.id_claim", "must not be empty");

@@ -44,6 +44,8 @@ pub struct CheckInput {
     pub body: Bytes,
     /// Envoy metadata namespaces (`metadata_context.filter_metadata`) as JSON.
     pub metadata: HashMap<String, Value>,
+    /// The mTLS peer identity Envoy verified (a SPIFFE id in a mesh); empty without mTLS.
+    pub source_principal: String,
 }
 
 pub struct Pipeline<E> {
@@ -278,7 +280,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         }
         let principal = match self
             .authenticator
-            .authenticate(&input.headers, &input.metadata)
+            .authenticate(&input.headers, &input.metadata, &input.source_principal)
             .await
         {
             Ok(principal) => principal,

@@ -133,6 +133,7 @@ fn input(path: &str, body: Value, metadata: HashMap<String, Value>) -> CheckInpu
         ]),
         body: Bytes::from(body.to_string()),
         metadata,
+        source_principal: String::new(),
     }
 }
 
@@ -675,4 +676,63 @@ async fn the_trace_id_of_traceparent_is_logged() {
     let log = h.log();
     assert_eq!(log[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(log[1].get("trace_id").is_none());
+}
+
+#[tokio::test]
+async fn mesh_peers_without_a_token_are_identified_by_their_spiffe_id() {
+    let peers = "identity:\n  source: envoy_jwt_authn\n  mesh_peers:\n    - {spiffe_id: 'spiffe://cluster.local/ns/agents/sa/billing-bot', id: billing-bot, roles: [support], attr: {assigned_ticket: T-100, refund_limit_cents: 500}}\n";
+    let config = CONFIG.replace("identity:\n  source: envoy_jwt_authn\n", peers);
+    let config = Config::parse(&config).unwrap();
+    let authenticator = Authenticator::start(&config.identity, Default::default())
+        .await
+        .unwrap();
+    let pipeline = Pipeline::new(
+        &config,
+        authenticator,
+        FakeEngine {
+            allow: demo_rules,
+            fail: None,
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(vec![]),
+        },
+        AuditLog::memory(),
+        Arc::new(Metrics::new()),
+    );
+    let mut req = input("/mcp", refund(1, "T-100", 400), HashMap::new());
+    req.source_principal = "spiffe://cluster.local/ns/agents/sa/billing-bot".into();
+    let Outcome::Allow { headers, .. } = pipeline.check(req.clone()).await else {
+        panic!("the bot may refund within its limit")
+    };
+    assert!(headers.contains(&(PRINCIPAL_HEADER.to_owned(), "billing-bot".to_owned())));
+    let mut over = input("/mcp", refund(2, "T-100", 600), HashMap::new());
+    over.source_principal = req.source_principal.clone();
+    assert_eq!(
+        denial(&pipeline.check(over).await).0,
+        200,
+        "JSON-RPC denial over its limit"
+    );
+    // An unknown workload, or a known one presenting a (bad) token, is not let in by its peer id.
+    let mut stranger = input("/mcp", refund(3, "T-100", 1), HashMap::new());
+    stranger.source_principal = "spiffe://cluster.local/ns/agents/sa/other".into();
+    assert_eq!(denial(&pipeline.check(stranger).await).0, 401);
+    let mut with_token = req.clone();
+    with_token
+        .headers
+        .insert("authorization".into(), "Bearer not-a-jwt".into());
+    with_token.metadata = HashMap::new();
+    assert_eq!(
+        denial(&pipeline.check(with_token).await).0,
+        401,
+        "a token always decides"
+    );
+    let mut forged_payload = req;
+    forged_payload.metadata = HashMap::from([(
+        "envoy.filters.http.jwt_authn".to_owned(),
+        json!({"other": {}}),
+    )]);
+    assert_eq!(
+        denial(&pipeline.check(forged_payload).await).0,
+        401,
+        "a jwt_authn namespace without payload is not a peer"
+    );
 }

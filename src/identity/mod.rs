@@ -14,7 +14,7 @@ use std::fmt;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 
-use crate::config::{IdentityConfig, IdentitySource, PrincipalConfig};
+use crate::config::{IdentityConfig, IdentitySource, MeshPeerConfig, PrincipalConfig};
 use jwks::KeyStore;
 use jwt::JwtVerifier;
 
@@ -64,6 +64,7 @@ pub enum IdentityError {
 pub struct Authenticator {
     source: Source,
     mapping: PrincipalConfig,
+    mesh_peers: Vec<MeshPeerConfig>,
 }
 
 enum Source {
@@ -94,6 +95,7 @@ impl Authenticator {
         Ok(Authenticator {
             source,
             mapping: config.principal.clone(),
+            mesh_peers: config.mesh_peers.clone(),
         })
     }
 
@@ -102,6 +104,7 @@ impl Authenticator {
         Authenticator {
             source: Source::Jwt(verifier),
             mapping,
+            mesh_peers: Vec::new(),
         }
     }
 
@@ -113,8 +116,33 @@ impl Authenticator {
         }
     }
 
-    /// Identifies the caller. `metadata` maps Envoy metadata namespaces to their JSON content.
+    /// Identifies the caller. `metadata` maps Envoy metadata namespaces to their JSON content;
+    /// `peer` is the mTLS peer identity Envoy verified (`attributes.source.principal`).
+    ///
+    /// A bearer token, when present, always decides (a workload cannot downgrade a bad token
+    /// to its mesh identity). Without one, a configured mesh peer is recognised by its SPIFFE id.
     pub async fn authenticate(
+        &self,
+        headers: &HashMap<String, String>,
+        metadata: &HashMap<String, Value>,
+        peer: &str,
+    ) -> Result<Principal, IdentityError> {
+        let has_token = headers.contains_key("authorization");
+        let has_payload = matches!(&self.source, Source::EnvoyJwtAuthn { namespace, .. } if metadata.contains_key(namespace));
+        if !has_token && !has_payload && !peer.is_empty() {
+            if let Some(mesh) = self.mesh_peers.iter().find(|m| m.spiffe_id == peer) {
+                return Ok(Principal {
+                    id: mesh.id.clone(),
+                    roles: mesh.roles.clone(),
+                    attr: mesh.attr.clone(),
+                    token: None,
+                });
+            }
+        }
+        self.authenticate_token(headers, metadata).await
+    }
+
+    async fn authenticate_token(
         &self,
         headers: &HashMap<String, String>,
         metadata: &HashMap<String, Value>,

@@ -76,7 +76,11 @@ fn bearer(token: &str) -> HashMap<String, String> {
 }
 
 fn check(token: &str) -> Result<Principal, IdentityError> {
-    block(authenticator(PrincipalConfig::default()).authenticate(&bearer(token), &HashMap::new()))
+    block(authenticator(PrincipalConfig::default()).authenticate(
+        &bearer(token),
+        &HashMap::new(),
+        "",
+    ))
 }
 
 fn assert_invalid(token: &str, reason: &str) {
@@ -218,7 +222,7 @@ fn oversized_tokens_are_refused_unparsed() {
 fn authorization_header_shapes() {
     let a = authenticator(PrincipalConfig::default());
     let none = HashMap::new();
-    let run = |h: HashMap<String, String>| block(a.authenticate(&h, &none));
+    let run = |h: HashMap<String, String>| block(a.authenticate(&h, &none, ""));
     assert_eq!(run(HashMap::new()), Err(IdentityError::MissingToken));
     let token = rs256(&claims());
     let h = |v: String| HashMap::from([("authorization".to_owned(), v)]);
@@ -293,7 +297,7 @@ async fn token_is_kept_only_when_passed_to_cerbos_and_never_printed() {
     };
     let token = rs256(&claims());
     let p = authenticator(mapping)
-        .authenticate(&bearer(&token), &HashMap::new())
+        .authenticate(&bearer(&token), &HashMap::new(), "")
         .await
         .unwrap();
     assert_eq!(p.token.as_ref().unwrap().expose(), token);

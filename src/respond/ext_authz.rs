@@ -53,6 +53,11 @@ impl<E: PolicyEngine> Authorization for ExtAuthzService<E> {
 /// present, else `body`; and headers from `header_map` when Envoy sends raw headers.
 pub fn decode(request: CheckRequest) -> CheckInput {
     let attributes = request.attributes.unwrap_or_default();
+    let source_principal = attributes
+        .source
+        .as_ref()
+        .map(|peer| peer.principal.clone())
+        .unwrap_or_default();
     let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
     let mut headers = http.headers;
     if let Some(map) = http.header_map {
@@ -91,6 +96,7 @@ pub fn decode(request: CheckRequest) -> CheckInput {
         headers,
         body,
         metadata,
+        source_principal,
     }
 }
 
