@@ -129,15 +129,16 @@ impl Authenticator {
     ) -> Result<Principal, IdentityError> {
         let has_token = headers.contains_key("authorization");
         let has_payload = matches!(&self.source, Source::EnvoyJwtAuthn { namespace, .. } if metadata.contains_key(namespace));
-        if !has_token && !has_payload && !peer.is_empty() {
-            if let Some(mesh) = self.mesh_peers.iter().find(|m| m.spiffe_id == peer) {
-                return Ok(Principal {
-                    id: mesh.id.clone(),
-                    roles: mesh.roles.clone(),
-                    attr: mesh.attr.clone(),
-                    token: None,
-                });
-            }
+        let mesh = (!has_token && !has_payload && !peer.is_empty())
+            .then(|| self.mesh_peers.iter().find(|m| m.spiffe_id == peer))
+            .flatten();
+        if let Some(mesh) = mesh {
+            return Ok(Principal {
+                id: mesh.id.clone(),
+                roles: mesh.roles.clone(),
+                attr: mesh.attr.clone(),
+                token: None,
+            });
         }
         self.authenticate_token(headers, metadata).await
     }
