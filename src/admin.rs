@@ -12,18 +12,18 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::decide::PolicyEngine;
-use crate::pipeline::Pipeline;
+use crate::reload::Current;
 
-pub fn router<E: PolicyEngine>(pipeline: Arc<Pipeline<E>>) -> Router {
+pub fn router<E: PolicyEngine>(current: Arc<Current<E>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<E>))
         .route("/metrics", get(metrics::<E>))
-        .with_state(pipeline)
+        .with_state(current)
 }
 
-async fn readyz<E: PolicyEngine>(State(pipeline): State<Arc<Pipeline<E>>>) -> impl IntoResponse {
-    match pipeline.readiness().await {
+async fn readyz<E: PolicyEngine>(State(current): State<Arc<Current<E>>>) -> impl IntoResponse {
+    match current.get().readiness().await {
         (true, true) => (StatusCode::OK, "ready\n".to_owned()),
         (keys, cerbos) => {
             let mut missing = Vec::new();
@@ -41,13 +41,13 @@ async fn readyz<E: PolicyEngine>(State(pipeline): State<Arc<Pipeline<E>>>) -> im
     }
 }
 
-async fn metrics<E: PolicyEngine>(State(pipeline): State<Arc<Pipeline<E>>>) -> impl IntoResponse {
+async fn metrics<E: PolicyEngine>(State(current): State<Arc<Current<E>>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        pipeline.metrics().encode(),
+        current.get().metrics().encode(),
     )
 }
 

@@ -213,6 +213,10 @@ pub struct ServerConfig {
     /// more is refused with 400 rather than fanned out to Cerbos.
     #[serde(default = "default_max_checks")]
     pub max_checks_per_request: usize,
+    /// How often the configuration file is checked for changes (also reloaded on SIGHUP);
+    /// `0s` turns watching off.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub config_reload_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -221,6 +225,7 @@ impl Default for ServerConfig {
             grpc_address: default_grpc_address(),
             max_request_bytes: default_max_request_bytes(),
             max_checks_per_request: default_max_checks(),
+            config_reload_interval: default_reload_interval(),
         }
     }
 }
@@ -231,6 +236,10 @@ fn default_grpc_address() -> SocketAddr {
 
 fn default_max_request_bytes() -> usize {
     1024 * 1024
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_max_checks() -> usize {

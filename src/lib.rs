@@ -24,6 +24,7 @@ pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
+pub mod reload;
 pub mod respond;
 pub mod rewrite;
 pub mod server;

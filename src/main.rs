@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(traces.as_ref().map(telemetry::layer))
         .init();
-    let result = runtime.block_on(agent_authz::server::serve(config));
+    let result = runtime.block_on(agent_authz::server::serve(config, path.clone()));
     if let Some(traces) = traces {
         let _ = traces.shutdown();
     }

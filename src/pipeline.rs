@@ -135,10 +135,6 @@ impl<E: PolicyEngine> Pipeline<E> {
         &self.metrics
     }
 
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
-    }
-
     /// Judges one request. Never fails: every problem becomes a refusal.
     pub async fn check(&self, input: CheckInput) -> Outcome {
         let span = telemetry::check_span(&input.headers);

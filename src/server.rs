@@ -2,6 +2,7 @@
 //! ext_proc and `grpc.health.v1` on the gRPC port and the admin router on its own port, until
 //! SIGINT/SIGTERM, letting in-flight checks finish.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -20,14 +21,15 @@ type Engine = CachedEngine<CerbosEngine>;
 use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::reload::Current;
 use crate::respond::ext_authz::ExtAuthzService;
 use crate::respond::ext_proc::ExtProcService;
 
 /// Room for the headers and attributes around the largest body Envoy may send.
 const GRPC_OVERHEAD_BYTES: usize = 1024 * 1024;
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+/// Builds everything a configuration describes, sharing the process-wide metrics.
+async fn build(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Pipeline<Engine>> {
     let authenticator =
         Authenticator::start(&config.identity, metrics.jwks_refresh_failures.clone()).await?;
     let cerbos = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
@@ -42,22 +44,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ttl,
         config.cache.max_entries,
         namespace,
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
     );
     let audit = AuditLog::new(&config.audit).map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
-    let pipeline = Arc::new(Pipeline::new(
-        &config,
+    Ok(Pipeline::new(
+        config,
         authenticator,
         engine,
         audit,
-        metrics,
-    ));
-    let max_message = pipeline
-        .max_body_bytes()
+        Arc::clone(metrics),
+    ))
+}
+
+/// Serves until SIGINT/SIGTERM. `path` is watched for configuration changes.
+pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let current = Arc::new(Current::new(build(&config, &metrics).await?));
+    let max_message = config
+        .server
+        .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
-    let authz = AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&pipeline)))
+    let authz = AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&current)))
         .max_decoding_message_size(max_message);
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&pipeline)))
+    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&current)))
         .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -66,6 +75,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<ExternalProcessorServer<ExtProcService<Engine>>>()
         .await;
+    if !config.server.config_reload_interval.is_zero() {
+        let reload_metrics = Arc::clone(&metrics);
+        tokio::spawn(crate::reload::watch(
+            path,
+            config.clone(),
+            config.server.config_reload_interval,
+            Arc::clone(&current),
+            move |new| {
+                let metrics = Arc::clone(&reload_metrics);
+                async move { build(&new, &metrics).await }
+            },
+        ));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -81,7 +103,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| anyhow::anyhow!("admin.address {address}: {e}"))?;
-            let router = crate::admin::router(Arc::clone(&pipeline));
+            let router = crate::admin::router(Arc::clone(&current));
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 router,

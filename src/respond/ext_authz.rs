@@ -19,7 +19,8 @@ use tonic::{Request, Response};
 
 use super::{Denial, Outcome};
 use crate::decide::PolicyEngine;
-use crate::pipeline::{CheckInput, Pipeline};
+use crate::pipeline::CheckInput;
+use crate::reload::Current;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const CODE_OK: i32 = 0;
@@ -28,12 +29,12 @@ const CODE_UNAVAILABLE: i32 = 14;
 const CODE_UNAUTHENTICATED: i32 = 16;
 
 pub struct ExtAuthzService<E> {
-    pipeline: Arc<Pipeline<E>>,
+    current: Arc<Current<E>>,
 }
 
 impl<E> ExtAuthzService<E> {
-    pub fn new(pipeline: Arc<Pipeline<E>>) -> Self {
-        Self { pipeline }
+    pub fn new(current: Arc<Current<E>>) -> Self {
+        Self { current }
     }
 }
 
@@ -44,7 +45,7 @@ impl<E: PolicyEngine> Authorization for ExtAuthzService<E> {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, tonic::Status> {
         let input = decode(request.into_inner());
-        let outcome = self.pipeline.check(input).await;
+        let outcome = self.current.get().check(input).await;
         Ok(Response::new(encode(outcome)))
     }
 }

@@ -37,18 +37,19 @@ use super::ext_authz::struct_to_json;
 use crate::decide::PolicyEngine;
 use crate::handoff::Handoff;
 use crate::pipeline::Pipeline;
+use crate::reload::Current;
 use crate::rewrite::{mcp_tools_list, openai_chat, sse};
 
 /// Namespace of the metadata this leg emits (list it in ext_proc `receiving_namespaces`).
 pub const METADATA_NAMESPACE: &str = "agent_authz";
 
 pub struct ExtProcService<E> {
-    pipeline: Arc<Pipeline<E>>,
+    current: Arc<Current<E>>,
 }
 
 impl<E> ExtProcService<E> {
-    pub fn new(pipeline: Arc<Pipeline<E>>) -> Self {
-        Self { pipeline }
+    pub fn new(current: Arc<Current<E>>) -> Self {
+        Self { current }
     }
 }
 
@@ -62,7 +63,8 @@ impl<E: PolicyEngine> ExternalProcessor for ExtProcService<E> {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let pipeline = Arc::clone(&self.pipeline);
+        // One configuration for the whole exchange, even across a reload.
+        let pipeline = self.current.get();
         tokio::spawn(async move {
             let mut exchange = Exchange::default();
             while let Ok(Some(message)) = inbound.message().await {
