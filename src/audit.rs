@@ -78,7 +78,9 @@ pub struct ResourceRecord {
     pub action: String,
     pub effect: Effect,
     pub policy: Option<String>,
-    pub rule: Option<String>,
+    /// The rule whose output gave the reason (see [`Verdict::reason_rule`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_rule: Option<String>,
     pub reason: String,
     /// The attributes sent to Cerbos (for MCP calls: server, tool and the arguments judged).
     pub attr: Map<String, Value>,
@@ -92,7 +94,7 @@ impl From<&Verdict> for ResourceRecord {
             action: v.check.action.clone(),
             effect: v.effect,
             policy: v.policy.clone(),
-            rule: v.rule().map(str::to_owned),
+            reason_rule: v.reason_rule().map(str::to_owned),
             reason: v.reason(),
             attr: v.check.attr.clone(),
         }

@@ -203,6 +203,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             }
             Err(refusal) => {
                 let reason = refusal.reason(&principal_id);
+                let dialect = with_request_ids(dialect, &input.body);
                 let denial = refusal.answer(&principal_id, &dialect, self.answers);
                 let status = denial.status;
                 let metadata = metadata(&trace, "deny", &reason);
@@ -532,6 +533,32 @@ impl<E: PolicyEngine> Pipeline<E> {
 
     pub fn max_list_response_bytes(&self) -> usize {
         self.max_list_response_bytes
+    }
+}
+
+/// An MCP refusal decided before the body was read (identity, path) still echoes the JSON-RPC
+/// id when the body has a readable one, so the client can match the error to its request.
+fn with_request_ids(dialect: Dialect, body: &[u8]) -> Dialect {
+    match dialect {
+        Dialect::Mcp { ids, batch } if ids.is_empty() => {
+            let id_of = |m: &Value| {
+                m.get("id")
+                    .filter(|id| id.is_string() || id.is_number())
+                    .cloned()
+            };
+            match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Array(items)) => Dialect::Mcp {
+                    ids: items.iter().map(id_of).collect(),
+                    batch: true,
+                },
+                Ok(message) => Dialect::Mcp {
+                    ids: vec![id_of(&message)],
+                    batch: false,
+                },
+                Err(_) => Dialect::Mcp { ids, batch },
+            }
+        }
+        other => other,
     }
 }
 

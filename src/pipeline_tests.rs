@@ -736,3 +736,14 @@ async fn mesh_peers_without_a_token_are_identified_by_their_spiffe_id() {
         "a jwt_authn namespace without payload is not a peer"
     );
 }
+
+#[tokio::test]
+async fn mcp_refusals_before_the_body_is_read_still_echo_the_id() {
+    let h = Harness::new("").await;
+    let (status, body) = denial(
+        &h.pipeline
+            .check(input("/mcp", refund(41, "T-100", 1), HashMap::new()))
+            .await,
+    );
+    assert_eq!((status, body["id"].as_i64()), (401, Some(41)));
+}

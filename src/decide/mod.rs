@@ -63,9 +63,16 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// A plain-text reason: a rule output when the policy gives one, else the policy name.
+    /// A plain-text reason. For a denial, the first non-empty rule output (a string, or an
+    /// object with `reason`/`message`) when the policy gives one, else the policy name; an
+    /// allow names its policy (outputs explain denials).
     pub fn reason(&self) -> String {
-        for (_, value) in &self.outputs {
+        let explains = if self.effect.allows() {
+            &[][..]
+        } else {
+            &self.outputs[..]
+        };
+        for (_, value) in explains {
             let text = match value {
                 Value::String(s) => Some(s.as_str()),
                 Value::Object(o) => o
@@ -87,11 +94,19 @@ impl Verdict {
         }
     }
 
-    /// The rule named in an output's `src` (`resource.x.vdefault#refund-binding`), if any.
-    pub fn rule(&self) -> Option<&str> {
-        self.outputs
-            .iter()
-            .find_map(|(src, _)| src.split_once('#').map(|(_, rule)| rule))
+    /// The rule whose output gave a denial's reason (from the output's `src`,
+    /// `resource.x.vdefault#support-refund`). Cerbos names the deciding policy, never the
+    /// deciding rule, so this is the explaining rule, which may differ from the denying one.
+    pub fn reason_rule(&self) -> Option<&str> {
+        if self.effect.allows() {
+            return None;
+        }
+        self.outputs.iter().find_map(|(src, value)| {
+            let non_empty = !matches!(value, Value::Null) && value.as_str() != Some("");
+            non_empty
+                .then(|| src.split_once('#').map(|(_, rule)| rule))
+                .flatten()
+        })
     }
 }
 
