@@ -153,6 +153,32 @@ def upstream_saw(model: str, should: bool) -> Callable[[Stack], tuple[bool, str]
     return check
 
 
+def upstream_tools(expected: list[str]) -> Callable[[Stack], tuple[bool, str]]:
+    """The tools the LLM upstream actually received (after ext_proc stripped the denied ones)."""
+
+    def check(stack: Stack) -> tuple[bool, str]:
+        bodies = [json.loads(r["body"]) for r in stack.llm_received() if r["path"].startswith("/v1/chat")]
+        stack.llm_reset()
+        got = [t["function"]["name"] for b in bodies for t in b.get("tools", [])]
+        return got == expected, f"LLM upstream received tools {got} (the model never saw the others)"
+
+    return check
+
+
+def listed_tools(who: str, expected: list[str]) -> Callable[[Stack], tuple[bool, str]]:
+    """What a tools/list through the gateway shows this principal."""
+
+    def check(stack: Stack) -> tuple[bool, str]:
+        async def go() -> list[str]:
+            async with mcp_client(stack.mcp_url, stack.token_for(who)) as client:
+                return sorted(t.name for t in (await client.list_tools()).tools)
+
+        got = asyncio.run(go())
+        return got == expected, f"tools/list shows {who} {got}; the server has delete_repo too"
+
+    return check
+
+
 def nothing_reached(stack: Stack) -> tuple[bool, str]:
     reached = stack.llm_received()
     stack.llm_reset()
@@ -178,16 +204,18 @@ SECTIONS: list[tuple[str, list[Step]]] = [
             Step("allowed tools", "alice", "gpt-4o-mini, declaring tools get_weather and lookup_ticket", "allow",
                  chat("alice", "gpt-4o-mini", ["get_weather", "lookup_ticket"]),
                  has_resource("llm_tool", "get_weather"), upstream_saw("gpt-4o-mini", True)),
-            Step("a dangerous tool", "alice", "gpt-4o-mini, declaring tools get_weather and delete_repo", "deny",
-                 chat("alice", "gpt-4o-mini", ["get_weather", "delete_repo"]),
-                 has_resource("llm_tool", "delete_repo"), upstream_saw("gpt-4o-mini", False)),
+            Step("a dangerous tool, silently stripped", "alice",
+                 "gpt-4o-mini, declaring tools get_weather, delete_repo and run_shell", "allow",
+                 chat("alice", "gpt-4o-mini", ["get_weather", "delete_repo", "run_shell"]),
+                 has_resource("llm_tool", "delete_repo"), upstream_tools(["get_weather"])),
         ],
     ),
     (
         "Question 3 - what may the caller do with a tool, with these arguments?",
         [
             Step("connect", "alice", "to connect to the support MCP server and list its tools", "allow",
-                 mcp_connect("alice"), has_action("connect")),
+                 mcp_connect("alice"), has_action("connect"),
+                 listed_tools("alice", ["lookup_ticket", "refund"])),
             Step("refund within bounds", "alice", "refund(ticket_id='T-100', amount_cents=5000)", "allow",
                  mcp_call("alice", "refund", {"ticket_id": "T-100", "amount_cents": 5000}),
                  has_action("tools/call/refund"),

@@ -141,7 +141,8 @@ def default_authz_config() -> dict:
             {"path_prefix": "/mcp", "format": "mcp", "mcp_server": MCP_SERVER_NAME},
         ],
         "unclassified_routes": "deny",
-        "denied_tools": "reject",
+        # Envoy runs the ext_proc leg: denied tools are stripped, tools/list answers filtered.
+        "denied_tools": "strip",
     }
 
 

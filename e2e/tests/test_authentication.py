@@ -198,4 +198,8 @@ def test_envoy_access_log_carries_the_decision(clean, tokens):
     line = denied[-1]
     assert line["response_code_details"] == "ext_authz_denied"
     assert line["request_id"]
-    assert isinstance(line["ext_authz"], dict) and line["ext_authz"], line
+    # Attributed to the principal, with the effect and the plain-text reason.
+    assert line["principal"] == "alice", line
+    assert line["effect"] == "deny", line
+    assert "gpt-4o" in line["reason"], line
+    assert line["decision_id"], line

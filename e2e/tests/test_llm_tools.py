@@ -33,8 +33,127 @@ def test_declaring_an_allowed_tool_passes(clean, tokens):
     assert [t["function"]["name"] for t in json.loads(request["body"])["tools"]] == ["get_weather"]
 
 
-def test_declaring_a_denied_tool_is_refused(clean, tokens):
+def test_denied_tools_are_stripped_before_the_upstream(clean, tokens):
+    """alice may use get_weather only: the other two declared tools never reach the model."""
     client = openai_client(clean.llm_base_url, tokens["alice"])
+    before = len(clean.decisions())
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=HELLO,
+        tools=[tool("get_weather"), tool("delete_repo"), tool("run_shell")],
+    )
+    assert completion.choices[0].message.content == "hello from gpt-4o-mini"
+    (request,) = clean.llm_received()
+    sent = json.loads(request["body"])
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+    # Envoy drops content-length when ext_proc skips request headers and re-frames the new body
+    # as chunked; had it kept one, it would have to match.
+    headers = request["headers"]
+    if "content-length" in headers:
+        assert int(headers["content-length"]) == len(request["body"].encode())
+    else:
+        assert headers.get("transfer-encoding") == "chunked", headers
+    decision = clean.wait_for_decision(lambda d: d.get("path") == "/v1/chat/completions", after=before)
+    assert decision["effect"] == "allow"
+    assert sorted(decision["denied_tools"]) == ["delete_repo", "run_shell"]
+
+
+def test_stripping_keeps_every_other_byte(clean, tokens):
+    """Field order, number spellings, unicode escapes and whitespace reach the upstream as sent."""
+    weather = json.dumps(tool("get_weather"))
+    delete = json.dumps(tool("delete_repo"))
+    raw = (
+        '{"model": "gpt-4o-mini",  "temperature": 1.0, "seed": 12345678901234567890,\n'
+        ' "messages": [{"role": "user", "content": "h\\u00e9llo \u2603"}],\n'
+        f' "tools": [{weather}, {delete}], "tool_choice": "auto", "top_p": 0.50}}'
+    ).encode()
+    r = httpx.post(
+        f"{clean.llm_base_url}/chat/completions",
+        content=raw,
+        headers={"authorization": f"Bearer {tokens['alice']}", "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    (request,) = clean.llm_received()
+    assert request["body"].encode() == raw.replace(f", {delete}".encode(), b"")
+
+
+def test_stripping_every_tool_drops_tool_choice_and_parallel_tool_calls(clean, tokens):
+    client = openai_client(clean.llm_base_url, tokens["alice"])
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=HELLO,
+        tools=[tool("delete_repo")],
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    (request,) = clean.llm_received()
+    sent = json.loads(request["body"])
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent), sent
+    assert sent["messages"] == HELLO
+
+
+def test_a_tool_choice_forcing_a_denied_tool_is_refused(clean, tokens):
+    client = openai_client(clean.llm_base_url, tokens["alice"])
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HELLO,
+            tools=[tool("get_weather"), tool("delete_repo")],
+            tool_choice={"type": "function", "function": {"name": "delete_repo"}},
+        )
+    assert caught.value.body["code"] == "tool_denied"
+    assert "delete_repo" in caught.value.message
+    assert clean.llm_received() == []
+
+
+def test_legacy_functions_are_stripped_too(clean, tokens):
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": HELLO,
+        "functions": [
+            {"name": "run_shell", "parameters": {"type": "object", "properties": {}}},
+            {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+        ],
+        "function_call": {"name": "get_weather"},
+    }
+    r = httpx.post(
+        f"{clean.llm_base_url}/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {tokens['alice']}"},
+    )
+    assert r.status_code == 200, r.text
+    (request,) = clean.llm_received()
+    sent = json.loads(request["body"])
+    assert [f["name"] for f in sent["functions"]] == ["get_weather"]
+    assert sent["function_call"] == {"name": "get_weather"}
+
+
+def test_admin_keeps_every_tool_and_support_loses_the_denied_one(clean, tokens):
+    root = openai_client(clean.llm_base_url, tokens["root"])
+    root.chat.completions.create(model="gpt-4o-mini", messages=HELLO, tools=[tool("run_shell")])
+    bob = openai_client(clean.llm_base_url, tokens["bob"])
+    bob.chat.completions.create(model="gpt-4o-mini", messages=HELLO, tools=[tool("run_shell"), tool("lookup_ticket")])
+    first, second = clean.llm_received()
+    assert first["headers"]["x-agent-authz-principal"] == "root"
+    assert [t["function"]["name"] for t in json.loads(first["body"])["tools"]] == ["run_shell"]
+    assert second["headers"]["x-agent-authz-principal"] == "bob"
+    assert [t["function"]["name"] for t in json.loads(second["body"])["tools"]] == ["lookup_ticket"]
+
+
+@pytest.fixture(scope="module")
+def reject_stack():
+    """A stack whose agent-authz refuses requests declaring denied tools (the choice for
+    deployments that can only run ext_authz, e.g. Istio CUSTOM)."""
+    from conftest import require_stack_binaries
+
+    require_stack_binaries()
+    with Stack(name="denied-tools-reject", authz_overrides={"denied_tools": "reject"}) as s:
+        yield s
+
+
+def test_reject_mode_refuses_a_request_declaring_a_denied_tool(reject_stack):
+    reject_stack.llm_reset()
+    client = openai_client(reject_stack.llm_base_url, reject_stack.token_for("alice"))
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(
             model="gpt-4o-mini", messages=HELLO, tools=[tool("get_weather"), tool("delete_repo")]
@@ -45,35 +164,25 @@ def test_declaring_a_denied_tool_is_refused(clean, tokens):
     assert err.body["type"] == "permission_denied"
     assert "delete_repo" in err.message
     assert "get_weather" not in err.message, "only the denied tool should be named"
-    assert clean.llm_received() == []
+    assert reject_stack.llm_received() == []
 
 
-def test_legacy_functions_are_judged_too(clean, tokens):
+def test_reject_mode_judges_legacy_functions(reject_stack):
+    reject_stack.llm_reset()
     body = {
         "model": "gpt-4o-mini",
         "messages": HELLO,
         "functions": [{"name": "run_shell", "parameters": {"type": "object", "properties": {}}}],
     }
     r = httpx.post(
-        f"{clean.llm_base_url}/chat/completions",
+        f"{reject_stack.llm_base_url}/chat/completions",
         json=body,
-        headers={"authorization": f"Bearer {tokens['alice']}"},
+        headers={"authorization": f"Bearer {reject_stack.token_for('alice')}"},
     )
     assert r.status_code == 403
     assert r.json()["error"]["code"] == "tool_denied"
     assert "run_shell" in r.json()["error"]["message"]
-    assert clean.llm_received() == []
-
-
-def test_admin_may_declare_any_tool_and_guest_none(clean, tokens):
-    root = openai_client(clean.llm_base_url, tokens["root"])
-    root.chat.completions.create(model="gpt-4o-mini", messages=HELLO, tools=[tool("run_shell")])
-    # mallory may not even invoke the model; bob (support) may not declare run_shell.
-    bob = openai_client(clean.llm_base_url, tokens["bob"])
-    with pytest.raises(openai.PermissionDeniedError) as caught:
-        bob.chat.completions.create(model="gpt-4o-mini", messages=HELLO, tools=[tool("run_shell")])
-    assert "run_shell" in caught.value.message
-    assert [r["headers"]["x-agent-authz-principal"] for r in clean.llm_received()] == ["root"]
+    assert reject_stack.llm_received() == []
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import httpx
 import pytest
@@ -27,7 +29,50 @@ def test_alice_connects_and_lists_tools(stack, tokens, mode):
 
     version, names = run(go())
     assert version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
-    assert {"refund", "lookup_ticket"} <= set(names)
+    # delete_repo exists on the server but alice may not see it: the answer was filtered.
+    assert names == ["lookup_ticket", "refund"]
+
+
+def list_tools(url: str, token: str, mode: str = "legacy") -> list[str]:
+    async def go():
+        async with mcp_client(url, token, mode=mode) as client:
+            return sorted(t.name for t in (await client.list_tools()).tools)
+
+    return run(go())
+
+
+@pytest.fixture(scope="module")
+def json_stack():
+    """A stack whose MCP server answers application/json instead of SSE."""
+    from conftest import require_stack_binaries
+    from stack import Stack
+
+    require_stack_binaries()
+    with Stack(name="mcp-json", mcp_args=("--json-response",)) as s:
+        yield s
+
+
+@pytest.mark.parametrize("answer", ["sse", "json"])
+def test_tools_list_answers_are_filtered_per_principal(stack, json_stack, answer):
+    target = stack if answer == "sse" else json_stack
+    assert list_tools(target.mcp_url, target.token_for("alice")) == ["lookup_ticket", "refund"]
+    assert list_tools(target.mcp_url, target.token_for("root")) == ["delete_repo", "lookup_ticket", "refund"]
+    # The server itself still lists everything: the filter is the gateway's.
+    assert list_tools(target.mcp_direct_url, None) == ["delete_repo", "lookup_ticket", "refund"]
+    before = len(target.decisions())
+    list_tools(target.mcp_url, target.token_for("alice"))
+    hidden = target.wait_for_decision(lambda d: d.get("phase") == "response", after=before)
+    assert hidden["hidden_tools"] == ["delete_repo"]
+    assert hidden["principal"]["id"] == "alice"
+    # Envoy's own access log shows what was hidden, from ext_proc's metadata.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(l) for l in target.log_path("envoy").read_text().splitlines() if l.startswith("{")]
+        if any(l.get("hidden_tools") == "delete_repo" for l in lines):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("no access-log line names the hidden tool")
 
 
 @pytest.mark.parametrize("mode", MODES)
