@@ -1,5 +1,6 @@
-//! The real binary reloads its configuration without a restart: a valid change takes effect,
-//! an invalid one is refused with a log line and the running configuration stays.
+//! The real binary: it answers gRPC health checks, and reloads its configuration without a
+//! restart (a valid change takes effect, an invalid one is refused with a log line and the
+//! running configuration stays).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -11,6 +12,9 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -129,6 +133,29 @@ async fn configuration_changes_apply_without_restart_and_bad_ones_are_refused() 
         eventually(port, 7).await,
         "denied (PERMISSION_DENIED) while unclassified_routes: deny"
     );
+
+    // grpc.health.v1 on the same port, for Envoy and Kubernetes probes.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in [
+        "",
+        "envoy.service.auth.v3.Authorization",
+        "envoy.service.ext_proc.v3.ExternalProcessor",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
 
     std::fs::write(&path, config(port, "allow")).unwrap();
     assert!(
