@@ -520,6 +520,10 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// The body format spoken on this route.
     pub format: Format,
+    /// A request header whose value (a format name) overrides `format`, for gateways that
+    /// serve several dialects on one path; absent header: `format`.
+    #[serde(default)]
+    pub format_header: Option<String>,
     /// MCP only: the server name sent as `attr.server` (and as the id of session-level checks).
     #[serde(default)]
     pub mcp_server: Option<String>,
@@ -532,21 +536,46 @@ pub struct RouteConfig {
 }
 
 /// Request formats agent-authz can read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// OpenAI Chat Completions (`/v1/chat/completions`).
     OpenaiChat,
+    /// OpenAI Responses (`/v1/responses`).
+    OpenaiResponses,
+    /// Anthropic Messages (`/v1/messages`).
+    AnthropicMessages,
+    /// Google Gemini `generateContent` / `streamGenerateContent` (model from the path).
+    Gemini,
+    /// Amazon Bedrock Converse / ConverseStream (model from the path).
+    BedrockConverse,
     /// MCP Streamable HTTP (JSON-RPC 2.0).
     Mcp,
 }
 
 impl Format {
+    pub const ALL: [Format; 6] = [
+        Format::OpenaiChat,
+        Format::OpenaiResponses,
+        Format::AnthropicMessages,
+        Format::Gemini,
+        Format::BedrockConverse,
+        Format::Mcp,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Format::OpenaiChat => "openai_chat",
+            Format::OpenaiResponses => "openai_responses",
+            Format::AnthropicMessages => "anthropic_messages",
+            Format::Gemini => "gemini",
+            Format::BedrockConverse => "bedrock_converse",
             Format::Mcp => "mcp",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.as_str() == name)
     }
 }
 
@@ -815,6 +844,20 @@ impl Config {
                     format!("routes[{i}].path_prefix"),
                     "must start with /".to_owned(),
                 ));
+            }
+            if let Some(header) = &route.format_header {
+                if header.is_empty() || header.chars().any(|c| c.is_ascii_uppercase()) {
+                    return Err((
+                        format!("routes[{i}].format_header"),
+                        "must be a lower-case header name".to_owned(),
+                    ));
+                }
+                if route.format == Format::Mcp {
+                    return Err((
+                        format!("routes[{i}].format_header"),
+                        "not valid for format mcp".to_owned(),
+                    ));
+                }
             }
             if route.format == Format::Mcp && route.mcp_server.as_deref().unwrap_or("").is_empty() {
                 return Err((

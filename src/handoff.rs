@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::Format;
 use crate::identity::Principal;
 
 /// Key of the handoff inside ext_authz's metadata namespace.
@@ -21,7 +22,11 @@ pub struct Handoff {
     /// Envoy's `x-request-id`, also sent to Cerbos as its request id.
     pub request_id: String,
     pub principal: HandoffPrincipal,
-    /// Declared tools to remove from the request body (`denied_tools: strip`).
+    /// The request's format, so the body is edited in its own dialect.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Declared tools to remove from the request body (`denied_tools: strip`), by
+    /// [`crate::extract::DeclaredTool::key`].
     #[serde(default)]
     pub strip_tools: Vec<String>,
     /// Set when the exchange is a single MCP `tools/list` request whose answer must be filtered.

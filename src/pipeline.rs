@@ -75,6 +75,8 @@ struct Trace {
     request_id: String,
     principal: Option<Principal>,
     route: Option<RouteConfig>,
+    /// The format the body was read in (the route's, or its format header's).
+    format: Option<Format>,
     request: Option<AgentRequest>,
     decision: Decision,
     denied_tools: Vec<String>,
@@ -154,6 +156,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             request_id,
             principal: None,
             route: None,
+            format: None,
             request: None,
             decision: Decision::default(),
             denied_tools: Vec::new(),
@@ -270,7 +273,8 @@ impl<E: PolicyEngine> Pipeline<E> {
                 ids: vec![],
                 batch: false,
             },
-            _ => Dialect::Llm,
+            Some(format) => Dialect::Llm(format),
+            None => Dialect::Llm(Format::OpenaiChat),
         };
         if let Err(e) = extract::check_normalized(path) {
             return (Err(Refusal::BadRequest(e)), dialect);
@@ -294,7 +298,15 @@ impl<E: PolicyEngine> Pipeline<E> {
                 }
             };
         };
-        let request = match self.read_body(&route, input, path) {
+        let format = match route_format(&route, &input.headers) {
+            Ok(format) => format,
+            Err(e) => return (Err(Refusal::BadRequest(e)), dialect),
+        };
+        trace.format = Some(format);
+        if format != Format::Mcp {
+            dialect = Dialect::Llm(format);
+        }
+        let request = match self.read_body(format, input, path) {
             Ok(request) => request,
             Err(e) => return (Err(Refusal::BadRequest(e)), dialect),
         };
@@ -304,7 +316,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 batch: mcp.batch,
             };
         }
-        let mut checks = self.vocabulary.checks(&route, &request);
+        let mut checks = self.vocabulary.checks(&route, format, &request);
         for check in &mut checks {
             if let Some(arguments) = check.attr.get_mut("arguments") {
                 self.redaction.arguments(arguments);
@@ -327,7 +339,7 @@ impl<E: PolicyEngine> Pipeline<E> {
 
     fn read_body(
         &self,
-        route: &RouteConfig,
+        format: Format,
         input: &CheckInput,
         path: &str,
     ) -> Result<AgentRequest, ExtractError> {
@@ -357,7 +369,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             );
         }
         extract::extract(
-            route,
+            format,
             &HttpRequest {
                 method: &input.method,
                 path,
@@ -469,6 +481,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         Some(Handoff {
             decision_id: trace.decision_id.clone(),
             request_id: trace.request_id.clone(),
+            format: trace.format,
             principal: HandoffPrincipal::from(principal),
             strip_tools,
             tools_list,
@@ -533,6 +546,23 @@ impl<E: PolicyEngine> Pipeline<E> {
 
     pub fn max_list_response_bytes(&self) -> usize {
         self.max_list_response_bytes
+    }
+}
+
+/// The format to read a request in: the route's, unless the route names a header that picks
+/// one (for gateways serving several dialects on one path). An unknown name is refused.
+fn route_format(
+    route: &RouteConfig,
+    headers: &HashMap<String, String>,
+) -> Result<Format, ExtractError> {
+    let Some(header) = &route.format_header else {
+        return Ok(route.format);
+    };
+    match headers.get(header.as_str()) {
+        None => Ok(route.format),
+        Some(name) => Format::from_name(name.trim()).ok_or_else(|| {
+            ExtractError::InvalidRequest(format!("{header}: unknown request format {name:?}"))
+        }),
     }
 }
 
@@ -608,7 +638,7 @@ fn record(
         method: input.method.clone(),
         path: extract::path_without_query(&input.path).to_owned(),
         route: trace.route.as_ref().map(|r| r.path_prefix.clone()),
-        format: trace.route.as_ref().map(|r| r.format.as_str()),
+        format: trace.format.map(Format::as_str),
         resources: trace
             .decision
             .verdicts

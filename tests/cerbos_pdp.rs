@@ -124,6 +124,7 @@ fn chat_route() -> RouteConfig {
         format: Format::OpenaiChat,
         mcp_server: None,
         resource_kind: None,
+        format_header: None,
         dry_run: false,
     }
 }
@@ -134,6 +135,7 @@ fn mcp_route() -> RouteConfig {
         format: Format::Mcp,
         mcp_server: Some("support".into()),
         resource_kind: None,
+        format_header: None,
         dry_run: false,
     }
 }
@@ -143,10 +145,7 @@ fn llm(model: &str, tools: &[&str]) -> AgentRequest {
         model: model.into(),
         tools: tools
             .iter()
-            .map(|t| DeclaredTool {
-                name: t.to_string(),
-                kind: "function".into(),
-            })
+            .map(|t| DeclaredTool::new(t, "function"))
             .collect(),
         forced_tools: vec![],
         stream: false,
@@ -175,7 +174,7 @@ async fn decide(
     route: &RouteConfig,
     request: &AgentRequest,
 ) -> Decision {
-    let checks = Vocabulary::new(&VocabularyConfig::default()).checks(route, request);
+    let checks = Vocabulary::new(&VocabularyConfig::default()).checks(route, route.format, request);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match engine.check(who, checks.clone(), "test-request").await {
@@ -307,8 +306,11 @@ async fn an_unreachable_pdp_fails_closed_then_recovers() {
     };
     let port = free_port();
     let cerbos = engine(port, 50);
-    let checks = Vocabulary::new(&VocabularyConfig::default())
-        .checks(&chat_route(), &llm("gpt-4o-mini", &[]));
+    let checks = Vocabulary::new(&VocabularyConfig::default()).checks(
+        &chat_route(),
+        Format::OpenaiChat,
+        &llm("gpt-4o-mini", &[]),
+    );
     let err = cerbos.check(&alice(), checks, "r").await.unwrap_err();
     assert!(
         matches!(err, DecideError::Unavailable(_) | DecideError::Timeout(_)),

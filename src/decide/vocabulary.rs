@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{ResourceCheck, Subject};
-use crate::config::{RouteConfig, VocabularyConfig};
+use crate::config::{Format, RouteConfig, VocabularyConfig};
 use crate::extract::{AgentRequest, LlmRequest, McpOperation, McpRequest};
 
 pub struct Vocabulary {
@@ -18,15 +18,26 @@ impl Vocabulary {
         }
     }
 
-    pub fn checks(&self, route: &RouteConfig, request: &AgentRequest) -> Vec<ResourceCheck> {
+    /// The checks for `request`, read in `format` on `route`.
+    pub fn checks(
+        &self,
+        route: &RouteConfig,
+        format: Format,
+        request: &AgentRequest,
+    ) -> Vec<ResourceCheck> {
         match request {
-            AgentRequest::Llm(llm) => self.llm_checks(route, llm),
+            AgentRequest::Llm(llm) => self.llm_checks(route, format, llm),
             AgentRequest::Mcp(mcp) => self.mcp_checks(route, mcp),
         }
     }
 
-    fn llm_checks(&self, route: &RouteConfig, request: &LlmRequest) -> Vec<ResourceCheck> {
-        let format = route.format.as_str();
+    fn llm_checks(
+        &self,
+        route: &RouteConfig,
+        format: Format,
+        request: &LlmRequest,
+    ) -> Vec<ResourceCheck> {
+        let format = format.as_str();
         let mut checks = vec![ResourceCheck {
             kind: self.config.model_kind.clone(),
             id: request.model.clone(),
@@ -34,12 +45,26 @@ impl Vocabulary {
             attr: object(json!({"route": route.path_prefix, "format": format})),
             subject: Subject::Model(request.model.clone()),
         }];
-        checks.extend(request.tools.iter().map(|tool| ResourceCheck {
-            kind: self.config.tool_kind.clone(),
-            id: tool.name.clone(),
-            action: self.config.tool_action.clone(),
-            attr: object(json!({"model": request.model, "type": tool.kind, "format": format})),
-            subject: Subject::Tool(tool.name.clone()),
+        checks.extend(request.tools.iter().map(|tool| match &tool.server {
+            // A remote MCP tool the provider will call itself: judged as that server's
+            // tools/call, with no arguments to judge (argument-bound rules cannot allow it).
+            Some(server) => ResourceCheck {
+                kind: self.config.mcp_kind.clone(),
+                id: tool.name.clone(),
+                action: self.config.tool_call_action_template().replace("{tool}", &tool.name),
+                attr: object(json!({
+                    "server": server, "tool_name": tool.name, "arguments": {}, "method": "tools/call",
+                    "model": request.model, "format": format, "declared": true
+                })),
+                subject: Subject::Tool(tool.key()),
+            },
+            None => ResourceCheck {
+                kind: self.config.tool_kind.clone(),
+                id: tool.name.clone(),
+                action: self.config.tool_action.clone(),
+                attr: object(json!({"model": request.model, "type": tool.kind, "format": format})),
+                subject: Subject::Tool(tool.key()),
+            },
         }));
         checks
     }
@@ -139,6 +164,7 @@ mod tests {
             format: Format::Mcp,
             mcp_server: Some("support".into()),
             resource_kind: kind.map(str::to_owned),
+            format_header: None,
             dry_run: false,
         }
     }
@@ -165,25 +191,45 @@ mod tests {
             format: Format::OpenaiChat,
             mcp_server: None,
             resource_kind: None,
+            format_header: None,
             dry_run: false,
         };
         let request = AgentRequest::Llm(LlmRequest {
             model: "gpt-4o".into(),
-            tools: vec![DeclaredTool {
-                name: "get_weather".into(),
-                kind: "function".into(),
-            }],
+            tools: vec![
+                DeclaredTool::new("get_weather", "function"),
+                DeclaredTool {
+                    name: "search".into(),
+                    kind: "mcp".into(),
+                    server: Some("github".into()),
+                },
+            ],
             forced_tools: vec![],
             stream: false,
         });
-        let checks = Vocabulary::new(&VocabularyConfig::default()).checks(&route, &request);
+        let checks = Vocabulary::new(&VocabularyConfig::default()).checks(
+            &route,
+            Format::OpenaiChat,
+            &request,
+        );
         assert_eq!(
             summary(&checks),
             [
                 ("llm_model".into(), "gpt-4o".into(), "invoke".into()),
-                ("llm_tool".into(), "get_weather".into(), "expose".into())
+                ("llm_tool".into(), "get_weather".into(), "expose".into()),
+                (
+                    "mcp_server".into(),
+                    "search".into(),
+                    "tools/call/search".into()
+                )
             ]
         );
+        assert_eq!(
+            Value::Object(checks[2].attr.clone()),
+            json!({"server": "github", "tool_name": "search", "arguments": {}, "method": "tools/call",
+                   "model": "gpt-4o", "format": "openai_chat", "declared": true})
+        );
+        assert_eq!(checks[2].subject, Subject::Tool("github/search".into()));
         assert_eq!(
             Value::Object(checks[0].attr.clone()),
             json!({"route": "/v1/chat/completions", "format": "openai_chat"})
@@ -226,7 +272,7 @@ mod tests {
             ],
         });
         let vocab = Vocabulary::new(&VocabularyConfig::default());
-        let checks = vocab.checks(&mcp_route(None), &request);
+        let checks = vocab.checks(&mcp_route(None), Format::Mcp, &request);
         let k = "mcp_server".to_owned();
         assert_eq!(
             summary(&checks),
@@ -248,7 +294,11 @@ mod tests {
             preset: VocabularyPreset::Fastmcp,
             ..VocabularyConfig::default()
         };
-        let checks = Vocabulary::new(&fastmcp).checks(&mcp_route(Some("mcp::support")), &request);
+        let checks = Vocabulary::new(&fastmcp).checks(
+            &mcp_route(Some("mcp::support")),
+            Format::Mcp,
+            &request,
+        );
         assert_eq!(checks[0].action, "tools/call::refund");
         assert_eq!(checks[0].kind, "mcp::support");
     }

@@ -15,7 +15,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value};
 
-use super::{ExtractError, HttpRequest, McpMessage, McpOperation, McpRequest, json_body};
+use super::{
+    AgentRequest, ExtractError, HttpRequest, McpMessage, McpOperation, McpRequest, RequestFormat,
+    json_body,
+};
+use crate::rewrite::json_edit::EditError;
 
 /// JSON-RPC 2.0 "Invalid Request".
 pub const INVALID_REQUEST: i64 = -32600;
@@ -46,7 +50,21 @@ fn is_session_method(method: &str) -> bool {
         )
 }
 
-pub fn extract(request: &HttpRequest<'_>) -> Result<McpRequest, ExtractError> {
+/// MCP Streamable HTTP.
+pub struct Mcp;
+
+impl RequestFormat for Mcp {
+    fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
+        extract(request).map(AgentRequest::Mcp)
+    }
+
+    /// MCP requests declare no tools: their `tools/list` answers are filtered instead.
+    fn strip_tools(&self, _: &[u8], _: &[String]) -> Result<Option<Vec<u8>>, EditError> {
+        Ok(None)
+    }
+}
+
+fn extract(request: &HttpRequest<'_>) -> Result<McpRequest, ExtractError> {
     let protocol_version = request
         .headers
         .get("mcp-protocol-version")

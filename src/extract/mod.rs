@@ -5,14 +5,20 @@
 //! that is not JSON, an unknown tool shape, MCP routing headers that disagree with the body),
 //! because a request judged on one reading and forwarded with another is a bypass.
 
+pub mod anthropic_messages;
+pub mod bedrock_converse;
+pub mod gemini;
+mod llm;
 pub mod mcp;
 pub mod openai_chat;
+pub mod openai_responses;
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
 use crate::config::{Format, RouteConfig};
+use crate::rewrite::json_edit::EditError;
 
 /// The parts of an HTTP request extraction reads.
 #[derive(Debug, Clone, Copy)]
@@ -45,9 +51,57 @@ pub struct LlmRequest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeclaredTool {
+    /// The tool's name; for built-in tools judged by type, the type (`web_search`).
     pub name: String,
-    /// The declaration's type as the dialect spells it (`function`, `custom`, ...).
+    /// The declaration's type as the dialect spells it (`function`, `custom`, `builtin`, ...).
     pub kind: String,
+    /// For a tool on a remote MCP server the provider calls itself (OpenAI Responses `mcp`,
+    /// Anthropic `mcp_toolset`): the server label. Judged as that server's `tools/call`.
+    /// `name` is then `*` when the declaration allows every tool of the server.
+    pub server: Option<String>,
+}
+
+impl DeclaredTool {
+    pub fn new(name: &str, kind: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            server: None,
+        }
+    }
+
+    /// The identity used to name a denied tool to the stripping leg: the name, or
+    /// `<server>/<name>` for a remote MCP tool.
+    pub fn key(&self) -> String {
+        match &self.server {
+            Some(server) => format!("{server}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// One request dialect: how to read it, and how to remove denied tools from it. A new format
+/// is one module implementing this trait, a [`Format`] variant naming it, and a line in
+/// [`dialect`].
+pub trait RequestFormat: Sync {
+    /// Reads a request of this dialect.
+    fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError>;
+
+    /// The body without the declared tools whose [`DeclaredTool::key`] is in `denied`, still a
+    /// valid request of the dialect; `None` when none of them is declared.
+    fn strip_tools(&self, body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError>;
+}
+
+/// The implementation of a configured format.
+pub fn dialect(format: Format) -> &'static dyn RequestFormat {
+    match format {
+        Format::OpenaiChat => &openai_chat::OpenaiChat,
+        Format::OpenaiResponses => &openai_responses::OpenaiResponses,
+        Format::AnthropicMessages => &anthropic_messages::AnthropicMessages,
+        Format::Gemini => &gemini::Gemini,
+        Format::BedrockConverse => &bedrock_converse::BedrockConverse,
+        Format::Mcp => &mcp::Mcp,
+    }
 }
 
 /// One MCP HTTP exchange: a single JSON-RPC message, or a batch (2025-03-26 only).
@@ -167,15 +221,9 @@ pub fn check_normalized(path: &str) -> Result<(), ExtractError> {
     Ok(())
 }
 
-/// Reads a request on a classified route.
-pub fn extract(
-    route: &RouteConfig,
-    request: &HttpRequest<'_>,
-) -> Result<AgentRequest, ExtractError> {
-    match route.format {
-        Format::OpenaiChat => openai_chat::extract(request).map(AgentRequest::Llm),
-        Format::Mcp => mcp::extract(request).map(AgentRequest::Mcp),
-    }
+/// Reads a request in `format`.
+pub fn extract(format: Format, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
+    dialect(format).extract(request)
 }
 
 /// Parses a JSON body after checking that it is declared as uncompressed JSON.
@@ -288,6 +336,7 @@ mod tests {
             format: Format::OpenaiChat,
             mcp_server: None,
             resource_kind: None,
+            format_header: None,
             dry_run: false,
         }
     }

@@ -35,10 +35,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::ext_authz::struct_to_json;
 use crate::decide::PolicyEngine;
+use crate::extract::dialect;
 use crate::handoff::Handoff;
 use crate::pipeline::Pipeline;
 use crate::reload::Current;
-use crate::rewrite::{mcp_tools_list, openai_chat, sse};
+use crate::rewrite::{mcp_tools_list, sse};
 
 /// Namespace of the metadata this leg emits (list it in ext_proc `receiving_namespaces`).
 pub const METADATA_NAMESPACE: &str = "agent_authz";
@@ -173,7 +174,14 @@ impl Exchange {
                 "agent-authz: request body must be buffered to remove denied tools",
             ));
         }
-        let rewritten = match openai_chat::strip_tools(&body, strip) {
+        let format = self.handoff.as_ref().and_then(|h| h.format);
+        let Some(format) = format else {
+            return Ok(immediate(
+                500,
+                "agent-authz: the decision names no request format",
+            ));
+        };
+        let rewritten = match dialect(format).strip_tools(&body, strip) {
             Ok(Some(rewritten)) => rewritten,
             Ok(None) => return Ok(reply(Reply::RequestBody(BodyResponse::default()))),
             Err(e) => {
@@ -476,6 +484,7 @@ mod tests {
         Handoff {
             decision_id: "d-1".into(),
             request_id: "r-1".into(),
+            format: Some(crate::config::Format::OpenaiChat),
             principal: HandoffPrincipal {
                 id: "alice".into(),
                 roles: vec!["support".into()],

@@ -12,6 +12,7 @@
 use serde_json::{Value, json};
 
 use super::Denial;
+use crate::config::Format;
 use crate::decide::{DecideError, Subject, Verdict};
 use crate::extract::{ExtractError, mcp};
 use crate::identity::IdentityError;
@@ -31,8 +32,8 @@ pub enum Refusal {
 /// What the answer needs to know about the request it refuses.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Dialect {
-    /// OpenAI-style LLM API (or an unclassified route).
-    Llm,
+    /// An LLM API, answered in its provider's error shape (OpenAI's for unclassified routes).
+    Llm(Format),
     /// MCP: the JSON-RPC ids of the exchange's requests (notifications have none).
     Mcp {
         ids: Vec<Option<Value>>,
@@ -152,12 +153,7 @@ impl Refusal {
         }
         let message = format!("agent-authz: {reason}");
         match dialect {
-            Dialect::Llm => Denial {
-                status,
-                headers,
-                body: json!({"error": {"message": message, "type": kind, "code": code}})
-                    .to_string(),
-            },
+            Dialect::Llm(format) => provider_error(*format, status, headers, kind, code, &message),
             Dialect::Mcp { ids, batch } => {
                 let status = match self {
                     Refusal::PolicyDenied(_) => settings.mcp_denied_status,
@@ -175,6 +171,58 @@ impl Refusal {
                 }
             }
         }
+    }
+}
+
+/// The error body each provider's SDK reads, so it raises its own typed error with our message:
+/// OpenAI `{"error":{message,type,code}}`, Anthropic `{"type":"error","error":{type,message}}`,
+/// Gemini `{"error":{code,message,status}}`, Bedrock `{"message"}` with `x-amzn-errortype`.
+fn provider_error(
+    format: Format,
+    status: u16,
+    mut headers: Vec<(String, String)>,
+    kind: &str,
+    code: &str,
+    message: &str,
+) -> Denial {
+    let body = match format {
+        Format::AnthropicMessages => {
+            let kind = match status {
+                401 => "authentication_error",
+                403 => "permission_error",
+                413 => "request_too_large",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        Format::Gemini => {
+            let grpc = match status {
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                400..=499 => "INVALID_ARGUMENT",
+                _ => "UNAVAILABLE",
+            };
+            json!({"error": {"code": status, "message": message, "status": grpc}})
+        }
+        Format::BedrockConverse => {
+            let kind = match status {
+                401 => "UnrecognizedClientException",
+                403 => "AccessDeniedException",
+                400..=499 => "ValidationException",
+                _ => "ServiceUnavailableException",
+            };
+            headers.push(("x-amzn-errortype".to_owned(), kind.to_owned()));
+            json!({"message": message})
+        }
+        Format::OpenaiChat | Format::OpenaiResponses | Format::Mcp => {
+            json!({"error": {"message": message, "type": kind, "code": code}})
+        }
+    };
+    Denial {
+        status,
+        headers,
+        body: body.to_string(),
     }
 }
 
@@ -284,7 +332,7 @@ mod tests {
             "gpt-4o",
             "invoke",
         )]);
-        let d = r.answer("alice", &Dialect::Llm, SETTINGS);
+        let d = r.answer("alice", &Dialect::Llm(Format::OpenaiChat), SETTINGS);
         assert_eq!(d.status, 403);
         let b = body(&d);
         assert_eq!(b["error"]["code"], "model_denied");
@@ -345,10 +393,40 @@ mod tests {
     }
 
     #[test]
+    fn each_provider_gets_its_own_error_shape() {
+        let r = Refusal::PolicyDenied(vec![verdict(Subject::Model("m".into()), "m", "invoke")]);
+        let anthropic = r.answer("a", &Dialect::Llm(Format::AnthropicMessages), SETTINGS);
+        assert_eq!(body(&anthropic)["error"]["type"], "permission_error");
+        assert_eq!(body(&anthropic)["type"], "error");
+        let gemini = r.answer("a", &Dialect::Llm(Format::Gemini), SETTINGS);
+        assert_eq!(
+            (
+                body(&gemini)["error"]["code"].as_i64(),
+                body(&gemini)["error"]["status"].as_str()
+            ),
+            (Some(403), Some("PERMISSION_DENIED"))
+        );
+        let bedrock = r.answer("a", &Dialect::Llm(Format::BedrockConverse), SETTINGS);
+        assert!(
+            bedrock
+                .headers
+                .contains(&("x-amzn-errortype".into(), "AccessDeniedException".into()))
+        );
+        assert!(
+            body(&bedrock)["message"]
+                .as_str()
+                .unwrap()
+                .contains("may not invoke model m")
+        );
+        let responses = r.answer("a", &Dialect::Llm(Format::OpenaiResponses), SETTINGS);
+        assert_eq!(body(&responses)["error"]["code"], "model_denied");
+    }
+
+    #[test]
     fn unauthenticated_carries_a_bearer_challenge() {
         let d = Refusal::Unauthenticated(IdentityError::MissingToken).answer(
             "",
-            &Dialect::Llm,
+            &Dialect::Llm(Format::OpenaiChat),
             SETTINGS,
         );
         assert_eq!(d.status, 401);
@@ -380,7 +458,10 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_reason() {
-        let status = |r: Refusal| r.answer("a", &Dialect::Llm, SETTINGS).status;
+        let status = |r: Refusal| {
+            r.answer("a", &Dialect::Llm(Format::OpenaiChat), SETTINGS)
+                .status
+        };
         assert_eq!(
             status(Refusal::BadRequest(ExtractError::NotJson("x".into()))),
             400

@@ -1,0 +1,208 @@
+//! Anthropic Messages (`POST /v1/messages`): `model`, custom `tools[].name`, server tools by
+//! their fixed name (attribute `type` carries the versioned type, e.g. `web_search_20250305`),
+//! MCP toolsets (`mcp_toolset`, judged as their server's tools), and
+//! `tool_choice {type: auto|any|tool|none, name}`.
+//!
+//! Stripping removes denied entries from `tools[]`; an MCP toolset with any denied tool is
+//! removed whole (its per-tool `configs` are not narrowed). A `tool_choice` naming a stripped
+//! tool becomes `{"type":"auto"}`; with no tool left, `tools` and `tool_choice` go. History
+//! (`tool_use` / `tool_result` blocks) is never touched: Anthropic rejects unpaired blocks.
+
+use serde_json::Value;
+
+use super::llm::{self, Tools};
+use super::{
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_body,
+};
+use crate::rewrite::json_edit::{self, EditError, Edits};
+
+/// Anthropic Messages.
+pub struct AnthropicMessages;
+
+impl RequestFormat for AnthropicMessages {
+    fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
+        let body = json_body(request)?;
+        let body = llm::object(&body)?;
+        let model = llm::model(body)?;
+        let mut tools = Tools::default();
+        for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {
+            for tool in declared(entry).map_err(|e| llm::invalid(&format!("tools[{i}]: {e}")))? {
+                tools.add(tool);
+            }
+        }
+        let forced_tools = body
+            .get("tool_choice")
+            .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool"))
+            .and_then(|c| c.get("name")?.as_str())
+            .map(|n| vec![n.to_owned()])
+            .unwrap_or_default();
+        Ok(AgentRequest::Llm(LlmRequest {
+            model,
+            tools: tools.0,
+            forced_tools,
+            stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        }))
+    }
+
+    fn strip_tools(&self, body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError> {
+        let root = json_edit::root(body)?;
+        let Some(tools) = llm::member(body, root.clone(), "tools")? else {
+            return Ok(None);
+        };
+        let drops = |v: &Value| {
+            declared(v).is_ok_and(|ts| ts.iter().any(|t| llm::is_denied(denied, &t.key())))
+        };
+        let mut probe = Edits::default();
+        let (total, dropped) = llm::drop_elements(body, &tools.value, &mut probe, drops)?;
+        if dropped == 0 {
+            return Ok(None);
+        }
+        let mut edits = Edits::default();
+        if dropped == total {
+            llm::drop_members(body, &root, &["tools", "tool_choice"], &mut edits)?;
+            return edits.apply(body).map(Some);
+        }
+        llm::drop_elements(body, &tools.value, &mut edits, drops)?;
+        if let Some(choice) = llm::member(body, root, "tool_choice")? {
+            let value = llm::parse(body, &choice.value)?;
+            let forced = value.get("type").and_then(Value::as_str) == Some("tool");
+            if forced
+                && value
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| llm::is_denied(denied, n))
+            {
+                edits.replace(choice.value, r#"{"type":"auto"}"#);
+            }
+        }
+        edits.apply(body).map(Some)
+    }
+}
+
+/// The tools one `tools[]` entry declares.
+fn declared(entry: &Value) -> Result<Vec<DeclaredTool>, String> {
+    let kind = entry
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("custom");
+    if kind == "mcp_toolset" {
+        let server = entry
+            .get("mcp_server_name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or("mcp_toolset without mcp_server_name")?;
+        let enabled_by_default = entry
+            .get("default_config")
+            .and_then(|c| c.get("enabled"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let names: Vec<String> = if enabled_by_default {
+            vec!["*".to_owned()]
+        } else {
+            entry
+                .get("configs")
+                .and_then(Value::as_object)
+                .map(|configs| {
+                    configs
+                        .iter()
+                        .filter(|(_, c)| c.get("enabled").and_then(Value::as_bool).unwrap_or(true))
+                        .map(|(name, _)| name.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        return Ok(names
+            .into_iter()
+            .map(|name| DeclaredTool {
+                name,
+                kind: "mcp".to_owned(),
+                server: Some(server.to_owned()),
+            })
+            .collect());
+    }
+    let name = entry
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("missing name")?;
+    Ok(vec![DeclaredTool::new(name, kind)])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn extract(body: Value) -> Result<LlmRequest, ExtractError> {
+        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let body = body.to_string().into_bytes();
+        match AnthropicMessages.extract(&HttpRequest {
+            method: "POST",
+            path: "/v1/messages",
+            headers: &headers,
+            body: &body,
+        })? {
+            AgentRequest::Llm(llm) => Ok(llm),
+            AgentRequest::Mcp(_) => unreachable!(),
+        }
+    }
+
+    fn strip(body: &str, denied: &[&str]) -> Option<String> {
+        let denied: Vec<String> = denied.iter().map(|s| s.to_string()).collect();
+        AnthropicMessages
+            .strip_tools(body.as_bytes(), &denied)
+            .unwrap()
+            .map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn reads_custom_server_and_mcp_tools() {
+        let r = extract(json!({
+            "model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [],
+            "tools": [
+                {"name": "get_weather", "input_schema": {"type": "object"}},
+                {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+                {"type": "mcp_toolset", "mcp_server_name": "github"},
+                {"type": "mcp_toolset", "mcp_server_name": "jira", "default_config": {"enabled": false},
+                 "configs": {"create_issue": {"enabled": true}, "delete_issue": {"enabled": false}}}
+            ],
+            "tool_choice": {"type": "tool", "name": "get_weather"}
+        }))
+        .unwrap();
+        let keys: Vec<_> = r.tools.iter().map(|t| (t.key(), t.kind.clone())).collect();
+        assert_eq!(
+            keys,
+            [
+                ("get_weather".into(), "custom".into()),
+                ("web_search".into(), "web_search_20250305".into()),
+                ("github/*".into(), "mcp".into()),
+                ("jira/create_issue".into(), "mcp".into())
+            ]
+        );
+        assert_eq!(r.forced_tools, ["get_weather"]);
+        assert!(extract(json!({"model": "m", "tools": [{"input_schema": {}}]})).is_err());
+        assert!(extract(json!({"model": "m", "tools": [{"type": "mcp_toolset"}]})).is_err());
+    }
+
+    #[test]
+    fn strips_and_repairs_tool_choice() {
+        let body = r#"{"model":"m","tools":[{"name":"a","input_schema":{}},{"name":"b","input_schema":{}}],"tool_choice":{"type":"tool","name":"b"},"max_tokens":1.0}"#;
+        assert_eq!(
+            strip(body, &["b"]).unwrap(),
+            r#"{"model":"m","tools":[{"name":"a","input_schema":{}}],"tool_choice":{"type":"auto"},"max_tokens":1.0}"#
+        );
+        assert_eq!(
+            strip(body, &["a", "b"]).unwrap(),
+            r#"{"model":"m","max_tokens":1.0}"#
+        );
+        assert_eq!(strip(body, &["c"]), None);
+        let toolset = r#"{"model":"m","tools":[{"type":"mcp_toolset","mcp_server_name":"github"},{"name":"a"}]}"#;
+        assert_eq!(
+            strip(toolset, &["github/*"]).unwrap(),
+            r#"{"model":"m","tools":[{"name":"a"}]}"#
+        );
+    }
+}

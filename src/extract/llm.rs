@@ -1,0 +1,117 @@
+//! Pieces every LLM dialect shares: reading the top-level object, the model and tool lists, and
+//! cutting tool entries out of the raw body.
+
+use std::ops::Range;
+
+use serde_json::{Map, Value};
+
+use super::{DeclaredTool, ExtractError};
+use crate::rewrite::json_edit::{self, EditError, Edits, Member};
+
+pub fn invalid(why: &str) -> ExtractError {
+    ExtractError::InvalidRequest(why.to_owned())
+}
+
+pub fn object(body: &Value) -> Result<&Map<String, Value>, ExtractError> {
+    body.as_object()
+        .ok_or_else(|| invalid("body must be a JSON object"))
+}
+
+/// `model` as a non-empty string.
+pub fn model(body: &Map<String, Value>) -> Result<String, ExtractError> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        _ => Err(invalid("`model` must be a non-empty string")),
+    }
+}
+
+/// An optional array field (`null` counts as absent).
+pub fn array<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], ExtractError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(invalid(&format!("`{key}` must be an array"))),
+    }
+}
+
+/// A non-empty string field of a tool entry.
+pub fn name<'a>(entry: &'a Value, key: &str, what: &str) -> Result<&'a str, ExtractError> {
+    entry
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid(&format!("{what}: missing {key}")))
+}
+
+/// Declared tools, unique by key, in request order.
+#[derive(Default)]
+pub struct Tools(pub Vec<DeclaredTool>);
+
+impl Tools {
+    pub fn add(&mut self, tool: DeclaredTool) {
+        if !self.0.iter().any(|t| t.key() == tool.key()) {
+            self.0.push(tool);
+        }
+    }
+}
+
+pub fn parse(body: &[u8], span: &Range<usize>) -> Result<Value, EditError> {
+    body.get(span.clone())
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .ok_or(EditError(span.start))
+}
+
+/// The member `key` of the object at `span`, if present.
+pub fn member(body: &[u8], span: Range<usize>, key: &str) -> Result<Option<Member>, EditError> {
+    if body.get(span.start) != Some(&b'{') {
+        return Ok(None);
+    }
+    Ok(json_edit::members(body, span)?
+        .into_iter()
+        .find(|m| m.key == key))
+}
+
+/// Deletes the elements of the array at `span` for which `drop` is true. Returns how many
+/// elements there were and how many were dropped.
+pub fn drop_elements(
+    body: &[u8],
+    span: &Range<usize>,
+    edits: &mut Edits,
+    mut drop: impl FnMut(&Value) -> bool,
+) -> Result<(usize, usize), EditError> {
+    if body.get(span.start) != Some(&b'[') {
+        return Ok((0, 0));
+    }
+    let items = json_edit::elements(body, span.clone())?;
+    let mut remove = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if drop(&parse(body, item)?) {
+            remove.push(i);
+        }
+    }
+    edits.delete_items(&items, &remove, json_edit::inner(span));
+    Ok((items.len(), remove.len()))
+}
+
+/// Deletes the named members of the object at `span`.
+pub fn drop_members(
+    body: &[u8],
+    span: &Range<usize>,
+    keys: &[&str],
+    edits: &mut Edits,
+) -> Result<(), EditError> {
+    let members = json_edit::members(body, span.clone())?;
+    let remove: Vec<usize> = members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| keys.contains(&m.key.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let spans: Vec<Range<usize>> = members.iter().map(|m| m.span.clone()).collect();
+    edits.delete_items(&spans, &remove, json_edit::inner(span));
+    Ok(())
+}
+
+pub fn is_denied(denied: &[String], key: &str) -> bool {
+    denied.iter().any(|d| d == key)
+}
