@@ -138,6 +138,11 @@ def default_authz_config() -> dict:
         "cerbos": {"address": "http://127.0.0.1:3593", "timeout": "500ms"},
         "routes": [
             {"path_prefix": "/v1/chat/completions", "format": "openai_chat"},
+            {"path_prefix": "/v1/responses", "format": "openai_responses"},
+            {"path_prefix": "/v1/messages", "format": "anthropic_messages"},
+            {"path_prefix": "/v1/models", "format": "openai_models"},
+            {"path_prefix": "/v1beta/models", "format": "gemini"},
+            {"path_prefix": "/model", "format": "bedrock_converse"},
             {"path_prefix": "/mcp", "format": "mcp", "mcp_server": MCP_SERVER_NAME},
         ],
         "unclassified_routes": "deny",

@@ -47,9 +47,9 @@ pub struct DecisionRecord {
     /// Declared tools the policy denied (reported even when `denied_tools: pass` let them by).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied_tools: Vec<String>,
-    /// Tools removed from a `tools/list` answer.
+    /// What a filtered answer lost: tools of a `tools/list`, or models of a model listing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub hidden_tools: Vec<String>,
+    pub hidden: Vec<String>,
     pub cerbos_call_ids: Vec<String>,
     pub latency_ms: f64,
 }

@@ -543,6 +543,8 @@ pub enum Format {
     OpenaiChat,
     /// OpenAI Responses (`/v1/responses`).
     OpenaiResponses,
+    /// OpenAI model listing (`GET /v1/models`), filtered on the way back (needs ext_proc).
+    OpenaiModels,
     /// Anthropic Messages (`/v1/messages`).
     AnthropicMessages,
     /// Google Gemini `generateContent` / `streamGenerateContent` (model from the path).
@@ -554,9 +556,10 @@ pub enum Format {
 }
 
 impl Format {
-    pub const ALL: [Format; 6] = [
+    pub const ALL: [Format; 7] = [
         Format::OpenaiChat,
         Format::OpenaiResponses,
+        Format::OpenaiModels,
         Format::AnthropicMessages,
         Format::Gemini,
         Format::BedrockConverse,
@@ -567,6 +570,7 @@ impl Format {
         match self {
             Format::OpenaiChat => "openai_chat",
             Format::OpenaiResponses => "openai_responses",
+            Format::OpenaiModels => "openai_models",
             Format::AnthropicMessages => "anthropic_messages",
             Format::Gemini => "gemini",
             Format::BedrockConverse => "bedrock_converse",

@@ -32,6 +32,9 @@ pub struct Handoff {
     /// Set when the exchange is a single MCP `tools/list` request whose answer must be filtered.
     #[serde(default)]
     pub tools_list: Option<ToolsListHandoff>,
+    /// Set for a model listing whose answer must be filtered: the route prefix.
+    #[serde(default)]
+    pub models_list: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

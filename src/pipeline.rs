@@ -485,6 +485,10 @@ impl<E: PolicyEngine> Pipeline<E> {
             principal: HandoffPrincipal::from(principal),
             strip_tools,
             tools_list,
+            models_list: match (&trace.request, &trace.route) {
+                (Some(AgentRequest::ModelList), Some(route)) => Some(route.path_prefix.clone()),
+                _ => None,
+            },
         })
     }
 }
@@ -499,14 +503,50 @@ impl<E: PolicyEngine> Pipeline<E> {
         path: &str,
         tools: &[String],
     ) -> Result<Vec<String>, DecideError> {
-        let started = Instant::now();
         let Some(list) = &handoff.tools_list else {
             return Ok(Vec::new());
         };
-        let principal = Principal::from(handoff.principal.clone());
         let checks = self
             .vocabulary
             .tool_visibility_checks(&list.server, &list.kind, tools);
+        self.hide(handoff, path, checks, Format::Mcp, "tools/list")
+            .await
+    }
+
+    /// Which of the models a model listing names the principal may not invoke.
+    pub async fn hidden_models(
+        &self,
+        handoff: &Handoff,
+        path: &str,
+        models: &[String],
+    ) -> Result<Vec<String>, DecideError> {
+        let Some(route) = &handoff.models_list else {
+            return Ok(Vec::new());
+        };
+        let checks = self
+            .vocabulary
+            .model_checks(route, Format::OpenaiModels, models);
+        self.hide(
+            handoff,
+            path,
+            checks,
+            Format::OpenaiModels,
+            "the model list",
+        )
+        .await
+    }
+
+    /// Asks about every listed item at once and logs what is hidden from the answer.
+    async fn hide(
+        &self,
+        handoff: &Handoff,
+        path: &str,
+        checks: Vec<crate::decide::ResourceCheck>,
+        format: Format,
+        listing: &str,
+    ) -> Result<Vec<String>, DecideError> {
+        let started = Instant::now();
+        let principal = Principal::from(handoff.principal.clone());
         let decision = self.ask(&principal, checks, &handoff.request_id).await?;
         let hidden: Vec<String> = decision
             .verdicts
@@ -524,19 +564,19 @@ impl<E: PolicyEngine> Pipeline<E> {
             dry_run: false,
             status: 200,
             reason: if hidden.is_empty() {
-                "every listed tool is visible".to_owned()
+                format!("everything in {listing} is visible")
             } else {
-                format!("hidden from tools/list: {}", hidden.join(", "))
+                format!("hidden from {listing}: {}", hidden.join(", "))
             },
             refusal: None,
             principal: Some(PrincipalRecord::from(&principal)),
-            method: "POST".to_owned(),
+            method: if format == Format::Mcp { "POST" } else { "GET" }.to_owned(),
             path: path.to_owned(),
             route: None,
-            format: Some(Format::Mcp.as_str()),
+            format: Some(format.as_str()),
             resources: decision.verdicts.iter().map(ResourceRecord::from).collect(),
             denied_tools: Vec::new(),
-            hidden_tools: hidden.clone(),
+            hidden: hidden.clone(),
             cerbos_call_ids: decision.call_ids,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         });
@@ -646,7 +686,7 @@ fn record(
             .map(ResourceRecord::from)
             .collect(),
         denied_tools: trace.denied_tools.clone(),
-        hidden_tools: Vec::new(),
+        hidden: Vec::new(),
         cerbos_call_ids: trace.decision.call_ids.clone(),
         latency_ms: trace.started.elapsed().as_secs_f64() * 1000.0,
     }

@@ -532,10 +532,7 @@ async fn tools_list_requests_hand_over_what_the_answer_filter_needs() {
     let log = h.log();
     let response_phase = log.last().unwrap();
     assert_eq!(response_phase["phase"], "response");
-    assert_eq!(
-        response_phase["hidden_tools"],
-        json!(["refund", "delete_repo"])
-    );
+    assert_eq!(response_phase["hidden"], json!(["refund", "delete_repo"]));
 }
 
 #[tokio::test]

@@ -62,13 +62,13 @@ def test_tools_list_answers_are_filtered_per_principal(stack, json_stack, answer
     before = len(target.decisions())
     list_tools(target.mcp_url, target.token_for("alice"))
     hidden = target.wait_for_decision(lambda d: d.get("phase") == "response", after=before)
-    assert hidden["hidden_tools"] == ["delete_repo"]
+    assert hidden["hidden"] == ["delete_repo"]
     assert hidden["principal"]["id"] == "alice"
     # Envoy's own access log shows what was hidden, from ext_proc's metadata.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         lines = [json.loads(l) for l in target.log_path("envoy").read_text().splitlines() if l.startswith("{")]
-        if any(l.get("hidden_tools") == "delete_repo" for l in lines):
+        if any(l.get("hidden") == "delete_repo" for l in lines):
             break
         time.sleep(0.1)
     else:

@@ -3,7 +3,9 @@
     python e2e/upstreams/llm_upstream.py --port 8081
 
 POST /v1/chat/completions answers a chat.completion ("hello from <model>"), or SSE chunks ending
-with `data: [DONE]` when the request has `"stream": true`. GET /v1/models lists two models.
+with `data: [DONE]` when the request has `"stream": true`. GET /v1/models lists the models.
+POST /v1/responses, /v1/messages, /v1beta/models/{m}:generateContent and /model/{m}/converse
+answer minimal valid OpenAI Responses, Anthropic, Gemini and Bedrock replies.
 Every request is recorded (method, path, headers, body) and can be read back at GET /_received
 (a JSON list) and cleared with POST /_reset. The tests talk to this port directly for those two.
 """
@@ -39,6 +41,40 @@ def _completion(model: str, content: str) -> dict:
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
     }
+
+
+def _other_dialect(path: str, body: bytes) -> dict | None:
+    """Minimal valid answers for the other dialects the gateway judges (non-streaming)."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    if path == "/v1/responses":
+        model = request.get("model", "")
+        return {
+            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
+            "status": "completed", "model": model,
+            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:24]}", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": f"hello from {model}", "annotations": []}]}],
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": 1, "output_tokens": 3, "total_tokens": 4,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+    if path == "/v1/messages":
+        model = request.get("model", "")
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": f"hello from {model}"}],
+            "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 3},
+        }
+    if path.startswith("/v1beta/models/") and ":" in path:
+        model = path.split("/models/", 1)[1].split(":", 1)[0]
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": f"hello from {model}"}]}, "finishReason": "STOP"}]}
+    if path.startswith("/model/") and path.endswith("/converse"):
+        model = path[len("/model/"):-len("/converse")]
+        return {"output": {"message": {"role": "assistant", "content": [{"text": f"hello from {model}"}]}},
+                "stopReason": "end_turn", "usage": {"inputTokens": 1, "outputTokens": 3, "totalTokens": 4}}
+    return None
 
 
 def _chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None) -> dict:
@@ -118,7 +154,12 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True})
             return
         self._record(body)
-        if self.path.split("?")[0] != "/v1/chat/completions":
+        path = self.path.split("?")[0]
+        other = _other_dialect(path, body)
+        if other is not None:
+            self._send_json(200, other)
+            return
+        if path != "/v1/chat/completions":
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found", "code": None}})
             return
         try:

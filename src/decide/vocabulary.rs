@@ -28,6 +28,7 @@ impl Vocabulary {
         match request {
             AgentRequest::Llm(llm) => self.llm_checks(route, format, llm),
             AgentRequest::Mcp(mcp) => self.mcp_checks(route, mcp),
+            AgentRequest::ModelList => Vec::new(),
         }
     }
 
@@ -67,6 +68,25 @@ impl Vocabulary {
             },
         }));
         checks
+    }
+
+    /// Invocation checks for the models a model listing names.
+    pub fn model_checks(
+        &self,
+        route: &str,
+        format: Format,
+        models: &[String],
+    ) -> Vec<ResourceCheck> {
+        models
+            .iter()
+            .map(|model| ResourceCheck {
+                kind: self.config.model_kind.clone(),
+                id: model.clone(),
+                action: self.config.model_action.clone(),
+                attr: object(json!({"route": route, "format": format.as_str()})),
+                subject: Subject::Model(model.clone()),
+            })
+            .collect()
     }
 
     /// The resource kind of an MCP route's server.

@@ -194,7 +194,7 @@ mod tests {
             body: &body,
         })? {
             AgentRequest::Llm(llm) => Ok(llm),
-            AgentRequest::Mcp(_) => unreachable!(),
+            other => panic!("not an LLM request: {other:?}"),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod gemini;
 mod llm;
 pub mod mcp;
 pub mod openai_chat;
+pub mod openai_models;
 pub mod openai_responses;
 
 use std::collections::HashMap;
@@ -36,6 +37,9 @@ pub struct HttpRequest<'a> {
 pub enum AgentRequest {
     Llm(LlmRequest),
     Mcp(McpRequest),
+    /// A model listing (`GET /v1/models`): nothing to judge up front; its answer is filtered
+    /// to the models the principal may invoke.
+    ModelList,
 }
 
 /// An LLM API call: the model it invokes and the tools it declares to the model.
@@ -97,6 +101,7 @@ pub fn dialect(format: Format) -> &'static dyn RequestFormat {
     match format {
         Format::OpenaiChat => &openai_chat::OpenaiChat,
         Format::OpenaiResponses => &openai_responses::OpenaiResponses,
+        Format::OpenaiModels => &openai_models::OpenaiModels,
         Format::AnthropicMessages => &anthropic_messages::AnthropicMessages,
         Format::Gemini => &gemini::Gemini,
         Format::BedrockConverse => &bedrock_converse::BedrockConverse,

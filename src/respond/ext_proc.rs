@@ -39,7 +39,7 @@ use crate::extract::dialect;
 use crate::handoff::Handoff;
 use crate::pipeline::Pipeline;
 use crate::reload::Current;
-use crate::rewrite::{mcp_tools_list, sse};
+use crate::rewrite::{listing, sse};
 
 /// Namespace of the metadata this leg emits (list it in ext_proc `receiving_namespaces`).
 pub const METADATA_NAMESPACE: &str = "agent_authz";
@@ -218,7 +218,7 @@ impl Exchange {
         let listing = self
             .handoff
             .as_ref()
-            .is_some_and(|h| h.tools_list.is_some());
+            .is_some_and(|h| h.tools_list.is_some() || h.models_list.is_some());
         let ok = header(headers, ":status").as_deref() == Some("200");
         let content_type = header(headers, "content-type")
             .unwrap_or_default()
@@ -304,7 +304,7 @@ impl Exchange {
                     PbValue {
                         kind: Some(Kind::StructValue(Struct {
                             fields: HashMap::from([(
-                                "hidden_tools".to_owned(),
+                                "hidden".to_owned(),
                                 PbValue {
                                     kind: Some(Kind::StringValue(hidden.join(","))),
                                 },
@@ -328,25 +328,33 @@ impl Exchange {
         let Some(handoff) = &self.handoff else {
             return Ok(message);
         };
-        let Some(list) = &handoff.tools_list else {
-            return Ok(message);
+        let found = match (&handoff.tools_list, &handoff.models_list) {
+            (Some(list), _) => listing::tools_list(&message, &list.request_id),
+            (None, Some(_)) => listing::model_list(&message),
+            (None, None) => return Ok(message),
         };
-        let parsed = match mcp_tools_list::parse(&message, &list.request_id) {
+        let parsed = match found {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return Ok(message),
             Err(e) => {
                 return Err(Status::internal(format!(
-                    "tools/list answer cannot be filtered: {e}"
+                    "the listing cannot be filtered: {e}"
                 )));
             }
         };
-        let hidden = pipeline
-            .hidden_tools(handoff, &self.path, &parsed.names)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let hidden = if handoff.tools_list.is_some() {
+            pipeline
+                .hidden_tools(handoff, &self.path, &parsed.names)
+                .await
+        } else {
+            pipeline
+                .hidden_models(handoff, &self.path, &parsed.names)
+                .await
+        }
+        .map_err(|e| Status::unavailable(e.to_string()))?;
         let filtered = parsed
             .without(&message, &hidden)
-            .map_err(|e| Status::internal(format!("tools/list answer cannot be filtered: {e}")))?;
+            .map_err(|e| Status::internal(format!("the listing cannot be filtered: {e}")))?;
         hidden_out.extend(hidden);
         Ok(filtered)
     }
@@ -491,6 +499,7 @@ mod tests {
                 attr: Default::default(),
             },
             strip_tools: strip.iter().map(|s| s.to_string()).collect(),
+            models_list: None,
             tools_list: list_id.map(|request_id| ToolsListHandoff {
                 request_id,
                 server: "support".into(),
@@ -709,7 +718,7 @@ mod tests {
             .unwrap();
         assert_eq!(mutated_body(&last).unwrap(), FILTERED);
         assert_eq!(
-            struct_to_json(last.dynamic_metadata.unwrap())[METADATA_NAMESPACE]["hidden_tools"],
+            struct_to_json(last.dynamic_metadata.unwrap())[METADATA_NAMESPACE]["hidden"],
             "delete_repo"
         );
     }

@@ -215,7 +215,7 @@ fn provider_error(
             headers.push(("x-amzn-errortype".to_owned(), kind.to_owned()));
             json!({"message": message})
         }
-        Format::OpenaiChat | Format::OpenaiResponses | Format::Mcp => {
+        Format::OpenaiChat | Format::OpenaiResponses | Format::OpenaiModels | Format::Mcp => {
             json!({"error": {"message": message, "type": kind, "code": code}})
         }
     };

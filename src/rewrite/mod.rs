@@ -3,5 +3,5 @@
 //! decides; these modules only apply decisions.
 
 pub mod json_edit;
-pub mod mcp_tools_list;
+pub mod listing;
 pub mod sse;

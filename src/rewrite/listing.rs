@@ -1,6 +1,7 @@
-//! Filtering an MCP `tools/list` result: tools the principal may not see are removed, every
-//! other byte (including `nextCursor`, so pagination keeps working) is kept. A result that
-//! carries `cacheScope` (2026-07-28) is marked `"private"`, since the list is now per caller.
+//! Filtering listings in answers: an MCP `tools/list` result, or an OpenAI model list. Items the
+//! principal may not see are removed, every other byte (including `nextCursor`, so pagination
+//! keeps working) is kept. A `tools/list` result that carries `cacheScope` (2026-07-28) is
+//! marked `"private"`, since the list is now per caller.
 
 use std::ops::Range;
 
@@ -8,9 +9,9 @@ use serde_json::Value;
 
 use super::json_edit::{self, EditError, Edits};
 
-/// A JSON-RPC message that answers our `tools/list` request.
-pub struct ToolsListResult {
-    /// Tool names in result order.
+/// A listing found in an answer.
+pub struct Listing {
+    /// Item names (tool names, model ids) in answer order.
     pub names: Vec<String>,
     tools: Range<usize>,
     items: Vec<Range<usize>>,
@@ -19,7 +20,7 @@ pub struct ToolsListResult {
 
 /// Reads `{"jsonrpc","id":<id>,"result":{"tools":[...]}}`; `None` for any other message
 /// (notifications, errors, answers to other requests), which pass unchanged.
-pub fn parse(message: &[u8], request_id: &Value) -> Result<Option<ToolsListResult>, EditError> {
+pub fn tools_list(message: &[u8], request_id: &Value) -> Result<Option<Listing>, EditError> {
     let root = json_edit::root(message)?;
     if message.get(root.start) != Some(&b'{') {
         return Ok(None);
@@ -56,7 +57,7 @@ pub fn parse(message: &[u8], request_id: &Value) -> Result<Option<ToolsListResul
                 .ok_or(EditError(item.start))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(ToolsListResult {
+    Ok(Some(Listing {
         names,
         tools: tools.value.clone(),
         items,
@@ -67,8 +68,40 @@ pub fn parse(message: &[u8], request_id: &Value) -> Result<Option<ToolsListResul
     }))
 }
 
-impl ToolsListResult {
-    /// The message without the tools named in `hidden`.
+/// Reads an OpenAI model list `{"object":"list","data":[{"id":...}]}`; `None` for any other
+/// body.
+pub fn model_list(body: &[u8]) -> Result<Option<Listing>, EditError> {
+    let root = json_edit::root(body)?;
+    if body.get(root.start) != Some(&b'{') {
+        return Ok(None);
+    }
+    let members = json_edit::members(body, root)?;
+    let Some(data) = members.iter().find(|m| m.key == "data") else {
+        return Ok(None);
+    };
+    if body.get(data.value.start) != Some(&b'[') {
+        return Ok(None);
+    }
+    let items = json_edit::elements(body, data.value.clone())?;
+    let names = items
+        .iter()
+        .map(|item| {
+            body.get(item.clone())
+                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
+                .and_then(|model| model.get("id").and_then(Value::as_str).map(str::to_owned))
+                .ok_or(EditError(item.start))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Listing {
+        names,
+        tools: data.value.clone(),
+        items,
+        cache_scope: None,
+    }))
+}
+
+impl Listing {
+    /// The message without the items named in `hidden`.
     pub fn without(&self, message: &[u8], hidden: &[String]) -> Result<Vec<u8>, EditError> {
         let drop: Vec<usize> = self
             .names
@@ -95,7 +128,7 @@ mod tests {
     #[test]
     fn hidden_tools_go_and_the_cursor_stays() {
         let msg = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"refund","inputSchema":{}},{"name":"delete_repo"},{"name":"lookup_ticket"}],"nextCursor":"c2"}}"#;
-        let list = parse(msg, &json!(3)).unwrap().unwrap();
+        let list = tools_list(msg, &json!(3)).unwrap().unwrap();
         assert_eq!(list.names, ["refund", "delete_repo", "lookup_ticket"]);
         let out = list.without(msg, &["delete_repo".into()]).unwrap();
         assert_eq!(
@@ -112,7 +145,7 @@ mod tests {
     #[test]
     fn other_messages_are_not_touched() {
         assert!(
-            parse(
+            tools_list(
                 br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#,
                 &json!(3)
             )
@@ -120,7 +153,7 @@ mod tests {
             .is_none()
         );
         assert!(
-            parse(
+            tools_list(
                 br#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
                 &json!(3)
             )
@@ -128,27 +161,40 @@ mod tests {
             .is_none()
         );
         assert!(
-            parse(
+            tools_list(
                 br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
                 &json!(3)
             )
             .unwrap()
             .is_none()
         );
-        assert!(parse(br#"[1]"#, &json!(3)).unwrap().is_none());
+        assert!(tools_list(br#"[1]"#, &json!(3)).unwrap().is_none());
     }
 
     #[test]
     fn cache_scope_becomes_private() {
         let msg = br#"{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"cacheScope":"public","ttlMs":1000}}"#;
-        let list = parse(msg, &json!("a")).unwrap().unwrap();
+        let list = tools_list(msg, &json!("a")).unwrap().unwrap();
         let out = list.without(msg, &[]).unwrap();
         assert_eq!(out, br#"{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"cacheScope":"private","ttlMs":1000}}"#);
     }
 
     #[test]
+    fn model_lists_lose_hidden_models() {
+        let body = br#"{"object":"list","data":[{"id":"gpt-4o","object":"model"},{"id":"gpt-4o-mini","object":"model"}]}"#;
+        let list = model_list(body).unwrap().unwrap();
+        assert_eq!(list.names, ["gpt-4o", "gpt-4o-mini"]);
+        assert_eq!(
+            list.without(body, &["gpt-4o".into()]).unwrap(),
+            br#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model"}]}"#
+        );
+        assert!(model_list(b"[]").unwrap().is_none());
+        assert!(model_list(br#"{"data":[{"object":"model"}]}"#).is_err());
+    }
+
+    #[test]
     fn a_tool_without_a_name_is_an_error() {
         let msg = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"?"}]}}"#;
-        assert!(parse(msg, &json!(1)).is_err());
+        assert!(tools_list(msg, &json!(1)).is_err());
     }
 }
