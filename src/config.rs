@@ -929,8 +929,11 @@ fn validate_jwt(jwt: &JwtConfig) -> Result<(), (String, String)> {
         (Some(_), Some(_)) | (None, None) => {
             return bad("identity.jwt.jwks", "set exactly one of file or url".into());
         }
-        (None, Some(url)) if !url.starts_with("http://") && !url.starts_with("https://") => {
-            return bad("identity.jwt.jwks.url", "must be an http(s) URL".into());
+        (None, Some(url)) if !url.starts_with("https://") && !is_loopback_http(url) => {
+            return bad(
+                "identity.jwt.jwks.url",
+                "must be https:// (plain http only to a loopback address: keys fetched in the clear could be swapped)".into(),
+            );
         }
         _ => {}
     }
@@ -961,6 +964,26 @@ fn validate_jwt(jwt: &JwtConfig) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// `http://127.0.0.1...`, `http://[::1]...` or `http://localhost...`.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split_once(']')
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn validate_status(key: &str, status: u16, min: u16) -> Result<(), (String, String)> {
@@ -1056,11 +1079,37 @@ routes:
                 "audit: {mask: [card_number]}\nroutes:",
                 "audit.mask",
             ),
+            (
+                "jwks: {file: /tmp/jwks.json}",
+                "jwks: {url: 'http://idp.example/jwks.json'}",
+                "identity.jwt.jwks.url",
+            ),
+            (
+                "jwks: {file: /tmp/jwks.json}",
+                "jwks: {url: 'http://127.0.0.1.evil.example/jwks.json'}",
+                "identity.jwt.jwks.url",
+            ),
         ];
         for (from, to, key) in cases {
             let text = MINIMAL.replace(from, to);
             let (got, msg) = Config::parse(&text).unwrap_err();
             assert_eq!(got, key, "{to}: {msg}");
+        }
+    }
+
+    #[test]
+    fn jwks_urls_are_https_or_loopback() {
+        for url in [
+            "https://idp.example/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            let text = MINIMAL.replace(
+                "jwks: {file: /tmp/jwks.json}",
+                &format!("jwks: {{url: '{url}'}}"),
+            );
+            assert!(Config::parse(&text).is_ok(), "{url}");
         }
     }
 

@@ -86,7 +86,7 @@ EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3
 HCM = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
-LLM_MODES = {"request_header_mode": "SKIP", "request_body_mode": "BUFFERED",
+LLM_MODES = {"request_header_mode": "SEND", "request_body_mode": "BUFFERED",
              "response_header_mode": "SKIP", "response_body_mode": "NONE"}
 MCP_MODES = {"request_header_mode": "SEND", "request_body_mode": "NONE",
              "response_header_mode": "SEND", "response_body_mode": "STREAMED"}
@@ -1001,8 +1001,8 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def read_body(self) -> bytes:
-        # The LLM route's body arrives chunked: with request_header_mode SKIP, Envoy drops the
-        # content-length of a body ext_proc may rewrite.
+        # Accept both framings: content-length (agent-authz sets it on a rewritten body) or
+        # chunked.
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             chunks = []
             while True:
