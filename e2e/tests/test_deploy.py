@@ -915,11 +915,12 @@ def test_dockerignore_admits_only_the_build_inputs():
 
 # ------------------------------------------------------------------------- docs
 def test_deployment_doc_names_existing_files():
-    text = (REPO / "docs" / "deployment.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    text = readme[readme.index("## Deployment"):]
     names = set(re.findall(r"(?<![\w/.-])((?:k8s|istio|policies|e2e)/[\w./-]*[\w/])", text))
     assert names, "the doc names no files"
     for name in sorted(names):
-        assert (REPO / name).exists(), f"docs/deployment.md names {name}, which does not exist"
+        assert (REPO / name).exists(), f"README's deployment section names {name}, which does not exist"
 
 
 # ------------------------------------------------------------------ the pod, running
