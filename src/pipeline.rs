@@ -268,6 +268,9 @@ impl<E: PolicyEngine> Pipeline<E> {
         let path = extract::path_without_query(&input.path);
         let route = self.router.classify(path).cloned();
         trace.route = route.clone();
+        // The route's format until the body is read (a format header may still change it), so
+        // early refusals are counted and answered under the route's dialect.
+        trace.format = route.as_ref().map(|r| r.format);
         let mut dialect = match route.as_ref().map(|r| r.format) {
             Some(Format::Mcp) => Dialect::Mcp {
                 ids: vec![],

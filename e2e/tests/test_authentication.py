@@ -146,7 +146,7 @@ def test_a_client_cannot_choose_the_request_id(clean, tokens):
 
 
 def test_unclassified_paths_are_denied(clean, tokens):
-    for method, path in (("POST", "/v2/other"), ("GET", "/v1/models"), ("POST", "/v1/embeddings")):
+    for method, path in (("POST", "/v2/other"), ("GET", "/v1/files"), ("POST", "/v1/embeddings")):
         r = httpx.request(
             method, f"{clean.envoy_url}{path}", json={} if method == "POST" else None,
             headers={"authorization": f"Bearer {tokens['root']}"},
