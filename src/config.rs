@@ -213,6 +213,9 @@ pub struct ServerConfig {
     /// more is refused with 400 rather than fanned out to Cerbos.
     #[serde(default = "default_max_checks")]
     pub max_checks_per_request: usize,
+    /// Checks judged at once; past it a request is shed with 503 (never let through).
+    #[serde(default = "default_max_concurrent_checks")]
+    pub max_concurrent_checks: usize,
     /// How often the configuration file is checked for changes (also reloaded on SIGHUP);
     /// `0s` turns watching off.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
@@ -225,6 +228,7 @@ impl Default for ServerConfig {
             grpc_address: default_grpc_address(),
             max_request_bytes: default_max_request_bytes(),
             max_checks_per_request: default_max_checks(),
+            max_concurrent_checks: default_max_concurrent_checks(),
             config_reload_interval: default_reload_interval(),
         }
     }
@@ -236,6 +240,10 @@ fn default_grpc_address() -> SocketAddr {
 
 fn default_max_request_bytes() -> usize {
     1024 * 1024
+}
+
+fn default_max_concurrent_checks() -> usize {
+    4096
 }
 
 fn default_reload_interval() -> Duration {
@@ -794,6 +802,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: &str| Err((key.to_owned(), msg.to_owned()));
+        if self.server.max_concurrent_checks == 0 {
+            return bad("server.max_concurrent_checks", "must be greater than 0");
+        }
         if self.server.max_request_bytes == 0 {
             return bad("server.max_request_bytes", "must be greater than 0");
         }

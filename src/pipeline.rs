@@ -60,6 +60,7 @@ pub struct Pipeline<E> {
     max_body_bytes: usize,
     max_list_response_bytes: usize,
     max_checks: usize,
+    in_flight: tokio::sync::Semaphore,
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
     dry_run: bool,
@@ -102,6 +103,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             max_body_bytes: config.server.max_request_bytes,
             max_list_response_bytes: config.mcp.max_list_response_bytes,
             max_checks: config.server.max_checks_per_request,
+            in_flight: tokio::sync::Semaphore::new(config.server.max_concurrent_checks),
             protected_prefixes: config.identity.protected_header_prefixes.clone(),
             answers: AnswerSettings {
                 pdp_unavailable_status: config.cerbos.unavailable_status,
@@ -278,6 +280,11 @@ impl<E: PolicyEngine> Pipeline<E> {
             },
             Some(format) => Dialect::Llm(format),
             None => Dialect::Llm(Format::OpenaiChat),
+        };
+        // Past the concurrency limit, shed with a clear 503 rather than queue without bound;
+        // never let a request through unjudged.
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return (Err(Refusal::Overloaded), dialect);
         };
         if let Err(e) = extract::check_normalized(path) {
             return (Err(Refusal::BadRequest(e)), dialect);

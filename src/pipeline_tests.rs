@@ -744,3 +744,78 @@ async fn mcp_refusals_before_the_body_is_read_still_echo_the_id() {
     );
     assert_eq!((status, body["id"].as_i64()), (401, Some(41)));
 }
+
+/// Holds every check until released.
+struct Gate(tokio::sync::Notify);
+
+impl PolicyEngine for Gate {
+    async fn check(
+        &self,
+        _: &Principal,
+        checks: Vec<ResourceCheck>,
+        _: &str,
+    ) -> Result<Decision, DecideError> {
+        self.0.notified().await;
+        let verdicts = checks
+            .into_iter()
+            .map(|check| Verdict {
+                check,
+                effect: Effect::Allow,
+                policy: None,
+                outputs: vec![],
+            })
+            .collect();
+        Ok(Decision {
+            verdicts,
+            call_ids: vec![],
+        })
+    }
+}
+
+#[tokio::test]
+async fn past_the_concurrency_limit_requests_are_shed_never_allowed() {
+    let config = Config::parse(&format!("{CONFIG}server: {{max_concurrent_checks: 1}}\n")).unwrap();
+    let authenticator = Authenticator::start(&config.identity, Default::default())
+        .await
+        .unwrap();
+    let pipeline = Arc::new(Pipeline::new(
+        &config,
+        authenticator,
+        Gate(tokio::sync::Notify::new()),
+        AuditLog::memory(),
+        Arc::new(Metrics::new()),
+    ));
+    let first = {
+        let p = Arc::clone(&pipeline);
+        tokio::spawn(async move {
+            p.check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o-mini", &[]),
+                alice(),
+            ))
+            .await
+        })
+    };
+    tokio::task::yield_now().await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let shed = pipeline
+        .check(input(
+            "/v1/chat/completions",
+            chat("gpt-4o-mini", &[]),
+            alice(),
+        ))
+        .await;
+    let Outcome::Deny { denial, .. } = &shed else {
+        panic!("shed, not allowed: {shed:?}")
+    };
+    assert_eq!(denial.status, 503);
+    assert!(
+        denial
+            .headers
+            .contains(&("retry-after".to_owned(), "1".to_owned()))
+    );
+    assert!(denial.body.contains("overloaded"));
+    pipeline.engine.0.notify_one();
+    assert!(matches!(first.await.unwrap(), Outcome::Allow { .. }));
+    assert_eq!(pipeline.audit.lines()[0]["refusal"], "overloaded");
+}

@@ -226,9 +226,46 @@ pub fn check_normalized(path: &str) -> Result<(), ExtractError> {
     Ok(())
 }
 
-/// Reads a request in `format`.
+/// Reads a request in `format`, refusing tool names no dialect allows.
 pub fn extract(format: Format, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-    dialect(format).extract(request)
+    let request = dialect(format).extract(request)?;
+    match &request {
+        AgentRequest::Llm(llm) => {
+            for tool in llm.tools.iter().filter(|t| t.name != "*") {
+                check_tool_name(&tool.name).map_err(ExtractError::InvalidRequest)?;
+            }
+        }
+        AgentRequest::Mcp(mcp) => {
+            for message in &mcp.messages {
+                if let McpOperation::ToolCall { name, .. } | McpOperation::PromptGet { name, .. } =
+                    &message.operation
+                {
+                    check_tool_name(name).map_err(|e| ExtractError::Mcp {
+                        id: message.id.clone(),
+                        code: mcp::INVALID_PARAMS,
+                        message: e,
+                    })?;
+                }
+            }
+        }
+        AgentRequest::ModelList => {}
+    }
+    Ok(request)
+}
+
+/// Tool names are judged exactly as sent (case-sensitive, as OpenAI, Anthropic, Gemini and MCP
+/// all define them), so only names every dialect allows are accepted: 1 to 128 of `A-Z a-z 0-9
+/// _ - . : /`. This refuses look-alikes (fullwidth letters that Unicode NFKC folds onto ASCII,
+/// zero-width or control characters, spaces) that a lenient server might resolve to a tool the
+/// policy denies under its plain name.
+pub fn check_tool_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(allowed) {
+        return Err(format!(
+            "tool name {name:?} is not 1-128 of A-Z a-z 0-9 _ - . : /"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a JSON body after checking that it is declared as uncompressed JSON.
@@ -376,6 +413,57 @@ mod tests {
             assert!(check_normalized(p).is_err(), "{p}");
         }
         assert!(check_normalized("/v1/chat/completions").is_ok());
+    }
+
+    #[test]
+    fn tool_names_outside_the_common_alphabet_are_refused() {
+        for ok in ["get_weather", "github/search", "a.b:c-d", "X9"] {
+            assert!(check_tool_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ｄelete_repo",
+            "delete\u{200b}_repo",
+            "delete repo",
+            "tool\n",
+            &"a".repeat(129),
+        ] {
+            assert!(check_tool_name(bad).is_err(), "{bad:?}");
+        }
+        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let body =
+            r#"{"model":"m","tools":[{"type":"function","function":{"name":"ｄelete_repo"}}]}"#;
+        let r = extract(
+            Format::OpenaiChat,
+            &HttpRequest {
+                method: "POST",
+                path: "/",
+                headers: &headers,
+                body: body.as_bytes(),
+            },
+        );
+        assert!(matches!(r, Err(ExtractError::InvalidRequest(_))), "{r:?}");
+        let call =
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"ｄelete_repo"}}"#;
+        let r = extract(
+            Format::Mcp,
+            &HttpRequest {
+                method: "POST",
+                path: "/mcp",
+                headers: &headers,
+                body: call.as_bytes(),
+            },
+        );
+        assert!(
+            matches!(
+                r,
+                Err(ExtractError::Mcp {
+                    code: mcp::INVALID_PARAMS,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Refusal {
     /// Cerbos denied at least one check; these are the denied verdicts.
     PolicyDenied(Vec<Verdict>),
     PolicyUnavailable(DecideError),
+    /// More checks in flight than `server.max_concurrent_checks`.
+    Overloaded,
 }
 
 /// What the answer needs to know about the request it refuses.
@@ -62,6 +64,7 @@ impl Refusal {
             Refusal::UnclassifiedRoute(path) => format!("no route is configured for {path}"),
             Refusal::PolicyDenied(verdicts) => denial_sentence(principal, verdicts),
             Refusal::PolicyUnavailable(e) => e.to_string(),
+            Refusal::Overloaded => "too many requests in flight; retry later".to_owned(),
         }
     }
 
@@ -73,6 +76,7 @@ impl Refusal {
             Refusal::UnclassifiedRoute(_) => "unclassified_route",
             Refusal::PolicyDenied(_) => "policy_denied",
             Refusal::PolicyUnavailable(_) => "policy_unavailable",
+            Refusal::Overloaded => "overloaded",
         }
     }
 
@@ -132,6 +136,7 @@ impl Refusal {
                 "policy_unavailable",
                 RPC_UNAVAILABLE,
             ),
+            Refusal::Overloaded => (503, "service_unavailable", "overloaded", RPC_UNAVAILABLE),
         };
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Refusal::Unauthenticated(e) = self {
@@ -147,6 +152,9 @@ impl Refusal {
                     ),
                 )),
             }
+        }
+        if let Refusal::Overloaded = self {
+            headers.push(("retry-after".into(), "1".into()));
         }
         if let Refusal::BadRequest(ExtractError::McpMethodNotAllowed(_)) = self {
             headers.push(("allow".into(), "GET, POST, DELETE".into()));
