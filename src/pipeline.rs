@@ -15,7 +15,10 @@ use crate::config::{
 };
 use crate::decide::vocabulary::Vocabulary;
 use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
-use crate::extract::{self, AgentRequest, ExtractError, HttpRequest, Router};
+use crate::extract::tool_schemas::ToolSchemas;
+use crate::extract::{
+    self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
+};
 use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
 use crate::identity::{Authenticator, Principal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
@@ -61,6 +64,7 @@ pub struct Pipeline<E> {
     max_list_response_bytes: usize,
     max_checks: usize,
     in_flight: tokio::sync::Semaphore,
+    tool_schemas: Arc<ToolSchemas>,
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
     dry_run: bool,
@@ -104,6 +108,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             max_list_response_bytes: config.mcp.max_list_response_bytes,
             max_checks: config.server.max_checks_per_request,
             in_flight: tokio::sync::Semaphore::new(config.server.max_concurrent_checks),
+            tool_schemas: Arc::default(),
             protected_prefixes: config.identity.protected_header_prefixes.clone(),
             answers: AnswerSettings {
                 pdp_unavailable_status: config.cerbos.unavailable_status,
@@ -113,6 +118,40 @@ impl<E: PolicyEngine> Pipeline<E> {
             redaction: Redaction::new(&config.audit),
             audit,
             metrics,
+        }
+    }
+
+    /// Refuses a `tools/call` whose argument types contradict the schema the server published.
+    fn check_argument_types(
+        &self,
+        route: &RouteConfig,
+        mcp: &McpRequest,
+    ) -> Result<(), ExtractError> {
+        let server = route.mcp_server.as_deref().unwrap_or_default();
+        for message in &mcp.messages {
+            if let McpOperation::ToolCall { name, arguments } = &message.operation {
+                self.tool_schemas
+                    .check(server, name, arguments)
+                    .map_err(|why| ExtractError::Mcp {
+                        id: message.id.clone(),
+                        code: crate::extract::mcp::INVALID_PARAMS,
+                        message: format!("{name}: {why}"),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shares the store of learnt tool schemas (it outlives configuration reloads).
+    pub fn with_tool_schemas(mut self, schemas: Arc<ToolSchemas>) -> Self {
+        self.tool_schemas = schemas;
+        self
+    }
+
+    /// Learns the tool schemas a `tools/list` answer published.
+    pub fn learn_tool_schemas(&self, handoff: &Handoff, tools: &[Value]) {
+        if let Some(list) = &handoff.tools_list {
+            self.tool_schemas.learn(&list.server, tools);
         }
     }
 
@@ -325,6 +364,9 @@ impl<E: PolicyEngine> Pipeline<E> {
                 ids: mcp.messages.iter().map(|m| m.id.clone()).collect(),
                 batch: mcp.batch,
             };
+            if let Err(e) = self.check_argument_types(&route, mcp) {
+                return (Err(Refusal::BadRequest(e)), dialect);
+            }
         }
         let mut checks = self.vocabulary.checks(&route, format, &request);
         for check in &mut checks {

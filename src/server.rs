@@ -15,6 +15,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::decide::cache::CachedEngine;
 use crate::decide::cerbos::CerbosEngine;
+use crate::extract::tool_schemas::ToolSchemas;
 
 /// The policy engine in production: Cerbos behind the (optional) verdict cache.
 type Engine = CachedEngine<CerbosEngine>;
@@ -29,7 +30,11 @@ use crate::respond::ext_proc::ExtProcService;
 const GRPC_OVERHEAD_BYTES: usize = 1024 * 1024;
 
 /// Builds everything a configuration describes, sharing the process-wide metrics.
-async fn build(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Pipeline<Engine>> {
+async fn build(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    schemas: &Arc<ToolSchemas>,
+) -> anyhow::Result<Pipeline<Engine>> {
     let authenticator =
         Authenticator::start(&config.identity, metrics.jwks_refresh_failures.clone()).await?;
     let cerbos = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
@@ -47,19 +52,17 @@ async fn build(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Pipeli
         Arc::clone(metrics),
     );
     let audit = AuditLog::new(&config.audit).map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
-    Ok(Pipeline::new(
-        config,
-        authenticator,
-        engine,
-        audit,
-        Arc::clone(metrics),
-    ))
+    Ok(
+        Pipeline::new(config, authenticator, engine, audit, Arc::clone(metrics))
+            .with_tool_schemas(Arc::clone(schemas)),
+    )
 }
 
 /// Serves until SIGINT/SIGTERM. `path` is watched for configuration changes.
 pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let current = Arc::new(Current::new(build(&config, &metrics).await?));
+    let schemas = Arc::new(ToolSchemas::default());
+    let current = Arc::new(Current::new(build(&config, &metrics, &schemas).await?));
     let max_message = config
         .server
         .max_request_bytes
@@ -77,6 +80,7 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .await;
     if !config.server.config_reload_interval.is_zero() {
         let reload_metrics = Arc::clone(&metrics);
+        let reload_schemas = Arc::clone(&schemas);
         tokio::spawn(crate::reload::watch(
             path,
             config.clone(),
@@ -84,7 +88,8 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
             Arc::clone(&current),
             move |new| {
                 let metrics = Arc::clone(&reload_metrics);
-                async move { build(&new, &metrics).await }
+                let schemas = Arc::clone(&reload_schemas);
+                async move { build(&new, &metrics, &schemas).await }
             },
         ));
     }

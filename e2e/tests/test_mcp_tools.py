@@ -211,8 +211,10 @@ def test_string_amounts_cannot_slip_past_the_limit(stack, tokens):
             "mcp-protocol-version": "2025-11-25",
         },
     )
-    assert r.status_code == 200
-    assert r.json()["error"]["code"] == 403
+    # Two defences, either of which refuses it: the tool's published inputSchema (once the
+    # gateway has seen a tools/list from this server: 400, -32602), and the policy's type guard
+    # (200, JSON-RPC 403).
+    assert (r.status_code, r.json()["error"]["code"]) in {(200, 403), (400, -32602)}, r.text
     assert stack.mcp_executions()[before:] == []
 
 
@@ -234,3 +236,23 @@ def test_methods_no_policy_names_are_denied(stack, tokens, method):
     assert body["id"] == 9
     assert body["error"]["code"] == 403
     assert stack.mcp_received()[requests_before:] == []
+
+
+def test_arguments_are_judged_as_the_server_reads_them(stack, tokens):
+    """After a tools/list through the gateway, a call whose argument types contradict the
+    tool's published inputSchema is refused before any policy or server sees it."""
+    assert "refund" in list_tools(stack.mcp_url, tokens["alice"])
+    before = len(stack.mcp_executions())
+    r = httpx.post(
+        stack.mcp_url,
+        json={"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+              "params": {"name": "refund", "arguments": {"ticket_id": "T-100", "amount_cents": "999999"}}},
+        headers={"authorization": f"Bearer {tokens['alice']}", "accept": "application/json, text/event-stream",
+                 "mcp-protocol-version": "2025-11-25"},
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert r.json()["id"] == 77
+    assert error["code"] == -32602
+    assert "amount_cents must be integer" in error["message"]
+    assert len(stack.mcp_executions()) == before

@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod openai_chat;
 pub mod openai_models;
 pub mod openai_responses;
+pub mod tool_schemas;
 
 use std::collections::HashMap;
 
