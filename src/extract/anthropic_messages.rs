@@ -130,32 +130,17 @@ fn declared(entry: &Value) -> Result<Vec<DeclaredTool>, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use serde_json::json;
 
     use super::*;
+    use crate::extract::test_support;
 
     fn extract(body: Value) -> Result<LlmRequest, ExtractError> {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
-        let body = body.to_string().into_bytes();
-        match AnthropicMessages.extract(&HttpRequest {
-            method: "POST",
-            path: "/v1/messages",
-            headers: &headers,
-            body: &body,
-        })? {
-            AgentRequest::Llm(llm) => Ok(llm),
-            other => panic!("not an LLM request: {other:?}"),
-        }
+        test_support::read(&AnthropicMessages, "/v1/messages", &body)
     }
 
     fn strip(body: &str, denied: &[&str]) -> Option<String> {
-        let denied: Vec<String> = denied.iter().map(|s| s.to_string()).collect();
-        AnthropicMessages
-            .strip_tools(body.as_bytes(), &denied)
-            .unwrap()
-            .map(|b| String::from_utf8(b).unwrap())
+        test_support::strip(&AnthropicMessages, body, denied)
     }
 
     #[test]

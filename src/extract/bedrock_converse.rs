@@ -118,24 +118,13 @@ fn model_from_path(path: &str) -> Result<(String, &str), ExtractError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use serde_json::json;
 
     use super::*;
+    use crate::extract::test_support;
 
     fn extract(path: &str, body: Value) -> Result<LlmRequest, ExtractError> {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
-        let body = body.to_string().into_bytes();
-        match BedrockConverse.extract(&HttpRequest {
-            method: "POST",
-            path,
-            headers: &headers,
-            body: &body,
-        })? {
-            AgentRequest::Llm(llm) => Ok(llm),
-            other => panic!("not an LLM request: {other:?}"),
-        }
+        test_support::read(&BedrockConverse, path, &body)
     }
 
     #[test]
@@ -167,13 +156,7 @@ mod tests {
     #[test]
     fn strips_specs_and_the_whole_config_when_empty() {
         let body = r#"{"messages":[],"toolConfig":{"tools":[{"toolSpec":{"name":"a"}},{"toolSpec":{"name":"b"}}],"toolChoice":{"tool":{"name":"b"}}},"inferenceConfig":{"temperature":0.50}}"#;
-        let strip = |d: &[&str]| {
-            let d: Vec<String> = d.iter().map(|s| s.to_string()).collect();
-            BedrockConverse
-                .strip_tools(body.as_bytes(), &d)
-                .unwrap()
-                .map(|b| String::from_utf8(b).unwrap())
-        };
+        let strip = |d: &[&str]| test_support::strip(&BedrockConverse, body, d);
         assert_eq!(
             strip(&["b"]).unwrap(),
             r#"{"messages":[],"toolConfig":{"tools":[{"toolSpec":{"name":"a"}}],"toolChoice":{"auto":{}}},"inferenceConfig":{"temperature":0.50}}"#

@@ -178,24 +178,13 @@ fn model_from_path(path: &str) -> Result<(String, &str), ExtractError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use serde_json::json;
 
     use super::*;
+    use crate::extract::test_support;
 
     fn extract(path: &str, body: Value) -> Result<LlmRequest, ExtractError> {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
-        let body = body.to_string().into_bytes();
-        match Gemini.extract(&HttpRequest {
-            method: "POST",
-            path,
-            headers: &headers,
-            body: &body,
-        })? {
-            AgentRequest::Llm(llm) => Ok(llm),
-            other => panic!("not an LLM request: {other:?}"),
-        }
+        test_support::read(&Gemini, path, &body)
     }
 
     #[test]
@@ -236,13 +225,7 @@ mod tests {
     #[test]
     fn strips_declarations_builtins_and_allowed_names() {
         let body = r#"{"contents":[],"tools":[{"functionDeclarations":[{"name":"a"},{"name":"b"}]},{"googleSearch":{}}],"toolConfig":{"functionCallingConfig":{"mode":"ANY","allowedFunctionNames":["a","b"]}}}"#;
-        let strip = |d: &[&str]| {
-            let d: Vec<String> = d.iter().map(|s| s.to_string()).collect();
-            Gemini
-                .strip_tools(body.as_bytes(), &d)
-                .unwrap()
-                .map(|b| String::from_utf8(b).unwrap())
-        };
+        let strip = |d: &[&str]| test_support::strip(&Gemini, body, d);
         assert_eq!(
             strip(&["b", "googleSearch"]).unwrap(),
             r#"{"contents":[],"tools":[{"functionDeclarations":[{"name":"a"}]}],"toolConfig":{"functionCallingConfig":{"mode":"ANY","allowedFunctionNames":["a"]}}}"#

@@ -269,6 +269,44 @@ pub fn check_tool_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Test helpers shared by the format modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::HashMap;
+
+    use serde_json::Value;
+
+    use super::{AgentRequest, ExtractError, HttpRequest, LlmRequest, RequestFormat};
+
+    /// Reads `body` (sent as JSON to `path`) as an LLM request in `format`.
+    pub fn read(
+        format: &dyn RequestFormat,
+        path: &str,
+        body: &Value,
+    ) -> Result<LlmRequest, ExtractError> {
+        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let body = body.to_string().into_bytes();
+        match format.extract(&HttpRequest {
+            method: "POST",
+            path,
+            headers: &headers,
+            body: &body,
+        })? {
+            AgentRequest::Llm(llm) => Ok(llm),
+            other => panic!("not an LLM request: {other:?}"),
+        }
+    }
+
+    /// Strips `denied` from `body` in `format`; `None` when nothing changed.
+    pub fn strip(format: &dyn RequestFormat, body: &str, denied: &[&str]) -> Option<String> {
+        let denied: Vec<String> = denied.iter().map(|s| s.to_string()).collect();
+        format
+            .strip_tools(body.as_bytes(), &denied)
+            .unwrap()
+            .map(|b| String::from_utf8(b).unwrap())
+    }
+}
+
 /// Parses a JSON body after checking that it is declared as uncompressed JSON.
 pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
     if let Some(encoding) = request.headers.get("content-encoding") {

@@ -224,30 +224,15 @@ fn choice_key(choice: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
+    use crate::extract::test_support;
 
     fn extract(body: Value) -> Result<LlmRequest, ExtractError> {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
-        let body = body.to_string().into_bytes();
-        match OpenaiResponses.extract(&HttpRequest {
-            method: "POST",
-            path: "/v1/responses",
-            headers: &headers,
-            body: &body,
-        })? {
-            AgentRequest::Llm(llm) => Ok(llm),
-            other => panic!("not an LLM request: {other:?}"),
-        }
+        test_support::read(&OpenaiResponses, "/v1/responses", &body)
     }
 
     fn strip(body: &str, denied: &[&str]) -> Option<String> {
-        let denied: Vec<String> = denied.iter().map(|s| s.to_string()).collect();
-        OpenaiResponses
-            .strip_tools(body.as_bytes(), &denied)
-            .unwrap()
-            .map(|b| String::from_utf8(b).unwrap())
+        test_support::strip(&OpenaiResponses, body, denied)
     }
 
     #[test]
