@@ -54,7 +54,7 @@ MCP_SERVER_NAME = "support"
 READY_TIMEOUT = 30.0
 
 # The port numbers written in envoy/*.yaml, and what each one is.
-ENVOY_TEMPLATE_PORTS = {10000: "listener", 9901: "admin", 9191: "authz", 8081: "llm", 8082: "mcp"}
+ENVOY_TEMPLATE_PORTS = {10000: "listener", 9901: "admin", 9191: "authz", 9192: "authz_admin", 8081: "llm", 8082: "mcp"}
 ENVOY_TEMPLATE_JWKS = "/etc/agent-authz/jwks.json"
 
 
@@ -382,7 +382,7 @@ class Stack:
             )
         )
 
-        envoy_ports = {k: self.ports[k] for k in ("listener", "admin", "authz", "llm", "mcp")}
+        envoy_ports = {k: self.ports[k] for k in ("listener", "admin", "authz", "authz_admin", "llm", "mcp")}
         (self.dir / "envoy.yaml").write_text(
             render_envoy_config(self.envoy_template.read_text(), envoy_ports, str(self.jwks_path))
         )

@@ -179,6 +179,12 @@ def test_healthz_needs_no_token(stack):
     assert r.text.strip() == "ok"
 
 
+def test_metrics_are_served_through_the_gateway_without_a_token(clean):
+    r = httpx.get(f"{clean.envoy_url}/metrics")
+    assert r.status_code == 200
+    assert "agent_authz_checks_total" in r.text
+
+
 def test_envoy_access_log_carries_the_decision(clean, tokens):
     """The shipped Envoy config logs agent-authz's dynamic metadata for every request."""
     r = httpx.post(

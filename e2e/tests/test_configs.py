@@ -54,10 +54,10 @@ def test_envoy_config_validates(path, tmp_path):
 
 
 def test_rendered_envoy_ports_are_all_substituted():
-    ports = {"listener": 1, "admin": 2, "authz": 3, "llm": 4, "mcp": 5}
+    ports = {"listener": 1, "admin": 2, "authz": 3, "authz_admin": 6, "llm": 4, "mcp": 5}
     for path in ENVOY_FILES:
         rendered = render_envoy_config(path.read_text(), ports, "/tmp/x.json")
-        for original in ("10000", "9901", "9191", "8081", "8082"):
+        for original in ("10000", "9901", "9191", "9192", "8081", "8082"):
             assert f"port_value: {original}" not in rendered
 
 
