@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -179,6 +180,38 @@ def listed_tools(who: str, expected: list[str]) -> Callable[[Stack], tuple[bool,
     return check
 
 
+POLICY_EDIT = """    - name: demo-edit-gpt-4o-for-support
+      actions: [invoke]
+      effect: EFFECT_ALLOW
+      roles: [support]
+      condition:
+        match:
+          expr: R.id == "gpt-4o"
+
+"""
+
+
+def edit_policy_then_chat(who: str, model: str) -> Callable[[Stack], str]:
+    """Deploys a policy change (an edited file in the folder Cerbos watches), then asks again
+    until Cerbos has reloaded it (bounded): no gateway restart, no gateway configuration."""
+
+    def run(stack: Stack) -> str:
+        path = stack.policies_dir / "llm_model.yaml"
+        text = path.read_text()
+        path.write_text(text.replace("  rules:\n", "  rules:\n" + POLICY_EDIT, 1))
+        print(f"    deploy   : added rule demo-edit-gpt-4o-for-support to {path.name} (Cerbos watches the folder)")
+        deadline = time.monotonic() + 15
+        while True:
+            stack.llm_reset()
+            r = httpx.post(f"{stack.llm_base_url}/chat/completions", json={"model": model, "messages": HELLO},
+                           headers={"authorization": f"Bearer {stack.token_for(who)}"})
+            if r.status_code == 200 or time.monotonic() > deadline:
+                return f"HTTP {r.status_code} after the policy edit, same gateway process"
+            time.sleep(0.3)
+
+    return run
+
+
 def nothing_reached(stack: Stack) -> tuple[bool, str]:
     reached = stack.llm_received()
     stack.llm_reset()
@@ -230,6 +263,15 @@ SECTIONS: list[tuple[str, list[Step]]] = [
                  executed("refund", {"ticket_id": "T-999", "amount_cents": 10}, False)),
             Step("a guest", "mallory", "to connect to the support MCP server", "deny",
                  mcp_connect("mallory"), has_action("connect")),
+        ],
+    ),
+    (
+        "Rules live in policy: a policy deployment changes the answer, the gateway is untouched",
+        [
+            Step("policy edit", "alice", "gpt-4o again, after a rule granting support gpt-4o is deployed", "allow",
+                 edit_policy_then_chat("alice", "gpt-4o"), lambda d: any(
+                     r.get("id") == "gpt-4o" and r.get("effect") == "allow" for r in d.get("resources") or []),
+                 upstream_saw("gpt-4o", True)),
         ],
     ),
     (
@@ -306,7 +348,7 @@ def main() -> int:
     print(bold("agent-authz demo: Envoy -> agent-authz (ext_authz) -> Cerbos, in front of an LLM API and an MCP server"))
     print("starting Cerbos, the sample upstreams, agent-authz and Envoy ...")
     try:
-        stack = Stack(name="demo").__enter__()
+        stack = Stack(name="demo", copy_policies=True).__enter__()
     except StackError as e:
         print(f"the stack did not start:\n{e}", file=sys.stderr)
         return 2

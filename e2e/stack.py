@@ -237,6 +237,7 @@ class Stack:
         authz_overrides: dict | None = None,
         mcp_args: tuple[str, ...] = (),
         name: str = "stack",
+        copy_policies: bool = False,
         keep_dir: bool | None = None,
     ) -> None:
         missing = missing_binaries()
@@ -247,6 +248,8 @@ class Stack:
         self.identity_source = identity_source
         self.authz_overrides = authz_overrides or {}
         self.mcp_args = tuple(mcp_args)
+        # A private copy of policies/ that a run may edit (Cerbos watches it for changes).
+        self.copy_policies = copy_policies
         self.keep_dir = bool(os.environ.get("E2E_KEEP_DIR")) if keep_dir is None else keep_dir
         self.dir = Path(tempfile.mkdtemp(prefix=f"agent-authz-{name}-"))
         self.ports = {k: free_port() for k in ("listener", "admin", "authz", "authz_admin", "llm", "mcp", "cerbos_grpc", "cerbos_http")}
@@ -368,7 +371,13 @@ class Stack:
         self._wait("cerbos", lambda: http_get(f"{self.cerbos_http_url}/_cerbos/health")[0] == 200)
 
     # ------------------------------------------------------------------ files
+    @property
+    def policies_dir(self) -> Path:
+        return self.dir / "policies" if self.copy_policies else REPO / "policies"
+
     def _write_files(self) -> None:
+        if self.copy_policies and not self.policies_dir.exists():
+            shutil.copytree(REPO / "policies", self.policies_dir)
         self.jwks_path.write_text(json.dumps({"keys": [jwk_for(self.key)]}, indent=2))
         self.executions_log.touch()
 
@@ -378,7 +387,7 @@ class Stack:
                 cerbos_template,
                 grpc_port=self.ports["cerbos_grpc"],
                 http_port=self.ports["cerbos_http"],
-                policies=REPO / "policies",
+                policies=self.policies_dir,
             )
         )
 
