@@ -294,7 +294,7 @@ pub struct MeshPeerConfig {
 }
 
 fn default_protected_header_prefixes() -> Vec<String> {
-    vec!["x-agent-authz-".to_owned()]
+    vec!["x-agent-authz-".to_owned(), "x-authz-".to_owned()]
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -486,6 +486,11 @@ pub struct CerbosConfig {
     /// HTTP status answered when the PDP cannot be reached or errs (fail closed).
     #[serde(default = "default_unavailable_status")]
     pub unavailable_status: u16,
+    /// Forward rule outputs to the upstream as headers: on an allowed request, every entry of an
+    /// allowing rule's output object whose key starts with `x-authz-` becomes that request
+    /// header (the convention of Cerbos' Envoy example). Keep `x-authz-` protected.
+    #[serde(default)]
+    pub output_headers: bool,
 }
 
 impl Default for CerbosConfig {
@@ -497,6 +502,7 @@ impl Default for CerbosConfig {
             scope: String::new(),
             max_resources_per_request: default_max_resources(),
             unavailable_status: default_unavailable_status(),
+            output_headers: false,
         }
     }
 }

@@ -60,6 +60,7 @@ pub struct Pipeline<E> {
     denied_tools: DeniedTools,
     forced_denied_tool: ForcedDeniedTool,
     denied_tools_header: bool,
+    output_headers: bool,
     max_body_bytes: usize,
     max_list_response_bytes: usize,
     max_checks: usize,
@@ -104,6 +105,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             denied_tools: config.denied_tools,
             forced_denied_tool: config.forced_denied_tool,
             denied_tools_header: config.denied_tools_response_header,
+            output_headers: config.cerbos.output_headers,
             max_body_bytes: config.server.max_request_bytes,
             max_list_response_bytes: config.mcp.max_list_response_bytes,
             max_checks: config.server.max_checks_per_request,
@@ -482,6 +484,9 @@ impl<E: PolicyEngine> Pipeline<E> {
         if let Some(p) = &trace.principal {
             headers.push((PRINCIPAL_HEADER.to_owned(), p.id.clone()));
         }
+        if self.output_headers {
+            headers.extend(output_headers(&trace.decision));
+        }
         let remove_headers = input
             .headers
             .keys()
@@ -682,6 +687,36 @@ fn with_request_ids(dialect: Dialect, body: &[u8]) -> Dialect {
         }
         other => other,
     }
+}
+
+/// `x-authz-*` entries of the outputs of allowing rules, as upstream headers. Values that are
+/// not strings are sent as JSON; a value with control characters is dropped (Envoy would
+/// refuse the mutation).
+fn output_headers(decision: &Decision) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for verdict in decision.verdicts.iter().filter(|v| v.effect.allows()) {
+        for (_, output) in &verdict.outputs {
+            let Value::Object(fields) = output else {
+                continue;
+            };
+            for (key, value) in fields {
+                let key = key.to_ascii_lowercase();
+                if !key.starts_with("x-authz-")
+                    || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    continue;
+                }
+                let value = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if !value.chars().any(char::is_control) && !headers.iter().any(|(k, _)| *k == key) {
+                    headers.push((key, value));
+                }
+            }
+        }
+    }
+    headers
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).

@@ -819,3 +819,76 @@ async fn past_the_concurrency_limit_requests_are_shed_never_allowed() {
     assert!(matches!(first.await.unwrap(), Outcome::Allow { .. }));
     assert_eq!(pipeline.audit.lines()[0]["refusal"], "overloaded");
 }
+
+/// Allows everything, with rule outputs carrying upstream headers.
+struct WithOutputs;
+
+impl PolicyEngine for WithOutputs {
+    async fn check(
+        &self,
+        _: &Principal,
+        checks: Vec<ResourceCheck>,
+        _: &str,
+    ) -> Result<Decision, DecideError> {
+        let verdicts = checks
+            .into_iter()
+            .map(|check| Verdict {
+                check,
+                effect: Effect::Allow,
+                policy: None,
+                outputs: vec![(
+                    "resource.llm_model.vdefault#tier".into(),
+                    json!({"x-authz-tier": "gold", "x-authz-limit": 5, "x-other": "no", "x-authz-bad": "a\nb"}),
+                )],
+            })
+            .collect();
+        Ok(Decision {
+            verdicts,
+            call_ids: vec![],
+        })
+    }
+}
+
+#[tokio::test]
+async fn allowing_rule_outputs_become_upstream_headers_when_configured() {
+    for (enabled, expected) in [(true, 2), (false, 0)] {
+        let config =
+            Config::parse(&format!("{CONFIG}cerbos: {{output_headers: {enabled}}}\n")).unwrap();
+        let authenticator = Authenticator::start(&config.identity, Default::default())
+            .await
+            .unwrap();
+        let pipeline = Pipeline::new(
+            &config,
+            authenticator,
+            WithOutputs,
+            AuditLog::memory(),
+            Arc::new(Metrics::new()),
+        );
+        let mut req = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+        req.headers.insert("x-authz-tier".into(), "forged".into());
+        let Outcome::Allow {
+            headers,
+            remove_headers,
+            ..
+        } = pipeline.check(req).await
+        else {
+            panic!("allowed")
+        };
+        let authz: Vec<_> = headers
+            .iter()
+            .filter(|(k, _)| k.starts_with("x-authz-"))
+            .cloned()
+            .collect();
+        assert_eq!(authz.len(), expected, "{authz:?}");
+        if enabled {
+            assert!(authz.contains(&("x-authz-tier".into(), "gold".into())));
+            assert!(authz.contains(&("x-authz-limit".into(), "5".into())));
+        } else {
+            assert_eq!(
+                remove_headers,
+                ["x-authz-tier"],
+                "a client cannot forge the output header"
+            );
+        }
+    }
+}
