@@ -53,20 +53,30 @@ fn rs256(claims: &Value) -> String {
     sign(Algorithm::RS256, Some("rsa-1"), RSA_KEY, claims)
 }
 
-fn authenticator(mapping: PrincipalConfig) -> Authenticator {
-    let config = JwtConfig {
-        jwks: JwksSource {
-            file: None,
-            url: None,
-            refresh_interval: std::time::Duration::from_secs(60),
-            fetch_timeout: std::time::Duration::from_secs(1),
-        },
+/// A JWKS source: a URL, or neither (keys given directly).
+fn source(url: Option<String>) -> JwksSource {
+    JwksSource {
+        file: None,
+        url,
+        refresh_interval: std::time::Duration::from_secs(3600),
+        fetch_timeout: std::time::Duration::from_secs(2),
+    }
+}
+
+/// The verification settings every test uses (issuer, audience, RS256 + ES256, 5 s leeway).
+fn jwt_config(jwks: JwksSource) -> JwtConfig {
+    JwtConfig {
+        jwks,
         issuer: "https://issuer".into(),
         audiences: vec!["gw".into()],
         algorithms: vec!["RS256".into(), "ES256".into()],
         leeway: std::time::Duration::from_secs(5),
         max_token_bytes: 4096,
-    };
+    }
+}
+
+fn authenticator(mapping: PrincipalConfig) -> Authenticator {
+    let config = jwt_config(source(None));
     let keys = KeyStore::fixed(KeySet::parse(JWKS).unwrap());
     Authenticator::with_verifier(JwtVerifier::new(&config, keys).unwrap(), mapping)
 }
@@ -369,23 +379,10 @@ fn jwks_with(kids: &[&str]) -> String {
 async fn remote_jwks_rotation_and_outages() {
     let server = JwksServer::start(Some(jwks_with(&["ec-1"]))).await;
     let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
-    let source = JwksSource {
-        file: None,
-        url: Some(server.url.clone()),
-        refresh_interval: std::time::Duration::from_secs(3600),
-        fetch_timeout: std::time::Duration::from_secs(2),
-    };
+    let source = source(Some(server.url.clone()));
     let keys = KeyStore::start(&source, failures.clone()).await.unwrap();
     assert!(keys.is_loaded());
-    let config = JwtConfig {
-        jwks: source,
-        issuer: "https://issuer".into(),
-        audiences: vec!["gw".into()],
-        algorithms: vec!["RS256".into(), "ES256".into()],
-        leeway: std::time::Duration::from_secs(5),
-        max_token_bytes: 4096,
-    };
-    let verifier = JwtVerifier::new(&config, keys.clone()).unwrap();
+    let verifier = JwtVerifier::new(&jwt_config(source), keys.clone()).unwrap();
     // The provider rotates in rsa-1: an unknown kid fetches the JWKS again, once.
     server.serve(Some(jwks_with(&["ec-1", "rsa-1"])));
     assert_eq!(
@@ -412,24 +409,11 @@ async fn remote_jwks_rotation_and_outages() {
 async fn a_remote_jwks_down_at_start_counts_a_failure_and_refuses_with_503() {
     let server = JwksServer::start(None).await;
     let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
-    let source = JwksSource {
-        file: None,
-        url: Some(server.url.clone()),
-        refresh_interval: std::time::Duration::from_secs(3600),
-        fetch_timeout: std::time::Duration::from_secs(2),
-    };
+    let source = source(Some(server.url.clone()));
     let keys = KeyStore::start(&source, failures.clone()).await.unwrap();
     assert!(!keys.is_loaded());
     assert_eq!(failures.get(), 1);
-    let config = JwtConfig {
-        jwks: source,
-        issuer: "https://issuer".into(),
-        audiences: vec!["gw".into()],
-        algorithms: vec!["RS256".into()],
-        leeway: std::time::Duration::from_secs(5),
-        max_token_bytes: 4096,
-    };
-    let verifier = JwtVerifier::new(&config, keys).unwrap();
+    let verifier = JwtVerifier::new(&jwt_config(source), keys).unwrap();
     assert_eq!(
         verifier.verify(&rs256(&claims())).await,
         Err(IdentityError::KeysUnavailable)

@@ -43,20 +43,9 @@ pub fn tools_list(message: &[u8], request_id: &Value) -> Result<Option<Listing>,
     let Some(tools) = result_members.iter().find(|m| m.key == "tools") else {
         return Ok(None);
     };
-    if message.get(tools.value.start) != Some(&b'[') {
+    let Some((items, names)) = named_items(message, &tools.value, "name")? else {
         return Ok(None);
-    }
-    let items = json_edit::elements(message, tools.value.clone())?;
-    let names = items
-        .iter()
-        .map(|item| {
-            message
-                .get(item.clone())
-                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-                .and_then(|tool| tool.get("name").and_then(Value::as_str).map(str::to_owned))
-                .ok_or(EditError(item.start))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    };
     Ok(Some(Listing {
         names,
         tools: tools.value.clone(),
@@ -79,25 +68,41 @@ pub fn model_list(body: &[u8]) -> Result<Option<Listing>, EditError> {
     let Some(data) = members.iter().find(|m| m.key == "data") else {
         return Ok(None);
     };
-    if body.get(data.value.start) != Some(&b'[') {
+    let Some((items, names)) = named_items(body, &data.value, "id")? else {
         return Ok(None);
-    }
-    let items = json_edit::elements(body, data.value.clone())?;
-    let names = items
-        .iter()
-        .map(|item| {
-            body.get(item.clone())
-                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-                .and_then(|model| model.get("id").and_then(Value::as_str).map(str::to_owned))
-                .ok_or(EditError(item.start))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    };
     Ok(Some(Listing {
         names,
         tools: data.value.clone(),
         items,
         cache_scope: None,
     }))
+}
+
+/// An array's element spans and their names.
+type NamedItems = (Vec<Range<usize>>, Vec<String>);
+
+/// The element spans of the array at `span` and each element's `key` string; `None` when
+/// `span` is not an array. An element without the key makes the listing unreadable.
+fn named_items(
+    body: &[u8],
+    span: &Range<usize>,
+    key: &str,
+) -> Result<Option<NamedItems>, EditError> {
+    if body.get(span.start) != Some(&b'[') {
+        return Ok(None);
+    }
+    let items = json_edit::elements(body, span.clone())?;
+    let names = items
+        .iter()
+        .map(|item| {
+            body.get(item.clone())
+                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
+                .and_then(|entry| entry.get(key).and_then(Value::as_str).map(str::to_owned))
+                .ok_or(EditError(item.start))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((items, names)))
 }
 
 impl Listing {
