@@ -294,10 +294,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 .get_or_create(&DecisionLabels {
                     kind: r.kind.clone(),
                     action: r.action.clone(),
-                    effect: serde_json::to_value(r.effect)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    effect: r.effect.as_str().to_owned(),
                 })
                 .inc();
         }

@@ -54,18 +54,22 @@ impl<E: PolicyEngine> CachedEngine<E> {
         }
     }
 
-    fn key(&self, principal: &Principal, check: &ResourceCheck) -> String {
+    /// The principal's half of every key of one request, serialised once.
+    fn principal_key(&self, principal: &Principal) -> String {
         json!([
             self.namespace,
             principal.id,
             principal.roles,
-            principal.attr,
-            check.kind,
-            check.id,
-            check.action,
-            check.attr,
+            principal.attr
         ])
         .to_string()
+    }
+
+    /// Two JSON documents separated by a newline (which JSON text never contains unescaped), so
+    /// distinct questions can never produce the same key.
+    fn key(principal_key: &str, check: &ResourceCheck) -> String {
+        let resource = json!([check.kind, check.id, check.action, check.attr]);
+        format!("{principal_key}\n{resource}")
     }
 }
 
@@ -83,7 +87,11 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
         if principal.token.is_some() {
             return self.inner.check(principal, checks, request_id).await;
         }
-        let keys: Vec<String> = checks.iter().map(|c| self.key(principal, c)).collect();
+        let principal_key = self.principal_key(principal);
+        let keys: Vec<String> = checks
+            .iter()
+            .map(|c| Self::key(&principal_key, c))
+            .collect();
         let mut slots: Vec<Option<Verdict>> = Vec::with_capacity(checks.len());
         let mut misses = Vec::new();
         for (check, key) in checks.iter().zip(&keys) {

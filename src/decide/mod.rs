@@ -49,6 +49,15 @@ impl Effect {
     pub fn allows(self) -> bool {
         self == Effect::Allow
     }
+
+    /// The name used in logs and metrics (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::NoMatch => "no_match",
+        }
+    }
 }
 
 /// The answer to one [`ResourceCheck`].
