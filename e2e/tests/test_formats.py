@@ -14,7 +14,7 @@ import pytest
 
 from clients import openai_client
 
-ALICE_MODELS = ["gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash", "anthropic.claude-3-haiku"]
+ALICE_MODELS = ["gpt-4o-mini", "claude-sonnet-4-6", "gemini-2.5-flash", "anthropic.claude-3-haiku"]
 
 
 @pytest.fixture
@@ -61,10 +61,10 @@ def test_anthropic_messages(clean, alice):
                                  default_headers={"authorization": f"Bearer {alice}"})
     tool = lambda name: {"name": name, "input_schema": {"type": "object", "properties": {}}}  # noqa: E731
     message = client.messages.create(
-        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hello"}],
+        model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hello"}],
         tools=[tool("get_weather"), tool("run_shell")], tool_choice={"type": "auto"},
     )
-    assert message.content[0].text == "hello from claude-sonnet-4-5"
+    assert message.content[0].text == "hello from claude-sonnet-4-6"
     assert [t["name"] for t in only_request(clean)["tools"]] == ["get_weather"]
     clean.llm_reset()
     with pytest.raises(anthropic.PermissionDeniedError) as caught:
