@@ -40,6 +40,11 @@ enum Command {
 
 const EX_USAGE: u8 = 64;
 
+/// mimalloc instead of the system allocator: a check builds and drops many small JSON values,
+/// and allocation was a third of the instructions per check in a callgrind profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {

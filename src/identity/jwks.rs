@@ -100,6 +100,8 @@ impl KeySet {
 /// The shared, swappable key set, and where to fetch it again.
 pub struct KeyStore {
     current: RwLock<Arc<KeySet>>,
+    /// Bumped whenever the key set is replaced, so remembered verifications can be dropped.
+    generation: std::sync::atomic::AtomicU64,
     remote: Option<Remote>,
 }
 
@@ -118,6 +120,7 @@ impl KeyStore {
     fn new(initial: KeySet, remote: Option<Remote>) -> Self {
         Self {
             current: RwLock::new(Arc::new(initial)),
+            generation: std::sync::atomic::AtomicU64::new(0),
             remote,
         }
     }
@@ -135,6 +138,13 @@ impl KeyStore {
             Ok(mut guard) => *guard = keys,
             Err(poisoned) => *poisoned.into_inner() = keys,
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes whenever the key set is replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -34,7 +34,20 @@ pub struct JwtVerifier {
     audiences: Vec<String>,
     leeway_secs: u64,
     max_token_bytes: usize,
+    /// Tokens already verified (agents send the same token every turn): the signature check
+    /// and claim decoding are skipped until the token expires, the key set changes, or
+    /// [`VERIFIED_TTL`] passes, whichever comes first.
+    verified: moka::sync::Cache<String, Arc<Verified>>,
 }
+
+struct Verified {
+    claims: serde_json::Map<String, Value>,
+    exp: f64,
+    key_generation: u64,
+}
+
+/// How long a verified token is remembered at most.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl JwtVerifier {
     pub fn new(config: &JwtConfig, keys: Arc<KeyStore>) -> Result<Self, String> {
@@ -50,6 +63,10 @@ impl JwtVerifier {
             audiences: config.audiences.clone(),
             leeway_secs: config.leeway.as_secs(),
             max_token_bytes: config.max_token_bytes,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         })
     }
 
@@ -60,6 +77,32 @@ impl JwtVerifier {
     /// Verifies a compact JWS and returns its claims. A token naming a key we do not hold
     /// triggers one (rate-limited) JWKS fetch, so rotated keys work without a restart.
     pub async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, Value>, IdentityError> {
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        if let Some(hit) = self.verified.get(token) {
+            if hit.key_generation == self.keys.generation()
+                && now <= hit.exp + self.leeway_secs as f64
+            {
+                return Ok(hit.claims.clone());
+            }
+            self.verified.invalidate(token);
+        }
+        let generation = self.keys.generation();
+        let claims = self.verify_uncached(token).await?;
+        if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
+            let verified = Verified {
+                claims: claims.clone(),
+                exp,
+                key_generation: generation,
+            };
+            self.verified.insert(token.to_owned(), Arc::new(verified));
+        }
+        Ok(claims)
+    }
+
+    async fn verify_uncached(
         &self,
         token: &str,
     ) -> Result<serde_json::Map<String, Value>, IdentityError> {

@@ -419,3 +419,26 @@ async fn a_remote_jwks_down_at_start_counts_a_failure_and_refuses_with_503() {
         Err(IdentityError::KeysUnavailable)
     );
 }
+
+#[tokio::test]
+async fn a_verified_token_is_remembered_but_only_that_exact_token() {
+    let verifier = JwtVerifier::new(
+        &jwt_config(source(None)),
+        KeyStore::fixed(KeySet::parse(JWKS).unwrap()),
+    )
+    .unwrap();
+    let token = rs256(&claims());
+    assert_eq!(verifier.verify(&token).await.unwrap()["sub"], "alice");
+    assert_eq!(
+        verifier.verify(&token).await.unwrap()["sub"],
+        "alice",
+        "answered from memory"
+    );
+    // A different signature on the same claims is a different token: verified afresh.
+    let forged = sign(Algorithm::RS256, Some("rsa-1"), OTHER_KEY, &claims());
+    assert!(verifier.verify(&forged).await.is_err());
+    // An expired token is never remembered past its expiry (leeway 5 s).
+    let mut c = claims();
+    c["exp"] = json!(now() - 60);
+    assert!(verifier.verify(&rs256(&c)).await.is_err());
+}
