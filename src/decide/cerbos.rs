@@ -92,8 +92,9 @@ impl CerbosEngine {
         request: CheckResourcesRequest,
     ) -> Result<CheckResourcesResponse, DecideError> {
         let mut client = self.client.clone();
-        let mut grpc = tonic::Request::new(request.clone());
-        if let Ok(value) = request.request_id.parse() {
+        let request_id = request.request_id.parse();
+        let mut grpc = tonic::Request::new(request);
+        if let Ok(value) = request_id {
             // Cerbos' audit log records this when `includeMetadataKeys` lists it.
             grpc.metadata_mut().insert("x-request-id", value);
         }
