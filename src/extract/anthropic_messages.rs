@@ -11,9 +11,7 @@
 use serde_json::Value;
 
 use super::llm::{self, Tools};
-use super::{
-    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_body,
-};
+use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
 use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// Anthropic Messages.
@@ -21,8 +19,7 @@ pub struct AnthropicMessages;
 
 impl RequestFormat for AnthropicMessages {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        let body = json_body(request)?;
-        let body = llm::object(&body)?;
+        let body = &llm::fields(request, &["model", "tools", "tool_choice", "stream"])?;
         let model = llm::model(body)?;
         let mut tools = Tools::default();
         for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {

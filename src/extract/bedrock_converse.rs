@@ -11,9 +11,7 @@
 use serde_json::Value;
 
 use super::llm::{self, Tools};
-use super::{
-    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_body,
-};
+use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
 use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// Amazon Bedrock Converse.
@@ -22,8 +20,7 @@ pub struct BedrockConverse;
 impl RequestFormat for BedrockConverse {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let (model, operation) = model_from_path(request.path)?;
-        let body = json_body(request)?;
-        let body = llm::object(&body)?;
+        let body = &llm::fields(request, &["toolConfig"])?;
         let config = body.get("toolConfig").and_then(Value::as_object);
         let mut tools = Tools::default();
         let mut forced_tools = Vec::new();

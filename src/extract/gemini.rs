@@ -11,9 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::llm::{self, Tools};
-use super::{
-    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_body,
-};
+use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
 use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// Google Gemini generateContent.
@@ -22,8 +20,7 @@ pub struct Gemini;
 impl RequestFormat for Gemini {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let (model, method) = model_from_path(request.path)?;
-        let body = json_body(request)?;
-        let body = llm::object(&body)?;
+        let body = &llm::fields(request, &["tools", "toolConfig"])?;
         let mut tools = Tools::default();
         for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {
             let entry = entry

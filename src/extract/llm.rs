@@ -5,16 +5,19 @@ use std::ops::Range;
 
 use serde_json::{Map, Value};
 
-use super::{DeclaredTool, ExtractError};
+use super::{DeclaredTool, ExtractError, HttpRequest, json_fields};
 use crate::rewrite::json_edit::{self, EditError, Edits, Member};
 
 pub fn invalid(why: &str) -> ExtractError {
     ExtractError::InvalidRequest(why.to_owned())
 }
 
-pub fn object(body: &Value) -> Result<&Map<String, Value>, ExtractError> {
-    body.as_object()
-        .ok_or_else(|| invalid("body must be a JSON object"))
+/// The body's top-level members named in `keep` (the rest is validated, not copied).
+pub fn fields(
+    request: &HttpRequest<'_>,
+    keep: &[&str],
+) -> Result<Map<String, Value>, ExtractError> {
+    json_fields(request, keep)?.ok_or_else(|| invalid("body must be a JSON object"))
 }
 
 /// `model` as a non-empty string.

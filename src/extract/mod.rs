@@ -309,6 +309,14 @@ pub(crate) mod test_support {
 
 /// Parses a JSON body after checking that it is declared as uncompressed JSON.
 pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
+    json_body_checks(request)?;
+    serde_json::from_slice::<StrictJson>(request.body)
+        .map(|strict| strict.0)
+        .map_err(|e| ExtractError::NotJson(e.to_string()))
+}
+
+/// The body must be declared as uncompressed JSON, and not be empty.
+fn json_body_checks(request: &HttpRequest<'_>) -> Result<(), ExtractError> {
     if let Some(encoding) = request.headers.get("content-encoding") {
         let encoding = encoding.trim();
         if !encoding.eq_ignore_ascii_case("identity") {
@@ -336,9 +344,130 @@ pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
     if request.body.is_empty() {
         return Err(ExtractError::EmptyBody);
     }
-    serde_json::from_slice::<StrictJson>(request.body)
-        .map(|strict| strict.0)
-        .map_err(|e| ExtractError::NotJson(e.to_string()))
+    Ok(())
+}
+
+/// Like [`json_body`], but builds only the top-level members named in `keep`: the rest of the
+/// body (a conversation can be megabytes of messages) is checked (valid JSON, no duplicate
+/// keys at any depth) without being copied. `Ok(None)` when the body is JSON but not an object.
+pub fn json_fields(
+    request: &HttpRequest<'_>,
+    keep: &[&str],
+) -> Result<Option<serde_json::Map<String, Value>>, ExtractError> {
+    json_body_checks(request)?;
+    let mut deserializer = serde_json::Deserializer::from_slice(request.body);
+    let fields = serde::Deserializer::deserialize_any(&mut deserializer, FieldsVisitor { keep })
+        .and_then(|fields| deserializer.end().map(|()| fields))
+        .map_err(|e| ExtractError::NotJson(e.to_string()))?;
+    Ok(fields)
+}
+
+/// Builds the kept top-level members; validates and skips the others.
+struct FieldsVisitor<'k> {
+    keep: &'k [&'k str],
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldsVisitor<'_> {
+    type Value = Option<serde_json::Map<String, Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            if self.keep.contains(&key.as_ref()) {
+                let StrictJson(value) = map.next_value()?;
+                out.insert(key.into_owned(), value);
+            } else {
+                map.next_value::<StrictIgnore>()?;
+            }
+        }
+        Ok(Some(out))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<StrictIgnore>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Any JSON value, validated (no duplicate keys at any depth) and dropped without being copied.
+struct StrictIgnore;
+
+impl<'de> serde::Deserialize<'de> for StrictIgnore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(IgnoreVisitor)
+    }
+}
+
+struct IgnoreVisitor;
+
+impl<'de> serde::de::Visitor<'de> for IgnoreVisitor {
+    type Value = StrictIgnore;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_unit<E>(self) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_none<E>(self) -> Result<StrictIgnore, E> {
+        Ok(StrictIgnore)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<StrictIgnore, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictIgnore, A::Error> {
+        while seq.next_element::<StrictIgnore>()?.is_some() {}
+        Ok(StrictIgnore)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictIgnore, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<StrictIgnore>()?;
+        }
+        Ok(StrictIgnore)
+    }
 }
 
 /// JSON that refuses duplicate object keys. Parsers disagree on which duplicate wins (serde
@@ -503,6 +632,50 @@ mod tests {
             ),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn selected_fields_still_refuse_duplicates_everywhere() {
+        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let fields = |body: &'static [u8]| {
+            json_fields(
+                &HttpRequest {
+                    method: "POST",
+                    path: "/",
+                    headers: &headers,
+                    body,
+                },
+                &["model"],
+            )
+        };
+        let got = fields(br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}]}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Value::Object(got),
+            serde_json::json!({"model": "m"}),
+            "only kept members are built"
+        );
+        for dup in [
+            &br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#[..],
+            br#"{"model":"m","messages":[],"messages":[]}"#,
+            br#"{"model":"a","model":"b"}"#,
+            br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#,
+        ] {
+            match fields(dup) {
+                Err(ExtractError::NotJson(why)) => assert!(why.contains("duplicate key"), "{why}"),
+                other => panic!("accepted {:?}: {other:?}", String::from_utf8_lossy(dup)),
+            }
+        }
+        assert_eq!(fields(b"[1,2]").unwrap(), None, "not an object");
+        assert!(matches!(
+            fields(br#"{"model":"m"} trailing"#),
+            Err(ExtractError::NotJson(_))
+        ));
+        assert!(matches!(
+            fields(br#"{"model":"m","deep":"#),
+            Err(ExtractError::NotJson(_))
+        ));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::ops::Range;
 use serde_json::{Map, Value, json};
 
 use super::{
-    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_body,
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_fields,
 };
 
 /// OpenAI Chat Completions.
@@ -37,10 +37,16 @@ impl RequestFormat for OpenaiChat {
 }
 
 fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
-    let body = json_body(request)?;
-    let body = body
-        .as_object()
-        .ok_or_else(|| invalid("body must be a JSON object"))?;
+    let keep = [
+        "model",
+        "tools",
+        "functions",
+        "tool_choice",
+        "function_call",
+        "stream",
+    ];
+    let body =
+        &json_fields(request, &keep)?.ok_or_else(|| invalid("body must be a JSON object"))?;
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => return Err(invalid("`model` must be a non-empty string")),

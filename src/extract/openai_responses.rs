@@ -13,9 +13,7 @@
 use serde_json::{Value, json};
 
 use super::llm::{self, Tools};
-use super::{
-    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_body,
-};
+use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
 use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// OpenAI Responses.
@@ -23,8 +21,7 @@ pub struct OpenaiResponses;
 
 impl RequestFormat for OpenaiResponses {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        let body = json_body(request)?;
-        let body = llm::object(&body)?;
+        let body = &llm::fields(request, &["model", "tools", "tool_choice", "stream"])?;
         let model = llm::model(body)?;
         let mut tools = Tools::default();
         for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {
