@@ -75,6 +75,15 @@ impl DeclaredTool {
         }
     }
 
+    /// A tool of the remote MCP server `server` (`name` may be `*`: every tool).
+    pub fn remote(name: &str, server: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind: "mcp".to_owned(),
+            server: Some(server.to_owned()),
+        }
+    }
+
     /// The identity used to name a denied tool to the stripping leg: the name, or
     /// `<server>/<name>` for a remote MCP tool.
     pub fn key(&self) -> String {

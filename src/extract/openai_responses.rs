@@ -195,11 +195,7 @@ fn declared(entry: &Value) -> Result<Vec<DeclaredTool>, String> {
             };
             Ok(names
                 .into_iter()
-                .map(|name| DeclaredTool {
-                    name,
-                    kind: "mcp".to_owned(),
-                    server: Some(server.to_owned()),
-                })
+                .map(|name| DeclaredTool::remote(&name, server))
                 .collect())
         }
         builtin => Ok(vec![DeclaredTool::new(builtin, "builtin")]),

@@ -343,15 +343,7 @@ impl Exchange {
             }
         };
         if handoff.tools_list.is_some() {
-            let tools = serde_json::from_slice::<Value>(&message)
-                .ok()
-                .and_then(|m| {
-                    m.pointer("/result/tools")
-                        .and_then(Value::as_array)
-                        .cloned()
-                })
-                .unwrap_or_default();
-            pipeline.learn_tool_schemas(handoff, &tools);
+            pipeline.learn_tool_schemas(handoff, &parsed.entries);
         }
         let hidden = if handoff.tools_list.is_some() {
             pipeline

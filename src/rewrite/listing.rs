@@ -13,6 +13,8 @@ use super::json_edit::{self, EditError, Edits};
 pub struct Listing {
     /// Item names (tool names, model ids) in answer order.
     pub names: Vec<String>,
+    /// The items as parsed (a tool's `inputSchema` is read from here).
+    pub entries: Vec<Value>,
     tools: Range<usize>,
     items: Vec<Range<usize>>,
     cache_scope: Option<Range<usize>>,
@@ -43,11 +45,12 @@ pub fn tools_list(message: &[u8], request_id: &Value) -> Result<Option<Listing>,
     let Some(tools) = result_members.iter().find(|m| m.key == "tools") else {
         return Ok(None);
     };
-    let Some((items, names)) = named_items(message, &tools.value, "name")? else {
+    let Some((items, names, entries)) = named_items(message, &tools.value, "name")? else {
         return Ok(None);
     };
     Ok(Some(Listing {
         names,
+        entries,
         tools: tools.value.clone(),
         items,
         cache_scope: result_members
@@ -68,19 +71,20 @@ pub fn model_list(body: &[u8]) -> Result<Option<Listing>, EditError> {
     let Some(data) = members.iter().find(|m| m.key == "data") else {
         return Ok(None);
     };
-    let Some((items, names)) = named_items(body, &data.value, "id")? else {
+    let Some((items, names, entries)) = named_items(body, &data.value, "id")? else {
         return Ok(None);
     };
     Ok(Some(Listing {
         names,
+        entries,
         tools: data.value.clone(),
         items,
         cache_scope: None,
     }))
 }
 
-/// An array's element spans and their names.
-type NamedItems = (Vec<Range<usize>>, Vec<String>);
+/// An array's element spans, their names, and the elements as parsed.
+type NamedItems = (Vec<Range<usize>>, Vec<String>, Vec<Value>);
 
 /// The element spans of the array at `span` and each element's `key` string; `None` when
 /// `span` is not an array. An element without the key makes the listing unreadable.
@@ -93,16 +97,21 @@ fn named_items(
         return Ok(None);
     }
     let items = json_edit::elements(body, span.clone())?;
-    let names = items
-        .iter()
-        .map(|item| {
-            body.get(item.clone())
-                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-                .and_then(|entry| entry.get(key).and_then(Value::as_str).map(str::to_owned))
-                .ok_or(EditError(item.start))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some((items, names)))
+    let mut names = Vec::with_capacity(items.len());
+    let mut entries = Vec::with_capacity(items.len());
+    for item in &items {
+        let entry = body
+            .get(item.clone())
+            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
+            .ok_or(EditError(item.start))?;
+        let name = entry
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or(EditError(item.start))?;
+        names.push(name.to_owned());
+        entries.push(entry);
+    }
+    Ok(Some((items, names, entries)))
 }
 
 impl Listing {
