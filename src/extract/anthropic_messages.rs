@@ -11,15 +11,23 @@
 use serde_json::Value;
 
 use super::llm::{self, Tools};
-use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
+use super::{
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
+};
 use crate::rewrite::json_edit::{self, EditError, Edits};
+
+/// What extraction reads: tool schemas and descriptions are never judged.
+const READING: Reading<'static> = Reading {
+    members: &["model", "tools", "tool_choice", "stream"],
+    unread: &["input_schema", "description"],
+};
 
 /// Anthropic Messages.
 pub struct AnthropicMessages;
 
 impl RequestFormat for AnthropicMessages {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        let body = &llm::fields(request, &["model", "tools", "tool_choice", "stream"])?;
+        let body = &llm::fields(request, &READING)?;
         let model = llm::model(body)?;
         let mut tools = Tools::default();
         for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {

@@ -11,8 +11,17 @@
 use serde_json::Value;
 
 use super::llm::{self, Tools};
-use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
+use super::{
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
+};
 use crate::rewrite::json_edit::{self, EditError, Edits};
+
+/// What extraction reads (the model is in the path): tool schemas and descriptions are never
+/// judged.
+const READING: Reading<'static> = Reading {
+    members: &["toolConfig"],
+    unread: &["inputSchema", "description"],
+};
 
 /// Amazon Bedrock Converse.
 pub struct BedrockConverse;
@@ -20,7 +29,7 @@ pub struct BedrockConverse;
 impl RequestFormat for BedrockConverse {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let (model, operation) = model_from_path(request.path)?;
-        let body = &llm::fields(request, &["toolConfig"])?;
+        let body = &llm::fields(request, &READING)?;
         let config = body.get("toolConfig").and_then(Value::as_object);
         let mut tools = Tools::default();
         let mut forced_tools = Vec::new();

@@ -11,8 +11,24 @@
 use serde_json::{Map, Value};
 
 use super::llm::{self, Tools};
-use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
+use super::{
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
+};
 use crate::rewrite::json_edit::{self, EditError, Edits};
+
+/// What extraction reads (the model is in the path): function schemas and descriptions are
+/// never judged. (An entry-level member of one of these names still counts as a built-in tool:
+/// unread members stay, as `null`.)
+const READING: Reading<'static> = Reading {
+    members: &["tools", "toolConfig"],
+    unread: &[
+        "parameters",
+        "parametersJsonSchema",
+        "response",
+        "responseJsonSchema",
+        "description",
+    ],
+};
 
 /// Google Gemini generateContent.
 pub struct Gemini;
@@ -20,7 +36,7 @@ pub struct Gemini;
 impl RequestFormat for Gemini {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let (model, method) = model_from_path(request.path)?;
-        let body = &llm::fields(request, &["tools", "toolConfig"])?;
+        let body = &llm::fields(request, &READING)?;
         let mut tools = Tools::default();
         for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {
             let entry = entry

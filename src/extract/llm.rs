@@ -5,19 +5,19 @@ use std::ops::Range;
 
 use serde_json::{Map, Value};
 
-use super::{DeclaredTool, ExtractError, HttpRequest, json_fields};
+use super::{DeclaredTool, ExtractError, HttpRequest, Reading, json_fields};
 use crate::rewrite::json_edit::{self, EditError, Edits, Member};
 
 pub fn invalid(why: &str) -> ExtractError {
     ExtractError::InvalidRequest(why.to_owned())
 }
 
-/// The body's top-level members named in `keep` (the rest is validated, not copied).
+/// The body's members `reading` names (the rest is validated, not copied).
 pub fn fields(
     request: &HttpRequest<'_>,
-    keep: &[&str],
+    reading: &Reading<'_>,
 ) -> Result<Map<String, Value>, ExtractError> {
-    json_fields(request, keep)?.ok_or_else(|| invalid("body must be a JSON object"))
+    json_fields(request, reading)?.ok_or_else(|| invalid("body must be a JSON object"))
 }
 
 /// `model` as a non-empty string.

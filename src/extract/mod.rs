@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod openai_chat;
 pub mod openai_models;
 pub mod openai_responses;
+mod strict_json;
 pub mod tool_schemas;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 use crate::config::{Format, RouteConfig};
 use crate::rewrite::json_edit::EditError;
+pub use strict_json::Reading;
 
 /// The parts of an HTTP request extraction reads.
 #[derive(Debug, Clone, Copy)]
@@ -319,8 +321,19 @@ pub(crate) mod test_support {
 /// Parses a JSON body after checking that it is declared as uncompressed JSON.
 pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
     json_body_checks(request)?;
-    serde_json::from_slice::<StrictJson>(request.body)
-        .map(|strict| strict.0)
+    strict_json::parse(request.body).map_err(|e| ExtractError::NotJson(e.to_string()))
+}
+
+/// Like [`json_body`], but builds only what `reading` names: the rest of the body (a
+/// conversation can be megabytes of messages, tool schemas most of the rest) is checked
+/// (valid JSON, no duplicate keys at any depth) without being copied. `Ok(None)` when the
+/// body is JSON but not an object.
+pub fn json_fields(
+    request: &HttpRequest<'_>,
+    reading: &Reading<'_>,
+) -> Result<Option<serde_json::Map<String, Value>>, ExtractError> {
+    json_body_checks(request)?;
+    strict_json::parse_members(request.body, reading)
         .map_err(|e| ExtractError::NotJson(e.to_string()))
 }
 
@@ -354,195 +367,6 @@ fn json_body_checks(request: &HttpRequest<'_>) -> Result<(), ExtractError> {
         return Err(ExtractError::EmptyBody);
     }
     Ok(())
-}
-
-/// Like [`json_body`], but builds only the top-level members named in `keep`: the rest of the
-/// body (a conversation can be megabytes of messages) is checked (valid JSON, no duplicate
-/// keys at any depth) without being copied. `Ok(None)` when the body is JSON but not an object.
-pub fn json_fields(
-    request: &HttpRequest<'_>,
-    keep: &[&str],
-) -> Result<Option<serde_json::Map<String, Value>>, ExtractError> {
-    json_body_checks(request)?;
-    let mut deserializer = serde_json::Deserializer::from_slice(request.body);
-    let fields = serde::Deserializer::deserialize_any(&mut deserializer, FieldsVisitor { keep })
-        .and_then(|fields| deserializer.end().map(|()| fields))
-        .map_err(|e| ExtractError::NotJson(e.to_string()))?;
-    Ok(fields)
-}
-
-/// Builds the kept top-level members; validates and skips the others.
-struct FieldsVisitor<'k> {
-    keep: &'k [&'k str],
-}
-
-impl<'de> serde::de::Visitor<'de> for FieldsVisitor<'_> {
-    type Value = Option<serde_json::Map<String, Value>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !seen.insert(key.clone()) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            if self.keep.contains(&key.as_ref()) {
-                let StrictJson(value) = map.next_value()?;
-                out.insert(key.into_owned(), value);
-            } else {
-                map.next_value::<StrictIgnore>()?;
-            }
-        }
-        Ok(Some(out))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<StrictIgnore>()?.is_some() {}
-        Ok(None)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-}
-
-/// Any JSON value, validated (no duplicate keys at any depth) and dropped without being copied.
-struct StrictIgnore;
-
-impl<'de> serde::Deserialize<'de> for StrictIgnore {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(IgnoreVisitor)
-    }
-}
-
-struct IgnoreVisitor;
-
-impl<'de> serde::de::Visitor<'de> for IgnoreVisitor {
-    type Value = StrictIgnore;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_unit<E>(self) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_none<E>(self) -> Result<StrictIgnore, E> {
-        Ok(StrictIgnore)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<StrictIgnore, D::Error> {
-        serde::Deserialize::deserialize(d)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictIgnore, A::Error> {
-        while seq.next_element::<StrictIgnore>()?.is_some() {}
-        Ok(StrictIgnore)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictIgnore, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !seen.insert(key.clone()) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            map.next_value::<StrictIgnore>()?;
-        }
-        Ok(StrictIgnore)
-    }
-}
-
-/// JSON that refuses duplicate object keys. Parsers disagree on which duplicate wins (serde
-/// and Python take the last, others the first), so `{"model":"cheap","model":"expensive"}`
-/// could be judged as one request and executed as another: such bodies are not judged at all.
-struct StrictJson(Value);
-
-impl<'de> serde::Deserialize<'de> for StrictJson {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        serde::Deserialize::deserialize(d).map(|s: StrictJson| s.0)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictJson(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            let StrictJson(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
 }
 
 #[cfg(test)]
@@ -641,50 +465,6 @@ mod tests {
             ),
             "{r:?}"
         );
-    }
-
-    #[test]
-    fn selected_fields_still_refuse_duplicates_everywhere() {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
-        let fields = |body: &'static [u8]| {
-            json_fields(
-                &HttpRequest {
-                    method: "POST",
-                    path: "/",
-                    headers: &headers,
-                    body,
-                },
-                &["model"],
-            )
-        };
-        let got = fields(br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}]}"#)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            Value::Object(got),
-            serde_json::json!({"model": "m"}),
-            "only kept members are built"
-        );
-        for dup in [
-            &br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#[..],
-            br#"{"model":"m","messages":[],"messages":[]}"#,
-            br#"{"model":"a","model":"b"}"#,
-            br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#,
-        ] {
-            match fields(dup) {
-                Err(ExtractError::NotJson(why)) => assert!(why.contains("duplicate key"), "{why}"),
-                other => panic!("accepted {:?}: {other:?}", String::from_utf8_lossy(dup)),
-            }
-        }
-        assert_eq!(fields(b"[1,2]").unwrap(), None, "not an object");
-        assert!(matches!(
-            fields(br#"{"model":"m"} trailing"#),
-            Err(ExtractError::NotJson(_))
-        ));
-        assert!(matches!(
-            fields(br#"{"model":"m","deep":"#),
-            Err(ExtractError::NotJson(_))
-        ));
     }
 
     #[test]

@@ -20,7 +20,8 @@ use std::ops::Range;
 use serde_json::{Map, Value, json};
 
 use super::{
-    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat, json_fields,
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
+    json_fields,
 };
 
 /// OpenAI Chat Completions.
@@ -36,17 +37,23 @@ impl RequestFormat for OpenaiChat {
     }
 }
 
-fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
-    let keep = [
+/// What extraction reads: function schemas, custom-tool grammars and descriptions are never
+/// judged.
+const READING: Reading<'static> = Reading {
+    members: &[
         "model",
         "tools",
         "functions",
         "tool_choice",
         "function_call",
         "stream",
-    ];
+    ],
+    unread: &["parameters", "format", "description"],
+};
+
+fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
     let body =
-        &json_fields(request, &keep)?.ok_or_else(|| invalid("body must be a JSON object"))?;
+        &json_fields(request, &READING)?.ok_or_else(|| invalid("body must be a JSON object"))?;
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => return Err(invalid("`model` must be a non-empty string")),

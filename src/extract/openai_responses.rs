@@ -13,15 +13,23 @@
 use serde_json::{Value, json};
 
 use super::llm::{self, Tools};
-use super::{AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, RequestFormat};
+use super::{
+    AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
+};
 use crate::rewrite::json_edit::{self, EditError, Edits};
+
+/// What extraction reads: function schemas and descriptions are never judged.
+const READING: Reading<'static> = Reading {
+    members: &["model", "tools", "tool_choice", "stream"],
+    unread: &["parameters", "description"],
+};
 
 /// OpenAI Responses.
 pub struct OpenaiResponses;
 
 impl RequestFormat for OpenaiResponses {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        let body = &llm::fields(request, &["model", "tools", "tool_choice", "stream"])?;
+        let body = &llm::fields(request, &READING)?;
         let model = llm::model(body)?;
         let mut tools = Tools::default();
         for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {

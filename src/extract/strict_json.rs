@@ -1,0 +1,401 @@
+//! Strict, selective JSON parsing of request bodies.
+//!
+//! Strict: duplicate object keys are refused at any depth. Parsers disagree on which duplicate
+//! wins (serde and Python take the last, others the first), so
+//! `{"model":"cheap","model":"expensive"}` could be judged as one request and executed as
+//! another: such bodies are not judged at all.
+//!
+//! Selective: a dialect names what it reads ([`Reading`]); everything else is validated
+//! without being built. This is the service's hottest code: a chat request is mostly
+//! conversation and tool schemas that policy never looks at, and building them as
+//! `serde_json::Value` trees (one allocation per string, key and object) cost more than the
+//! rest of a cached check together. The body's UTF-8 is checked once up front, so strings are
+//! not re-validated one by one, and object keys are compared where they lie in the body.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// What a dialect reads from a JSON object body.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    /// Top-level members to build.
+    pub members: &'a [&'a str],
+    /// Member names, at any depth inside the built members, whose values are never read (tool
+    /// schemas, descriptions): validated, and kept as `null` (the key stays, so a dialect that
+    /// judges member names, like Gemini's built-in tools, still sees it).
+    pub unread: &'a [&'a str],
+}
+
+/// The whole body as a [`Value`], refusing duplicate keys.
+pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
+    let text = utf8(body)?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = Build { unread: &[] }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+/// The members of the body that `reading` names; `None` when the body is JSON but not an
+/// object. The whole body is validated (syntax, duplicate keys at any depth).
+pub fn parse_members(
+    body: &[u8],
+    reading: &Reading<'_>,
+) -> Result<Option<Map<String, Value>>, serde_json::Error> {
+    let text = utf8(body)?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let members = deserializer.deserialize_any(Members { reading })?;
+    deserializer.end()?;
+    Ok(members)
+}
+
+fn utf8(body: &[u8]) -> Result<&str, serde_json::Error> {
+    std::str::from_utf8(body).map_err(|e| {
+        serde_json::Error::custom(format!(
+            "invalid UTF-8 at byte {} of the body",
+            e.valid_up_to()
+        ))
+    })
+}
+
+/// The keys of one object seen so far. Most objects have a handful of keys: comparing them
+/// in place beats hashing them (and needs no allocation); an object with many keys switches
+/// to a hash set, so a hostile body cannot make the check quadratic.
+struct SeenKeys<'de> {
+    few: [Cow<'de, str>; FEW],
+    len: usize,
+    many: Option<HashSet<Cow<'de, str>>>,
+}
+
+const FEW: usize = 8;
+
+impl<'de> SeenKeys<'de> {
+    fn new() -> Self {
+        Self {
+            few: Default::default(),
+            len: 0,
+            many: None,
+        }
+    }
+
+    /// Records `key` (a borrowed key is cloned for free); an error if the object already had
+    /// it.
+    fn insert<E: serde::de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+        let fresh = match &mut self.many {
+            Some(set) => set.insert(key.clone()),
+            None if self.few[..self.len].contains(&key) => false,
+            None if self.len < FEW => {
+                self.few[self.len] = key.clone();
+                self.len += 1;
+                true
+            }
+            None => {
+                let mut set: HashSet<Cow<'de, str>> = self.few.iter().cloned().collect();
+                set.insert(key.clone());
+                self.many = Some(set);
+                true
+            }
+        };
+        if fresh {
+            Ok(())
+        } else {
+            Err(E::custom(format!("duplicate key {key:?}")))
+        }
+    }
+}
+
+/// An object key, borrowed from the body unless it contains escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The top level: builds the members `reading` names, validates the rest.
+struct Members<'r> {
+    reading: &'r Reading<'r>,
+}
+
+impl<'de> Visitor<'de> for Members<'_> {
+    type Value = Option<Map<String, Value>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = SeenKeys::new();
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            seen.insert::<A::Error>(key.clone())?;
+            if self.reading.members.contains(&key.as_ref()) {
+                let value = map.next_value_seed(Build {
+                    unread: self.reading.unread,
+                })?;
+                out.insert(key.into_owned(), value);
+            } else {
+                map.next_value_seed(Validate)?;
+            }
+        }
+        Ok(Some(out))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Validate.visit_seq(seq).map(|()| None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Any JSON value, validated and dropped without being copied.
+#[derive(Clone, Copy)]
+struct Validate;
+
+impl<'de> DeserializeSeed<'de> for Validate {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Validate {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = SeenKeys::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            seen.insert::<A::Error>(key.clone())?;
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON value built as a [`Value`], with the members named in `unread` as `null`.
+#[derive(Clone, Copy)]
+struct Build<'u> {
+    unread: &'u [&'u str],
+}
+
+impl<'de> DeserializeSeed<'de> for Build<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Build<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut seen = SeenKeys::new();
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            seen.insert::<A::Error>(key.clone())?;
+            let value = if self.unread.contains(&key.as_ref()) {
+                map.next_value_seed(Validate)?;
+                Value::Null
+            } else {
+                map.next_value_seed(self)?
+            };
+            out.insert(key.into_owned(), value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MODEL_ONLY: Reading<'static> = Reading {
+        members: &["model"],
+        unread: &[],
+    };
+
+    #[test]
+    fn only_named_members_are_built_and_unread_ones_are_null() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],
+            "tools":[{"type":"function","function":{"name":"a","parameters":{"type":"object"},"description":"d"}}]}"#;
+        let got = parse_members(body, &MODEL_ONLY).unwrap().unwrap();
+        assert_eq!(Value::Object(got), json!({"model": "m"}));
+        let reading = Reading {
+            members: &["tools"],
+            unread: &["parameters", "description"],
+        };
+        let got = parse_members(body, &reading).unwrap().unwrap();
+        assert_eq!(
+            Value::Object(got),
+            json!({"tools": [{"type": "function", "function": {"name": "a", "parameters": null, "description": null}}]})
+        );
+        assert_eq!(parse_members(b"[1,2]", &MODEL_ONLY).unwrap(), None);
+        assert_eq!(parse_members(b"\"s\"", &MODEL_ONLY).unwrap(), None);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_everywhere_built_or_not() {
+        let reading = Reading {
+            members: &["model", "tools"],
+            unread: &["parameters"],
+        };
+        let many_keys: String = format!(
+            "{{{},\"k3\":0}}",
+            (0..20)
+                .map(|i| format!("\"k{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        for dup in [
+            br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#.to_vec(),
+            br#"{"model":"m","messages":[],"messages":[]}"#.to_vec(),
+            br#"{"model":"a","model":"b"}"#.to_vec(),
+            br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#.to_vec(),
+            br#"{"tools":[{"name":"a","name":"b"}]}"#.to_vec(),
+            br#"{"tools":[{"parameters":{},"parameters":{}}]}"#.to_vec(),
+            br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
+            format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
+            format!(r#"{{"tools":{many_keys}}}"#).into_bytes(),
+        ] {
+            let why = parse_members(&dup, &reading).unwrap_err().to_string();
+            assert!(why.contains("duplicate key"), "{why}");
+            let why = parse(&dup).unwrap_err().to_string();
+            assert!(why.contains("duplicate key"), "{why}");
+        }
+    }
+
+    #[test]
+    fn whole_values_are_built_faithfully() {
+        let body = br#"{"a":{"k":1},"b":[{"k":2},null,true],"n":1.5,"i":-3,"u":18446744073709551615,"s":"\"\u00e9"}"#;
+        assert_eq!(
+            parse(body).unwrap(),
+            json!({"a":{"k":1},"b":[{"k":2},null,true],"n":1.5,"i":-3,"u":18446744073709551615u64,"s":"\"é"})
+        );
+        let wide: String = format!(
+            "{{{}}}",
+            (0..50)
+                .map(|i| format!("\"k{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(
+            parse(wide.as_bytes()).unwrap().as_object().unwrap().len(),
+            50
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        for bad in [
+            &b"{"[..],
+            br#"{"model":"m"} trailing"#,
+            br#"{"model":"m","deep":"#,
+            b"\xef\xbb\xbf{}",
+            b"{\"model\":\"\xff\"}",
+            b"{\"model\":\"m\"}\xff",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_members(bad, &MODEL_ONLY).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(deep.as_bytes()).is_err(), "deep nesting");
+        let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_members(deep.as_bytes(), &MODEL_ONLY).is_err());
+    }
+}
