@@ -16,11 +16,22 @@ Then drives load from separate processes, each bounded in time or count:
 Around every measured run it reads /proc/<pid>/stat (utime+stime) of every server process and
 their VmHWM (reset through /proc/<pid>/clear_refs before the run, so it is the run's own peak).
 
+With BENCH_LITELLM=1 (bench/run.sh --with-litellm) it also runs a peer, last, on the same
+upstream and bodies: LiteLLM's proxy (litellm[proxy]==LITELLM_VERSION, installed on first use
+into its own venv, .tools/litellm-venv, ~750 MiB, ~1 min) with its tool_permission guardrail
+(bench/litellm.yaml), one process, measured by wrk straight to it (its master key as the bearer
+token) at the same concurrency levels, CPU and peak RSS summed over its process tree. Its
+connect() calls are traced (strace, when installed) to show that it reached nothing but the
+upstream. Without the flag nothing of it runs, and RESULTS.md says so.
+
 Knobs (environment): BENCH_DURATION (s per measured wrk run, default 5), BENCH_WARMUP (s,
 default 1), BENCH_CONCURRENCY (default "1,16"), BENCH_TOKENS (distinct principals, default
 1000), BENCH_KEEP_DIR=1 (keep the run directory with every log), BENCH_OUT (default bench/),
 BENCH_QUIET_WAIT (s to wait for other work on the machine to settle first, default 120),
-BENCH_MAX_SECONDS (bound on the whole run, default 1200).
+BENCH_MAX_SECONDS (bound on the whole run, default 1200, not counting the LiteLLM install),
+BENCH_LITELLM=1 (the LiteLLM peer), BENCH_ONLY=litellm (only what the peer is compared with: the
+1 KiB and 16 KiB scenarios, their baselines (a), (b), (c), the cached 16 KiB scenario and the
+peer; implies BENCH_LITELLM=1).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import os
 import platform
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -68,8 +80,32 @@ N_TOKENS = int(os.environ.get("BENCH_TOKENS", "1000"))
 OUT = Path(os.environ.get("BENCH_OUT", str(BENCH)))
 KEEP_DIR = bool(os.environ.get("BENCH_KEEP_DIR"))
 QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "120"))
-# The whole run is bounded: every child has a timeout, and this guards the sum.
-RUN_DEADLINE = time.monotonic() + float(os.environ.get("BENCH_MAX_SECONDS", "1200"))
+# The whole run is bounded: every child has a timeout, and this guards the sum (restarted after
+# the LiteLLM install, whose time depends on the registry, not on this machine).
+MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "1200"))
+RUN_DEADLINE = time.monotonic() + MAX_SECONDS
+# A subset, for a quicker run: "litellm" = the LiteLLM peer and what it is compared with.
+ONLY = os.environ.get("BENCH_ONLY", "").strip()
+WITH_LITELLM = os.environ.get("BENCH_LITELLM", "") not in ("", "0") or ONLY == "litellm"
+# The scenarios BENCH_ONLY=litellm keeps: every row the peer's section and the headline read.
+ONLY_LITELLM_SCENARIOS = {"a_1k", "b_1k", "a_16k", "b_16k", "chat_1k_0tools", "chat_16k_20tools", "repeat_cache"}
+
+# The LiteLLM peer: pinned, in a venv of its own (it is ~750 MiB and pins its own FastAPI,
+# pydantic, openai...; it must not leak into .tools/venv). 1.108.7 is the newest release whose
+# [proxy] extra resolves from the PyPI this project reaches (later ones require litellm-proxy,
+# litellm-enterprise or litellm-proxy-extras releases it does not have).
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = REPO / ".tools" / "litellm-venv"
+# Everything LiteLLM would otherwise fetch from the internet at start-up or in the background:
+# the model cost map and other JSON files from GitHub, and its telemetry.
+LITELLM_OFFLINE_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+    "LITELLM_LOCAL_BLOG_POSTS": "True",
+    "LITELLM_LOCAL_POLICY_TEMPLATES": "True",
+    "LITELLM_LOCAL_AUTOROUTER_PRESETS": "True",
+    "LITELLM_TELEMETRY_DISABLED": "True",
+}
 
 # The port numbers written in bench/envoy.yaml, and what each one is.
 ENVOY_TEMPLATE_PORTS = {
@@ -268,6 +304,17 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5
         return e.code, e.read()
 
 
+def http_post_headers(url: str, body: bytes, headers: dict[str, str],
+                      timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """Like http_post, with the answer's headers (lower-cased names)."""
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
 def _child_setup() -> None:
     """In the child before exec: its own process group, and SIGTERM if bench.py dies."""
     os.setsid()
@@ -364,8 +411,57 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15
 
 
+def cpu_seconds_with_reaped(pid: int) -> float:
+    """utime + stime + cutime + cstime: the process and its children that have exited and been
+    waited for. Summed over a process tree before and after a run, the difference counts a child
+    that exits during the run exactly once (its parent's cutime takes over its CPU)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK  # fields 14 to 17
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from the ppid field of /proc/<pid>/stat."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited meanwhile
+            parent[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
+        tree += frontier
+    return tree
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of a process tree (see cpu_seconds_with_reaped); a process that exited since
+    the tree was listed counts as 0 (its CPU is in its parent's cutime)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds_with_reaped(pid)
+        except OSError:
+            pass
+    return total
+
+
 def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0  # exited meanwhile (only possible in a process tree)
+    for line in lines:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
@@ -421,6 +517,77 @@ def metric(admin_port: int, name: str) -> float:
     return total
 
 
+# --------------------------------------------------------------------------- the LiteLLM peer
+def litellm_installed_version() -> str | None:
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    done = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                          capture_output=True, text=True, timeout=120)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def ensure_litellm() -> None:
+    """Installs litellm[proxy]==LITELLM_VERSION into its own venv, unless it is there already.
+    Before the stack starts and the clock runs: pip's CPU must not land in any measured run."""
+    have = litellm_installed_version()
+    if have == LITELLM_VERSION and (LITELLM_VENV / "bin" / "litellm").exists():
+        log(f"LiteLLM peer: litellm {have} in {LITELLM_VENV}")
+        return
+    log(f"LiteLLM peer: installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} "
+        f"({'replacing ' + have if have else 'first use'}; ~750 MiB, about a minute)")
+    if not (LITELLM_VENV / "bin" / "python").exists():
+        subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(LITELLM_VENV)],
+                       check=True, timeout=300)
+    done = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
+                           f"litellm[proxy]=={LITELLM_VERSION}"], timeout=1800)
+    if done.returncode != 0 or litellm_installed_version() != LITELLM_VERSION:
+        raise BenchError(f"pip install litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} failed")
+
+
+def strace_works() -> bool:
+    """strace with seccomp-bpf (>= 5.3), and ptrace allowed here."""
+    if shutil.which("strace") is None:
+        return False
+    done = subprocess.run(["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", os.devnull, "true"],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+def connect_destinations(trace: str) -> dict[str, int]:
+    """Counts the connect() calls in an strace log by destination ("127.0.0.1:8081", "AF_UNIX")."""
+    counts: dict[str, int] = {}
+    for line in trace.splitlines():
+        if "connect(" not in line:
+            continue
+        v4 = re.search(r'sin_port=htons\((\d+)\), sin_addr=inet_addr\("([^"]+)"\)', line)
+        v6 = re.search(r'sin6_port=htons\((\d+)\).*?inet_pton\(AF_INET6, "([^"]+)"', line)
+        family = re.search(r"sa_family=(AF_\w+)", line)
+        if v4 or v6:
+            port, addr = (v4 or v6).groups()
+            key = f"{addr}:{port}" if v4 else f"[{addr}]:{port}"
+        else:
+            key = family.group(1) if family else "unparsed: " + line[:120]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def socket_peers(pids: list[int], listen_port: int) -> list[str]:
+    """The peers of the TCP connections these processes opened and hold right now (`ss -tnp`);
+    connections accepted on `listen_port` (from the load generator) are left out."""
+    try:
+        done = subprocess.run(["ss", "-tnp"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    marks = tuple(f"pid={p}," for p in pids)
+    peers = []
+    for line in done.stdout.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) > 5 and any(m in line for m in marks) and not cols[3].endswith(f":{listen_port}"):
+            peers.append(cols[4])
+    return peers
+
+
 # --------------------------------------------------------------------------- the bench
 class Bench:
     def __init__(self) -> None:
@@ -432,8 +599,13 @@ class Bench:
         self.files: dict[str, Path] = {}
         self.tokens: dict[str, str] = {}
         self.cerbos_specs: dict[str, Path] = {}
-        self.results: dict[str, Any] = {"http": {}, "cerbos": {}, "direct": {}}
+        self.results: dict[str, Any] = {"http": {}, "cerbos": {}, "direct": {}, "litellm": {"ran": False}}
         self.tracked = ["agent_authz", "agent_authz_cached", "cerbos", "envoy", "upstream", "allow_all"]
+        # Measured as a whole process tree (CPU and peak RSS summed), not as one process.
+        self.trees = {"litellm"}
+        if WITH_LITELLM:
+            self.ports["listener_litellm"] = free_port()
+            self.litellm_key = "sk-bench-" + secrets.token_hex(16)
 
     # ------------------------------------------------------------------ setup
     def write_files(self) -> None:
@@ -485,6 +657,29 @@ class Bench:
             return f"port_value: {self.ports[ENVOY_TEMPLATE_PORTS[n]]}"
 
         (d / "envoy.yaml").write_text(re.sub(r"port_value:\s*(\d+)", port, (BENCH / "envoy.yaml").read_text()))
+        if WITH_LITELLM:
+            self.write_litellm_files()
+
+    def write_litellm_files(self) -> None:
+        """bench/litellm.yaml with this run's upstream port and master key, and the body with one
+        tool the guardrail must refuse."""
+        config = yaml.safe_load((BENCH / "litellm.yaml").read_text())
+        guardrail = config["guardrails"][0]
+        rules = guardrail["litellm_params"]["rules"]
+        allowed = {r["tool_name"] for r in rules if r["decision"] == "allow"}
+        if allowed != set(TOOLS):
+            # Otherwise the peer would answer 400 (or let through tools agent-authz denies).
+            raise BenchError(f"bench/litellm.yaml allows {sorted(allowed ^ set(TOOLS))} differently from TOOLS")
+        for model in config["model_list"]:
+            model["litellm_params"]["api_base"] = f"http://127.0.0.1:{self.ports['upstream']}/v1"
+        config["general_settings"]["master_key"] = self.litellm_key
+        (self.run_dir / "litellm.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.litellm_guardrail = guardrail["guardrail_name"]
+
+        denied = json.loads(self.files["chat_16k_20tools"].read_bytes())
+        denied["tools"][-1]["function"]["name"] = "delete_all_tickets"  # matches no rule: default deny
+        self.files["chat_16k_denied_tool"] = self.run_dir / "chat_16k_denied_tool.json"
+        self.files["chat_16k_denied_tool"].write_bytes(dumps(denied))
 
     def start(self) -> None:
         p, d = self.procs, self.run_dir
@@ -544,6 +739,8 @@ class Bench:
                         "body": body, "path": path, "headers": headers, "tokens": tokens, "expect": expect,
                         "target": "agent_authz_cached" if cached else "agent_authz", "base": base,
                         "cerbos": cerbos, "cached": cached})
+        if ONLY == "litellm":
+            out = [s for s in out if s["id"] in ONLY_LITELLM_SCENARIOS]
         return out
 
     def sanity(self, scenarios: list[dict]) -> None:
@@ -584,12 +781,14 @@ class Bench:
         if time.monotonic() > RUN_DEADLINE:
             raise BenchError("BENCH_MAX_SECONDS exceeded")
         self.procs.check_alive()
-        pids = {n: self.procs.pid(n) for n in self.tracked}
-        for pid in pids.values():
+        pids = {n: self.procs.pid(n) for n in self.tracked if n not in self.trees}
+        trees = {n: self.tree_pids(n) for n in self.tracked if n in self.trees}
+        for pid in list(pids.values()) + [p for tree in trees.values() for p in tree]:
             reset_peak_rss(pid)
         cache_before = (metric(cache_admin, "agent_authz_cache_hits_total"),
                         metric(cache_admin, "agent_authz_cache_misses_total")) if cache_admin else None
         before = {n: cpu_seconds(pid) for n, pid in pids.items()}
+        tree_before = {n: tree_cpu(tree) for n, tree in trees.items()}
         task0, irq0, steal0 = machine_cpu()
         loadgen0 = children_cpu()
         started = time.monotonic()
@@ -597,6 +796,8 @@ class Bench:
         result["wall_s"] = time.monotonic() - started
         task1, irq1, steal1 = machine_cpu()
         result["cpu_s"] = {n: cpu_seconds(pid) - before[n] for n, pid in pids.items()}
+        trees = {n: self.tree_pids(n) for n in trees}
+        result["cpu_s"].update({n: tree_cpu(tree) - tree_before[n] for n, tree in trees.items()})
         # Who else used the CPUs: the load generator, and anything not started by this run.
         result["loadgen_cpu_s"] = children_cpu() - loadgen0
         result["machine_task_s"] = task1 - task0
@@ -605,6 +806,11 @@ class Bench:
         result["other_cpu_s"] = max(0.0, result["machine_task_s"] - result["loadgen_cpu_s"] - sum(result["cpu_s"].values()))
         result["hwm_kib"] = {n: vm_kib(pid, "VmHWM") for n, pid in pids.items()}
         result["rss_kib"] = {n: vm_kib(pid, "VmRSS") for n, pid in pids.items()}
+        # A tree's peak is the sum of its processes' peaks: an upper bound when there are several
+        # (they need not peak together), exact for one.
+        result["hwm_kib"].update({n: sum(vm_kib(p, "VmHWM") for p in tree) for n, tree in trees.items()})
+        result["rss_kib"].update({n: sum(vm_kib(p, "VmRSS") for p in tree) for n, tree in trees.items()})
+        result["processes"] = {n: len(tree) for n, tree in trees.items()}
         if cache_before:
             hits = metric(cache_admin, "agent_authz_cache_hits_total") - cache_before[0]
             misses = metric(cache_admin, "agent_authz_cache_misses_total") - cache_before[1]
@@ -618,6 +824,8 @@ class Bench:
         script = "wrk_fixed.lua"
         if s["tokens"] == "fixed":
             env["BENCH_TOKEN"] = self.tokens["alice"]
+        elif s["tokens"] == "litellm_key":
+            env["BENCH_TOKEN"] = self.litellm_key  # LiteLLM takes its master key as a bearer token
         elif s["tokens"] == "rotate":
             env["BENCH_TOKENS"] = str(self.files["tokens"])
             script = "wrk_rotate.lua"
@@ -702,6 +910,104 @@ class Bench:
             log(f"direct {name:<22} {r['throughput_rps']:8.0f} checks/s  agent-authz cpu {cpu:.2f} s  "
                 f"=> {r['requests'] / cpu if cpu else float('nan'):.0f} checks per cpu-second  {r['outcomes']}")
 
+    # ------------------------------------------------------------------ the LiteLLM peer
+    def start_litellm(self) -> None:
+        """One LiteLLM proxy process (its default: 1 uvicorn worker), offline, on the upstream.
+        Under strace when it is installed: only connect() stops the process (seccomp-bpf), so
+        every connection it attempts is on record at next to no cost."""
+        argv = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(self.run_dir / "litellm.yaml"),
+                "--host", "127.0.0.1", "--port", str(self.ports["listener_litellm"]), "--num_workers", "1"]
+        self.litellm_trace = self.run_dir / "litellm.connect.log"
+        if strace_works():
+            argv = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", str(self.litellm_trace)] + argv
+        started = time.monotonic()
+        self.procs.spawn("litellm", argv, env=LITELLM_OFFLINE_ENV)
+        self.procs.wait_ready("litellm", lambda: http_get(
+            f"http://127.0.0.1:{self.ports['listener_litellm']}/health/readiness")[0] == 200, timeout=180)
+        self.results["litellm"]["startup_s"] = time.monotonic() - started
+        self.tracked.append("litellm")
+        log(f"LiteLLM {LITELLM_VERSION} ready in {self.results['litellm']['startup_s']:.1f} s")
+
+    def litellm_sanity(self) -> dict:
+        """Before any load: both bodies answer 200 and the 16 KiB one went through the guardrail
+        (LiteLLM names the guardrails it applied in a response header); one undeclared tool makes
+        the request fail (400), so the guardrail does enforce, on every request (default_on)."""
+        url = self.url("litellm", "/v1/chat/completions")
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.litellm_key}"}
+        out: dict[str, dict] = {}
+        for name, body, expect in (("chat_16k_20tools", "chat_16k_20tools", 200), ("chat_1k_0tools", "chat_1k", 200),
+                                   ("chat_16k_denied_tool", "chat_16k_denied_tool", 400)):
+            status, answer_headers, answer = http_post_headers(url, self.files[body].read_bytes(), headers)
+            applied = answer_headers.get("x-litellm-applied-guardrails", "")
+            out[name] = {"status": status, "applied_guardrails": applied, "answer": answer[:400].decode(errors="replace")}
+            if status != expect:
+                raise BenchError(f"LiteLLM sanity: {name} answered {status}, expected {expect}: {answer[:400]!r}\n"
+                                 + self.procs.tail("litellm"))
+        if self.litellm_guardrail not in out["chat_16k_20tools"]["applied_guardrails"].split(","):
+            raise BenchError(f"LiteLLM sanity: the 16 KiB request did not go through {self.litellm_guardrail} "
+                             f"(x-litellm-applied-guardrails: {out['chat_16k_20tools']['applied_guardrails']!r})")
+        if "delete_all_tickets" not in out["chat_16k_denied_tool"]["answer"]:
+            raise BenchError(f"LiteLLM sanity: the 400 is not the guardrail's: {out['chat_16k_denied_tool']['answer']!r}")
+        log("LiteLLM sanity: 200 through tool_permission; an undeclared tool is refused (400)")
+        return out
+
+    def run_litellm(self) -> None:
+        """The peer, last (so that its memory and its idle work are not in anyone else's run):
+        wrk straight to LiteLLM, same bodies, durations and concurrency as through Envoy."""
+        self.start_litellm()
+        ll = self.results["litellm"]
+        ll.update({"ran": True, "version": LITELLM_VERSION, "workers": 1, "config": "bench/litellm.yaml",
+                   "guardrail": self.litellm_guardrail, "sanity": self.litellm_sanity(), "runs": {}})
+        chat = "/v1/chat/completions"
+        ll["scenarios"] = [
+            {"id": "litellm_16k_20tools", "title": "chat 16 KiB, 20 tools", "body": "chat_16k_20tools",
+             "compare": "repeat_cache", "target": True},
+            {"id": "litellm_1k_0tools", "title": "chat 1 KiB, 0 tools (nothing for the guardrail to check)",
+             "body": "chat_1k", "compare": "chat_1k_0tools", "target": False},
+        ]
+        seen_peers: dict[str, int] = {}
+        for spec in ll["scenarios"]:
+            s = {"id": spec["id"], "listener": "litellm", "body": spec["body"], "path": chat, "headers": {},
+                 "tokens": "litellm_key", "expect": 200}
+            for c in CONCURRENCY:
+                self.wrk(s, c, 2 * WARMUP)  # Python warms up slowly: the longer, cached-scenario warm-up
+                r = self.measure(lambda: self.wrk(s, c, DURATION))
+                errors = r["errors"]
+                r["ok"] = sum(errors.values()) == 0
+                ll["runs"].setdefault(spec["id"], {})[str(c)] = r
+                for peer in socket_peers(self.tree_pids("litellm"), self.ports["listener_litellm"]):
+                    seen_peers[peer] = seen_peers.get(peer, 0) + 1
+                cpu = r["cpu_s"]["litellm"]
+                log(f"{spec['id']:<20} c={c:<3} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                    f"p99 {r['p99_ms']:.3f} ms  {r['requests'] / cpu if cpu else float('nan'):.0f} req per cpu-second  "
+                    f"{'ok' if r['ok'] else 'UNEXPECTED ANSWERS ' + json.dumps(errors)}")
+        ll["outbound"] = self.litellm_outbound(seen_peers)
+
+    def litellm_outbound(self, seen_peers: dict[str, int]) -> dict:
+        """Where LiteLLM tried to connect: the strace record of every connect() since it started,
+        the TCP peers `ss` saw after each run, and network errors in its log."""
+        upstream = f"127.0.0.1:{self.ports['upstream']}"
+        out: dict[str, Any] = {"upstream": upstream, "ss_peers": seen_peers}
+        if self.litellm_trace.exists():
+            out["connects"] = connect_destinations(self.litellm_trace.read_text(errors="replace"))
+        log_text = "\n".join((self.run_dir / f"litellm{suffix}").read_text(errors="replace")
+                             for suffix in (".log", ".stdout.log") if (self.run_dir / f"litellm{suffix}").exists())
+        out["log_network_errors"] = [line[:200] for line in log_text.splitlines() if re.search(
+            r"ConnectError|ConnectTimeout|Name or service not known|Temporary failure in name resolution|"
+            r"getaddrinfo|Network is unreachable|api\.litellm\.ai|githubusercontent", line)][:20]
+        local = {upstream, "AF_UNIX", "AF_UNSPEC"}
+        others = [d for d in list(out.get("connects", {})) + list(seen_peers) if d not in local]
+        out["only_upstream"] = not others and not out["log_network_errors"]
+        out["others"] = sorted(set(others))
+        log(f"LiteLLM outbound: connect() destinations {out.get('connects', 'not traced (no strace)')}, "
+            f"ss peers {seen_peers}; {'nothing but the upstream' if out['only_upstream'] else 'ALSO ' + str(out['others'])}")
+        return out
+
+    def tree_pids(self, name: str) -> list[int]:
+        """The processes counted as `name`: its process and every descendant, less the strace
+        that may be tracing it (its root, then)."""
+        return [p for p in process_tree(self.procs.pid(name)) if process_name(p) != "strace"]
+
     # ------------------------------------------------------------------ report
     def machine(self) -> dict:
         def first_line(argv: list[str]) -> str:
@@ -746,10 +1052,13 @@ class Bench:
         self.sanity(scenarios)
         self.run_http(scenarios)
         self.run_cerbos()
-        self.run_direct()
+        if ONLY != "litellm":
+            self.run_direct()
+        if WITH_LITELLM:
+            self.run_litellm()
         self.results["machine"] = self.machine()
         self.results["settings"] = {"duration_s": DURATION, "warmup_s": WARMUP, "concurrency": CONCURRENCY,
-                                    "distinct_tokens": N_TOKENS,
+                                    "distinct_tokens": N_TOKENS, "only": ONLY or None,
                                     "bodies": {k: v.stat().st_size for k, v in self.files.items() if k != "tokens"}}
         self.results["bench_seconds"] = time.monotonic() - started
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -774,6 +1083,17 @@ def main() -> int:
     if missing:
         print("bench: missing " + ", ".join(missing) + " (run bench/run.sh)", file=sys.stderr)
         return 2
+    if ONLY not in ("", "litellm"):
+        print(f"bench: BENCH_ONLY={ONLY!r}: the only subset is 'litellm'", file=sys.stderr)
+        return 2
+    if WITH_LITELLM:
+        try:
+            ensure_litellm()
+        except (BenchError, subprocess.SubprocessError, OSError) as e:
+            print(f"bench: LiteLLM peer: {e}", file=sys.stderr)
+            return 2
+        global RUN_DEADLINE
+        RUN_DEADLINE = time.monotonic() + MAX_SECONDS
     signal.signal(signal.SIGTERM, _interrupted)
     bench = Bench()
     failed = True

@@ -8,7 +8,17 @@
 #      (wrk through Envoy; grpc_load against Cerbos and against agent-authz), and writes
 #      bench/RESULTS.md and bench/results.json.
 # Knobs (environment) are listed at the top of bench/bench.py; see bench/README.md.
+#   --with-litellm   also run the LiteLLM peer (BENCH_LITELLM=1): installs litellm[proxy] into
+#                    .tools/litellm-venv on first use (~750 MiB, about a minute), adds ~1 min.
 set -euo pipefail
+
+for arg in "$@"; do
+  case "$arg" in
+    --with-litellm) export BENCH_LITELLM=1 ;;
+    -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument $arg (known: --with-litellm)" >&2; exit 2 ;;
+  esac
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
