@@ -1,22 +1,27 @@
 //! Strict, selective JSON parsing of request bodies.
 //!
-//! Strict: duplicate object keys are refused at any depth. Parsers disagree on which duplicate
-//! wins (serde and Python take the last, others the first), so
-//! `{"model":"cheap","model":"expensive"}` could be judged as one request and executed as
-//! another: such bodies are not judged at all.
+//! Strict: duplicate object keys are refused wherever they could change what is judged.
+//! Parsers disagree on which duplicate wins (serde and Python take the last, others the first),
+//! so `{"model":"cheap","model":"expensive"}` could be judged as one request and executed as
+//! another: such bodies are not judged at all. [`parse`] (MCP messages, whose arguments are
+//! judged) refuses duplicates at any depth; [`parse_members`] refuses them among the top-level
+//! keys and anywhere inside the members it builds.
 //!
-//! Selective: a dialect names what it reads ([`Reading`]); everything else is validated
-//! without being built. This is the service's hottest code: a chat request is mostly
-//! conversation and tool schemas that policy never looks at, and building them as
-//! `serde_json::Value` trees (one allocation per string, key and object) cost more than the
-//! rest of a cached check together. The body's UTF-8 is checked once up front, so strings are
+//! Selective: a dialect names what it reads ([`Reading`]); everything else (conversation, tool
+//! schemas) is checked to be valid JSON (syntax, UTF-8 escapes, nesting limit) and skipped,
+//! without being built and without a duplicate-key check: a duplicate there cannot change the model or tools judged, and that
+//! check alone cost more than the rest of a cached check. This is the service's hottest code:
+//! building those parts as `serde_json::Value` trees (one allocation per string, key and
+//! object) dominated every profile. The body's UTF-8 is checked once up front, so strings are
 //! not re-validated one by one, and object keys are compared where they lie in the body.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::{Map, Value};
 
 /// What a dialect reads from a JSON object body.
@@ -25,8 +30,8 @@ pub struct Reading<'a> {
     /// Top-level members to build.
     pub members: &'a [&'a str],
     /// Member names, at any depth inside the built members, whose values are never read (tool
-    /// schemas, descriptions): validated, and kept as `null` (the key stays, so a dialect that
-    /// judges member names, like Gemini's built-in tools, still sees it).
+    /// schemas, descriptions): skipped like unnamed members, and kept as `null` (the key stays,
+    /// so a dialect that judges member names, like Gemini's built-in tools, still sees it).
     pub unread: &'a [&'a str],
 }
 
@@ -40,7 +45,8 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
 }
 
 /// The members of the body that `reading` names; `None` when the body is JSON but not an
-/// object. The whole body is validated (syntax, duplicate keys at any depth).
+/// object. The whole body must be valid JSON; duplicate keys are refused at the top level and
+/// inside the members built.
 pub fn parse_members(
     body: &[u8],
     reading: &Reading<'_>,
@@ -133,7 +139,7 @@ impl<'de> Visitor<'de> for Key {
     }
 }
 
-/// The top level: builds the members `reading` names, validates the rest.
+/// The top level: builds the members `reading` names, skips the rest.
 struct Members<'r> {
     reading: &'r Reading<'r>,
 }
@@ -155,13 +161,14 @@ impl<'de> Visitor<'de> for Members<'_> {
                 })?;
                 out.insert(key.into_owned(), value);
             } else {
-                map.next_value_seed(Validate)?;
+                map.next_value_seed(Skip)?;
             }
         }
         Ok(Some(out))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Validate.visit_seq(seq).map(|()| None)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(None)
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
         Ok(None)
@@ -183,18 +190,19 @@ impl<'de> Visitor<'de> for Members<'_> {
     }
 }
 
-/// Any JSON value, validated and dropped without being copied.
+/// Any JSON value, checked and dropped: nothing is built and keys are not compared, but every
+/// level goes through the parser's nesting limit (128), as built values do.
 #[derive(Clone, Copy)]
-struct Validate;
+struct Skip;
 
-impl<'de> DeserializeSeed<'de> for Validate {
+impl<'de> DeserializeSeed<'de> for Skip {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Validate {
+impl<'de> Visitor<'de> for Skip {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,9 +231,7 @@ impl<'de> Visitor<'de> for Validate {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = SeenKeys::new();
-        while let Some(key) = map.next_key_seed(Key)? {
-            seen.insert::<A::Error>(key.clone())?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
             map.next_value_seed(self)?;
         }
         Ok(())
@@ -285,7 +291,7 @@ impl<'de> Visitor<'de> for Build<'_> {
         while let Some(key) = map.next_key_seed(Key)? {
             seen.insert::<A::Error>(key.clone())?;
             let value = if self.unread.contains(&key.as_ref()) {
-                map.next_value_seed(Validate)?;
+                map.next_value_seed(Skip)?;
                 Value::Null
             } else {
                 map.next_value_seed(self)?
@@ -326,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_refused_everywhere_built_or_not() {
+    fn duplicate_keys_are_refused_wherever_they_could_change_the_judgement() {
         let reading = Reading {
             members: &["model", "tools"],
             unread: &["parameters"],
@@ -339,19 +345,26 @@ mod tests {
                 .join(",")
         );
         for dup in [
-            br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#.to_vec(),
             br#"{"model":"m","messages":[],"messages":[]}"#.to_vec(),
             br#"{"model":"a","model":"b"}"#.to_vec(),
-            br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#.to_vec(),
             br#"{"tools":[{"name":"a","name":"b"}]}"#.to_vec(),
             br#"{"tools":[{"parameters":{},"parameters":{}}]}"#.to_vec(),
-            br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
-            format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
             format!(r#"{{"tools":{many_keys}}}"#).into_bytes(),
         ] {
             let why = parse_members(&dup, &reading).unwrap_err().to_string();
             assert!(why.contains("duplicate key"), "{why}");
             let why = parse(&dup).unwrap_err().to_string();
+            assert!(why.contains("duplicate key"), "{why}");
+        }
+        // Parts no dialect reads are only checked to be JSON; a full parse refuses them.
+        for unread_dup in [
+            br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#.to_vec(),
+            br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#.to_vec(),
+            br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
+            format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
+        ] {
+            assert!(parse_members(&unread_dup, &reading).is_ok());
+            let why = parse(&unread_dup).unwrap_err().to_string();
             assert!(why.contains("duplicate key"), "{why}");
         }
     }
@@ -385,6 +398,12 @@ mod tests {
             b"\xef\xbb\xbf{}",
             b"{\"model\":\"\xff\"}",
             b"{\"model\":\"m\"}\xff",
+            br#"{"model":"m","messages":[1,]}"#,
+            br#"{"model":"m","messages":"\q"}"#,
+            br#"{"model":"m","messages":01}"#,
+            b"{\"model\":\"m\",\"messages\":\"a\x01\"}",
+            br#"{"model":"m","messages":{"a":}}"#,
+            br#"{"model":"m","messages":[{"content":"\ud800"}]}"#,
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
             assert!(
