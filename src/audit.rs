@@ -61,12 +61,12 @@ pub struct PrincipalRecord {
     pub attr: Map<String, Value>,
 }
 
-impl From<&Principal> for PrincipalRecord {
-    fn from(p: &Principal) -> Self {
+impl From<Principal> for PrincipalRecord {
+    fn from(p: Principal) -> Self {
         Self {
-            id: p.id.clone(),
-            roles: p.roles.clone(),
-            attr: p.attr.clone(),
+            id: p.id,
+            roles: p.roles,
+            attr: p.attr,
         }
     }
 }
@@ -86,17 +86,21 @@ pub struct ResourceRecord {
     pub attr: Map<String, Value>,
 }
 
-impl From<&Verdict> for ResourceRecord {
-    fn from(v: &Verdict) -> Self {
+/// Moves the verdict's parts into the record: records are built once per decision, after the
+/// answer, and copying 21 attribute maps showed in profiles.
+impl From<Verdict> for ResourceRecord {
+    fn from(v: Verdict) -> Self {
+        let reason_rule = v.reason_rule().map(str::to_owned);
+        let reason = v.reason();
         Self {
-            kind: v.check.kind.clone(),
-            id: v.check.id.clone(),
-            action: v.check.action.clone(),
+            kind: v.check.kind,
+            id: v.check.id,
+            action: v.check.action,
             effect: v.effect,
-            policy: v.policy.clone(),
-            reason_rule: v.reason_rule().map(str::to_owned),
-            reason: v.reason(),
-            attr: v.check.attr.clone(),
+            policy: v.policy,
+            reason_rule,
+            reason,
+            attr: v.check.attr,
         }
     }
 }
@@ -107,74 +111,138 @@ pub fn now_rfc3339() -> String {
 
 /// Where decision records go. Redaction happened before: records only hold what
 /// [`crate::redact`] let through.
+///
+/// Records are serialised and written by one background thread, not on the request path: a
+/// decision is answered without waiting for the log, and records that arrive together are
+/// written in one system call. The queue is bounded; when it is full (the output stalls),
+/// [`AuditLog::write`] waits rather than drop evidence, so a stalled log slows decisions down
+/// instead of losing them. Dropping the log (shutdown, a reloaded configuration) writes what
+/// is queued before returning.
 pub struct AuditLog {
-    sink: Sink,
+    /// `None` once dropping (or for the in-memory log of tests).
+    queue: Option<std::sync::mpsc::SyncSender<DecisionRecord>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    #[cfg(test)]
+    memory: Option<std::sync::Mutex<Vec<Value>>>,
 }
 
-enum Sink {
+/// Records waiting to be written at most; a few seconds' worth at full speed.
+const QUEUE_RECORDS: usize = 16 * 1024;
+
+/// Where the writer thread puts lines.
+enum Output {
     Stdout,
-    File(std::sync::Mutex<std::fs::File>),
-    #[cfg(test)]
-    Memory(std::sync::Mutex<Vec<Value>>),
+    File(std::fs::File),
+}
+
+impl Output {
+    fn write_batch(&mut self, batch: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(batch).and_then(|()| out.flush())
+            }
+            // One write per batch: with O_APPEND, lines from two logs sharing the file (an
+            // old and a reloaded configuration, briefly) do not interleave.
+            Output::File(file) => file.write_all(batch),
+        }
+    }
 }
 
 impl AuditLog {
     pub fn new(config: &crate::config::AuditConfig) -> std::io::Result<AuditLog> {
-        let sink = match config.output.file() {
-            None => Sink::Stdout,
-            Some(path) => Sink::File(std::sync::Mutex::new(
+        let output = match config.output.file() {
+            None => Output::Stdout,
+            Some(path) => Output::File(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)?,
-            )),
+            ),
         };
-        Ok(AuditLog { sink })
+        let (queue, records) = std::sync::mpsc::sync_channel(QUEUE_RECORDS);
+        let thread = std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_records(&records, output))?;
+        Ok(AuditLog {
+            queue: Some(queue),
+            thread: Some(thread),
+            #[cfg(test)]
+            memory: None,
+        })
     }
 
     #[cfg(test)]
     pub fn memory() -> AuditLog {
         AuditLog {
-            sink: Sink::Memory(std::sync::Mutex::new(Vec::new())),
+            queue: None,
+            thread: None,
+            memory: Some(std::sync::Mutex::new(Vec::new())),
         }
     }
 
     #[cfg(test)]
     pub fn lines(&self) -> Vec<Value> {
-        match &self.sink {
-            Sink::Memory(lines) => lines.lock().map(|l| l.clone()).unwrap_or_default(),
-            _ => Vec::new(),
-        }
+        self.memory
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|l| l.clone()))
+            .unwrap_or_default()
     }
 
-    pub fn write(&self, record: &DecisionRecord) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise a decision record");
-                return;
+    pub fn write(&self, record: DecisionRecord) {
+        #[cfg(test)]
+        if let Some(memory) = &self.memory {
+            if let (Ok(mut lines), Ok(value)) = (memory.lock(), serde_json::to_value(&record)) {
+                lines.push(value);
             }
-        };
-        line.push(b'\n');
-        let result = match &self.sink {
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&line).and_then(|()| out.flush())
-            }
-            Sink::File(file) => match file.lock() {
-                Ok(mut f) => f.write_all(&line),
-                Err(_) => Ok(()),
-            },
-            #[cfg(test)]
-            Sink::Memory(lines) => {
-                if let (Ok(mut lines), Ok(value)) = (lines.lock(), serde_json::from_slice(&line)) {
-                    lines.push(value);
+            return;
+        }
+        if self.queue.as_ref().is_none_or(|q| q.send(record).is_err()) {
+            tracing::error!("the decision log writer has stopped: a record was lost");
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How long the writer rests after a batch. Records arriving meanwhile wait in the queue, so
+/// under load the writer wakes a few hundred times a second instead of once per decision
+/// (waking a thread costs a request more than queueing its record); an idle writer sleeps in
+/// the queue and the next record wakes it at once.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The writer thread: takes every record queued so far, writes them in one batch, repeats
+/// until the log is dropped.
+fn write_records(records: &std::sync::mpsc::Receiver<DecisionRecord>, mut output: Output) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Ok(first) = records.recv() {
+        let mut next = Some(first);
+        while let Some(record) = next {
+            let start = batch.len();
+            match serde_json::to_writer(&mut batch, &record) {
+                Ok(()) => batch.push(b'\n'),
+                Err(e) => {
+                    batch.truncate(start);
+                    tracing::error!(error = %e, "cannot serialise a decision record");
                 }
-                Ok(())
             }
-        };
-        if let Err(e) = result {
+            next = if batch.len() < 1024 * 1024 {
+                records.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if let Err(e) = output.write_batch(&batch) {
             tracing::error!(error = %e, "cannot write the decision log");
         }
+        batch.clear();
+        std::thread::sleep(BATCH_PAUSE);
     }
 }

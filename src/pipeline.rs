@@ -262,7 +262,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 )
             }
         };
-        let record = record(&input, &trace, status, reason, refusal, dry_run);
+        let record = record(&input, trace, status, reason, refusal, dry_run);
         let span = tracing::Span::current();
         span.record("decision_id", record.decision_id.as_str());
         span.record("effect", record.effect);
@@ -270,7 +270,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             span.record("principal", p.id.as_str());
         }
         self.count(&record);
-        self.audit.write(&record);
+        self.audit.write(record);
         outcome
     }
 
@@ -288,15 +288,25 @@ impl<E: PolicyEngine> Pipeline<E> {
                 dry_run: record.dry_run.to_string(),
             })
             .inc();
+        // One counter update per distinct (kind, action, effect): a 20-tool request is
+        // usually two of them, not 21.
+        let mut tally: Vec<(&str, &str, &str, u64)> = Vec::new();
         for r in &record.resources {
+            let labels = (r.kind.as_str(), r.action.as_str(), r.effect.as_str());
+            match tally.iter_mut().find(|t| (t.0, t.1, t.2) == labels) {
+                Some(t) => t.3 += 1,
+                None => tally.push((labels.0, labels.1, labels.2, 1)),
+            }
+        }
+        for (kind, action, effect, n) in tally {
             self.metrics
                 .decisions
                 .get_or_create(&DecisionLabels {
-                    kind: r.kind.clone(),
-                    action: r.action.clone(),
-                    effect: r.effect.as_str().to_owned(),
+                    kind: kind.to_owned(),
+                    action: action.to_owned(),
+                    effect: effect.to_owned(),
                 })
-                .inc();
+                .inc_by(n);
         }
         if self.denied_tools == DeniedTools::Strip && record.effect == "allow" {
             self.metrics
@@ -608,7 +618,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             .filter(|v| !v.effect.allows())
             .map(|v| v.check.id.clone())
             .collect();
-        self.audit.write(&DecisionRecord {
+        self.audit.write(DecisionRecord {
             time: now_rfc3339(),
             phase: "response",
             decision_id: handoff.decision_id.clone(),
@@ -623,12 +633,16 @@ impl<E: PolicyEngine> Pipeline<E> {
                 format!("hidden from {listing}: {}", hidden.join(", "))
             },
             refusal: None,
-            principal: Some(PrincipalRecord::from(&principal)),
+            principal: Some(PrincipalRecord::from(principal)),
             method: if format == Format::Mcp { "POST" } else { "GET" }.to_owned(),
             path: path.to_owned(),
             route: None,
             format: Some(format.as_str()),
-            resources: decision.verdicts.iter().map(ResourceRecord::from).collect(),
+            resources: decision
+                .verdicts
+                .into_iter()
+                .map(ResourceRecord::from)
+                .collect(),
             denied_tools: Vec::new(),
             hidden: hidden.clone(),
             cerbos_call_ids: decision.call_ids,
@@ -739,9 +753,10 @@ fn metadata(trace: &Trace, effect: &str, reason: &str) -> Map<String, Value> {
     m
 }
 
+/// The decision record; consumes the trace (nothing reads it after the answer is built).
 fn record(
     input: &CheckInput,
-    trace: &Trace,
+    trace: Trace,
     status: u16,
     reason: String,
     refusal: Option<&'static str>,
@@ -750,28 +765,28 @@ fn record(
     DecisionRecord {
         time: now_rfc3339(),
         phase: "request",
-        decision_id: trace.decision_id.clone(),
-        request_id: trace.request_id.clone(),
+        decision_id: trace.decision_id,
+        request_id: trace.request_id,
         trace_id: input.headers.get("traceparent").and_then(|t| trace_id(t)),
         effect: if refusal.is_none() { "allow" } else { "deny" },
         dry_run,
         status,
         reason,
         refusal,
-        principal: trace.principal.as_ref().map(PrincipalRecord::from),
+        principal: trace.principal.map(PrincipalRecord::from),
         method: input.method.clone(),
         path: extract::path_without_query(&input.path).to_owned(),
-        route: trace.route.as_ref().map(|r| r.path_prefix.clone()),
+        route: trace.route.map(|r| r.path_prefix),
         format: trace.format.map(Format::as_str),
         resources: trace
             .decision
             .verdicts
-            .iter()
+            .into_iter()
             .map(ResourceRecord::from)
             .collect(),
-        denied_tools: trace.denied_tools.clone(),
+        denied_tools: trace.denied_tools,
         hidden: Vec::new(),
-        cerbos_call_ids: trace.decision.call_ids.clone(),
+        cerbos_call_ids: trace.decision.call_ids,
         latency_ms: trace.started.elapsed().as_secs_f64() * 1000.0,
     }
 }
