@@ -24,13 +24,14 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::whole_body::WholeBodyChannel;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
 use crate::identity::Principal;
 
 #[derive(Clone)]
 pub struct CerbosEngine {
-    client: CerbosServiceClient<Channel>,
+    client: CerbosServiceClient<WholeBodyChannel>,
     health: HealthClient<Channel>,
     timeout: Duration,
     policy_version: String,
@@ -55,7 +56,7 @@ impl CerbosEngine {
         }
         let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: CerbosServiceClient::new(channel.clone()),
+            client: CerbosServiceClient::new(WholeBodyChannel::new(channel.clone())),
             health: HealthClient::new(channel),
             timeout: config.timeout,
             policy_version: config.policy_version.clone(),

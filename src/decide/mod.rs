@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod cerbos;
 pub mod vocabulary;
+mod whole_body;
 
 use std::future::Future;
 
