@@ -61,7 +61,12 @@ fn main() -> ExitCode {
         println!("{}: ok", path.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = config.server.worker_threads {
+        builder.worker_threads(workers.get());
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agent-authz: cannot start the runtime: {e}");

@@ -99,6 +99,10 @@ pub async fn watch<E, F, Fut>(
                 config.server.max_request_bytes != running.server.max_request_bytes,
             ),
             (
+                "server.worker_threads",
+                config.server.worker_threads != running.server.worker_threads,
+            ),
+            (
                 "admin.address",
                 config.admin.address != running.admin.address,
             ),
