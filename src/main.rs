@@ -45,7 +45,34 @@ const EX_USAGE: u8 = 64;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's option index of `purge_delay` (mimalloc v3's `mi_option_e`); the Rust binding
+/// names no constant for it, so its documented default is checked before it is changed.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MIMALLOC_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+/// How long freed memory stays mapped before mimalloc returns it to the system. mimalloc v3
+/// keeps it a full second by default; under 64 concurrent 1 MiB bodies the freed bodies of the
+/// last second piled up to a peak resident set of ~100-125 MiB. 50 ms keeps the peak near the
+/// bodies actually in flight (~80 MiB) at no measurable CPU cost (immediate purging cost
+/// +60 % CPU on 1 MiB bodies). `MIMALLOC_PURGE_DELAY` in the environment still wins.
+const PURGE_DELAY_MS: std::ffi::c_long = 50;
+
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: mi_option_get and mi_option_set read and write one integer in mimalloc's option
+    // table; the index is checked to hold purge_delay's default before it is written.
+    unsafe {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MIMALLOC_DEFAULT_PURGE_DELAY_MS
+        {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let path = match &cli.command {
         Command::Serve { config } | Command::Validate { config } => config,

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -23,7 +22,7 @@ use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Current;
-use crate::respond::ext_authz::ExtAuthzService;
+use crate::respond::check_request::ExtAuthzServer;
 use crate::respond::ext_proc::ExtProcService;
 
 /// Room for the headers and attributes around the largest body Envoy may send.
@@ -67,13 +66,12 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .server
         .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
-    let authz = AuthorizationServer::new(ExtAuthzService::new(Arc::clone(&current)))
-        .max_decoding_message_size(max_message);
+    let authz = ExtAuthzServer::new(Arc::clone(&current), max_message);
     let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&current)))
         .max_decoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<AuthorizationServer<ExtAuthzService<Engine>>>()
+        .set_serving::<ExtAuthzServer<Engine>>()
         .await;
     health_reporter
         .set_serving::<ExternalProcessorServer<ExtProcService<Engine>>>()

@@ -1,54 +1,29 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check`: decode the `CheckRequest` into a
-//! [`CheckInput`], run the pipeline, encode the [`Outcome`] as a `CheckResponse`.
+//! [`CheckInput`], encode the [`Outcome`] as a `CheckResponse` (the service is in
+//! [`super::check_request`]).
 //!
 //! Every response carries an explicit status: Envoy treats a response without one as OK.
 //! Denials use `denied_response` (never `error_response`), so a deployment that turned on
 //! `failure_mode_allow` still cannot let a refused request through.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
 use envoy_types::pb::google::rpc::Status;
 use serde_json::{Map, Value};
-use tonic::{Request, Response};
 
+use super::check_request::CheckRequest;
 use super::{Denial, Outcome};
-use crate::decide::PolicyEngine;
 use crate::pipeline::CheckInput;
-use crate::reload::Current;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const CODE_OK: i32 = 0;
 const CODE_PERMISSION_DENIED: i32 = 7;
 const CODE_UNAVAILABLE: i32 = 14;
 const CODE_UNAUTHENTICATED: i32 = 16;
-
-pub struct ExtAuthzService<E> {
-    current: Arc<Current<E>>,
-}
-
-impl<E> ExtAuthzService<E> {
-    pub fn new(current: Arc<Current<E>>) -> Self {
-        Self { current }
-    }
-}
-
-#[tonic::async_trait]
-impl<E: PolicyEngine> Authorization for ExtAuthzService<E> {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, tonic::Status> {
-        let input = decode(request.into_inner());
-        let outcome = self.current.get().check(input).await;
-        Ok(Response::new(encode(outcome)))
-    }
-}
 
 /// CheckRequest → CheckInput. Reads `raw_body` (exact bytes, `pack_as_bytes: true`) when
 /// present, else `body`; and headers from `header_map` when Envoy sends raw headers.
@@ -80,7 +55,7 @@ pub fn decode(request: CheckRequest) -> CheckInput {
     let body = if http.raw_body.is_empty() {
         Bytes::from(http.body.into_bytes())
     } else {
-        Bytes::from(http.raw_body)
+        http.raw_body
     };
     let metadata = attributes
         .metadata_context
@@ -216,25 +191,41 @@ mod tests {
     use std::collections::HashMap;
 
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
-    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Request as AttrRequest,
+        HttpRequest, Peer, Request as AttrRequest,
     };
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest as EnvoyCheckRequest,
+    };
+    use prost::Message;
     use serde_json::json;
 
     use super::*;
 
+    /// Built with envoy-types' complete messages and sent through the wire format, so the lean
+    /// messages agent-authz decodes are checked against Envoy's field numbers too.
     fn check_request(http: HttpRequest, metadata: Option<Metadata>) -> CheckRequest {
-        CheckRequest {
+        let full = EnvoyCheckRequest {
             attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    principal: "spiffe://cluster.local/ns/agents/sa/bot".into(),
+                    service: "ignored".into(),
+                    ..Peer::default()
+                }),
+                destination: Some(Peer {
+                    principal: "not the source".into(),
+                    ..Peer::default()
+                }),
                 request: Some(AttrRequest {
                     http: Some(http),
                     ..AttrRequest::default()
                 }),
+                context_extensions: HashMap::from([("k".to_owned(), "v".to_owned())]),
                 metadata_context: metadata,
                 ..AttributeContext::default()
             }),
-        }
+        };
+        CheckRequest::decode(full.encode_to_vec().as_slice()).expect("wire-compatible")
     }
 
     #[test]
@@ -253,6 +244,10 @@ mod tests {
             ("POST", "/mcp?x=1")
         );
         assert_eq!(&input.body[..], b"{\"a\":1}");
+        assert_eq!(
+            input.source_principal,
+            "spiffe://cluster.local/ns/agents/sa/bot"
+        );
 
         let input = decode(check_request(
             HttpRequest {

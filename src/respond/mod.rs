@@ -3,6 +3,7 @@
 //! and a body in the caller's dialect (OpenAI error shape, or a JSON-RPC error for MCP).
 //! [`ext_authz`] turns an `Outcome` into Envoy's `CheckResponse`.
 
+pub mod check_request;
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod refusal;
