@@ -884,31 +884,59 @@ class Bench:
                 log(f"cerbos {name:<14} c={c:<3} {r['throughput_rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                     f"p99 {r['p99_ms']:.3f} ms  outcomes {r['outcomes']}")
 
+    def direct_spec(self, name: str, body: str, path: str = "/v1/chat/completions") -> Path:
+        spec = self.run_dir / f"direct_{name}.json"
+        spec.write_text(json.dumps({"method": "POST", "path": path, "host": "127.0.0.1",
+                                    "headers": {"content-type": "application/json",
+                                                "authorization": f"Bearer {self.tokens['alice']}"},
+                                    "body_file": str(self.files[body])}))
+        return spec
+
     def run_direct(self) -> None:
         """agent-authz alone: CheckRequests straight from grpc_load, no Envoy. Two connections,
-        like Envoy's two workers; cache on and hot, plus the same without the cache."""
+        like Envoy's two workers; cache on and hot, plus the same without the cache, and the
+        allow-all server fed the same way (the like-for-like floor of CPU per check)."""
         c = max(CONCURRENCY)
-        runs = [("hot_cache_16k_20tools", "authz_cached", "chat_16k_20tools", "/v1/chat/completions", {}),
-                ("hot_cache_1k_0tools", "authz_cached", "chat_1k", "/v1/chat/completions", {}),
-                ("no_cache_16k_20tools", "authz", "chat_16k_20tools", "/v1/chat/completions", {})]
-        for name, instance, body, path, headers in runs:
-            spec = self.run_dir / f"direct_{name}.json"
-            spec.write_text(json.dumps({"method": "POST", "path": path, "host": "127.0.0.1",
-                                        "headers": {"content-type": "application/json",
-                                                    "authorization": f"Bearer {self.tokens['alice']}", **headers},
-                                        "body_file": str(self.files[body])}))
-            self.fresh("agent_authz_cached" if instance == "authz_cached" else "agent_authz")
+        runs = [("hot_cache_16k_20tools", "authz_cached", "chat_16k_20tools"),
+                ("allow_all_16k_20tools", "allow_all", "chat_16k_20tools"),
+                ("hot_cache_1k_0tools", "authz_cached", "chat_1k"),
+                ("no_cache_16k_20tools", "authz", "chat_16k_20tools")]
+        for name, instance, body in runs:
+            spec = self.direct_spec(name, body)
+            process = {"authz_cached": "agent_authz_cached", "authz": "agent_authz"}.get(instance, instance)
+            if process != "allow_all":
+                self.fresh(process)
             self.grpc_load("ext-authz", self.ports[instance], spec, c, 2000, 3, connections=2)
             admin = self.ports["authz_cached_admin"] if instance == "authz_cached" else None
             r = self.measure(lambda: self.grpc_load("ext-authz", self.ports[instance], spec, c, 200000,
                                                     DURATION + 3, connections=2), cache_admin=admin)
-            r["instance"] = "agent_authz_cached" if instance == "authz_cached" else "agent_authz"
+            r["instance"] = process
             r["concurrency"] = c
             r["ok"] = r["errors"] == 0 and set(r["outcomes"]) == {"grpc_0"}
             self.results["direct"][name] = r
             cpu = r["cpu_s"][r["instance"]]
-            log(f"direct {name:<22} {r['throughput_rps']:8.0f} checks/s  agent-authz cpu {cpu:.2f} s  "
+            log(f"direct {name:<22} {r['throughput_rps']:8.0f} checks/s  {process} cpu {cpu:.2f} s  "
                 f"=> {r['requests'] / cpu if cpu else float('nan'):.0f} checks per cpu-second  {r['outcomes']}")
+
+    def run_memory(self) -> None:
+        """The issue's memory targets: agent-authz's resident set idle (restarted, ready, one
+        small check judged, then left alone for a second) and its peak with 64 concurrent 1 MiB bodies
+        (grpc_load, 64 callers over 2 connections, cache on)."""
+        self.fresh("agent_authz_cached")
+        small = self.direct_spec("memory_1k", "chat_1k")
+        self.grpc_load("ext-authz", self.ports["authz_cached"], small, 1, 1, 10)
+        time.sleep(1)
+        pid = self.procs.pid("agent_authz_cached")
+        idle_kib = vm_kib(pid, "VmRSS")
+        spec = self.direct_spec("memory_1m", "chat_1m_20tools")
+        r = self.measure(lambda: self.grpc_load("ext-authz", self.ports["authz_cached"], spec, 64, 2000,
+                                                DURATION + 10, connections=2),
+                         cache_admin=self.ports["authz_cached_admin"])
+        r["ok"] = r["errors"] == 0 and set(r["outcomes"]) == {"grpc_0"}
+        self.results["memory"] = {"idle_rss_kib": idle_kib, "concurrency": 64, "body": "chat_1m_20tools",
+                                  "peak_rss_kib": r["hwm_kib"]["agent_authz_cached"], "run": r}
+        log(f"memory: idle RSS {idle_kib / 1024:.1f} MiB; 64 concurrent 1 MiB bodies: peak "
+            f"{r['hwm_kib']['agent_authz_cached'] / 1024:.1f} MiB {r['outcomes']}")
 
     # ------------------------------------------------------------------ the LiteLLM peer
     def start_litellm(self) -> None:
@@ -1054,11 +1082,14 @@ class Bench:
         self.run_cerbos()
         if ONLY != "litellm":
             self.run_direct()
+            self.run_memory()
         if WITH_LITELLM:
             self.run_litellm()
         self.results["machine"] = self.machine()
         self.results["settings"] = {"duration_s": DURATION, "warmup_s": WARMUP, "concurrency": CONCURRENCY,
                                     "distinct_tokens": N_TOKENS, "only": ONLY or None,
+                                    "authz_worker_threads": yaml.safe_load((BENCH / "agent-authz.yaml").read_text())
+                                    ["server"].get("worker_threads"),
                                     "bodies": {k: v.stat().st_size for k, v in self.files.items() if k != "tokens"}}
         self.results["bench_seconds"] = time.monotonic() - started
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
