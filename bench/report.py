@@ -562,9 +562,11 @@ WHY = {
                  "concurrency that CPU is shared with Envoy, Cerbos and the load generator on 2 CPUs, so requests "
                  "queue.",
     "hot_throughput": "same cause: at saturation throughput follows the CPU each request costs all processes.",
-    "cpu": "reading the read members of the body into JSON values (~25 % of a hot check), serialising the "
-           "decision record with its 21 resources (~8 %, on the log thread), 21 verdict-cache lookups (~6 %), the "
-           "Envoy answer with its dynamic metadata (~5 %); the allow-all server decodes the request and drops it.",
+    "cpu": "reading the body (~25 % of a hot check: the members a dialect reads built as JSON values, the "
+           "rest validated), writing larger gRPC answers (~17 %, mostly the kernel's loopback path), allocation "
+           "(~13 %), serialising the decision record with its 21 resources (~10 %, on the log thread), building "
+           "the 21 resource checks (~5 %) and the Envoy answer with its metadata and handoff (~5 %); the allow-all "
+           "server decodes the request and returns a constant (README, Performance).",
     "idle_rss": "",
     "loaded_rss": "each of the 64 requests holds its 1 MiB body (gRPC decode buffer plus the decoded message) "
                   "until it is answered.",
