@@ -325,8 +325,9 @@ pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
 }
 
 /// Like [`json_body`], but builds only what `reading` names: the rest of the body (a
-/// conversation can be megabytes of messages, tool schemas most of the rest) is checked
-/// (valid JSON, no duplicate keys at any depth) without being copied. `Ok(None)` when the
+/// conversation can be megabytes of messages, tool schemas most of the rest) is checked to
+/// be valid JSON without being copied (duplicate keys are refused where they could change the
+/// judgement: see `extract/strict_json.rs`). `Ok(None)` when the
 /// body is JSON but not an object.
 pub fn json_fields(
     request: &HttpRequest<'_>,
