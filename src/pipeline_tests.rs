@@ -29,26 +29,17 @@ impl PolicyEngine for FakeEngine {
             return Err(e.clone());
         }
         self.seen.lock().unwrap().extend(checks.iter().cloned());
-        let verdicts = checks
-            .into_iter()
-            .map(|check| {
-                let effect = if (self.allow)(principal, &check) {
+        Ok(Decision::each(
+            checks,
+            Some("resource.fake.vdefault"),
+            |check| {
+                if (self.allow)(principal, check) {
                     Effect::Allow
                 } else {
                     Effect::Deny
-                };
-                Verdict {
-                    check,
-                    effect,
-                    policy: Some("resource.fake.vdefault".into()),
-                    outputs: vec![],
                 }
-            })
-            .collect();
-        Ok(Decision {
-            verdicts,
-            call_ids: vec!["call-1".into()],
-        })
+            },
+        ))
     }
 }
 
@@ -756,19 +747,7 @@ impl PolicyEngine for Gate {
         _: &str,
     ) -> Result<Decision, DecideError> {
         self.0.notified().await;
-        let verdicts = checks
-            .into_iter()
-            .map(|check| Verdict {
-                check,
-                effect: Effect::Allow,
-                policy: None,
-                outputs: vec![],
-            })
-            .collect();
-        Ok(Decision {
-            verdicts,
-            call_ids: vec![],
-        })
+        Ok(Decision::each(checks, None, |_| Effect::Allow))
     }
 }
 

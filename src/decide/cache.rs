@@ -220,19 +220,7 @@ mod tests {
             _: &str,
         ) -> Result<Decision, DecideError> {
             self.0.fetch_add(checks.len(), Ordering::SeqCst);
-            let verdicts = checks
-                .into_iter()
-                .map(|check| Verdict {
-                    check,
-                    effect: Effect::Allow,
-                    policy: Some("p".into()),
-                    outputs: vec![],
-                })
-                .collect();
-            Ok(Decision {
-                verdicts,
-                call_ids: vec!["c".into()],
-            })
+            Ok(Decision::each(checks, Some("p"), |_| Effect::Allow))
         }
     }
 

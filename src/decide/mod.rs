@@ -128,6 +128,31 @@ pub struct Decision {
     pub call_ids: Vec<String>,
 }
 
+#[cfg(test)]
+impl Decision {
+    /// Test support, for fake engines: every check answered with the effect `effect` picks,
+    /// naming `policy`, without outputs, from one (fake) Cerbos call.
+    pub fn each(
+        checks: Vec<ResourceCheck>,
+        policy: Option<&str>,
+        effect: impl Fn(&ResourceCheck) -> Effect,
+    ) -> Decision {
+        let verdicts = checks
+            .into_iter()
+            .map(|check| Verdict {
+                effect: effect(&check),
+                check,
+                policy: policy.map(str::to_owned),
+                outputs: vec![],
+            })
+            .collect();
+        Decision {
+            verdicts,
+            call_ids: vec!["call-1".into()],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecideError {
     #[error("policy decision point unavailable: {0}")]

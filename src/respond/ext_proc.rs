@@ -440,7 +440,7 @@ mod tests {
     use super::*;
     use crate::audit::AuditLog;
     use crate::config::Config;
-    use crate::decide::{DecideError, Decision, Effect, ResourceCheck, Verdict};
+    use crate::decide::{DecideError, Decision, Effect, ResourceCheck};
     use crate::handoff::{EXT_AUTHZ_NAMESPACE, HandoffPrincipal, METADATA_KEY, ToolsListHandoff};
     use crate::identity::{Authenticator, Principal};
 
@@ -454,26 +454,13 @@ mod tests {
             checks: Vec<ResourceCheck>,
             _: &str,
         ) -> Result<Decision, DecideError> {
-            let verdicts = checks
-                .into_iter()
-                .map(|check| {
-                    let effect = if check.id == "delete_repo" {
-                        Effect::Deny
-                    } else {
-                        Effect::Allow
-                    };
-                    Verdict {
-                        check,
-                        effect,
-                        policy: None,
-                        outputs: vec![],
-                    }
-                })
-                .collect();
-            Ok(Decision {
-                verdicts,
-                call_ids: vec![],
-            })
+            Ok(Decision::each(checks, None, |check| {
+                if check.id == "delete_repo" {
+                    Effect::Deny
+                } else {
+                    Effect::Allow
+                }
+            }))
         }
     }
 
