@@ -246,3 +246,56 @@ fn write_records(records: &std::sync::mpsc::Receiver<DecisionRecord>, mut output
         std::thread::sleep(BATCH_PAUSE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuditConfig, AuditOutput};
+
+    fn record(n: usize) -> DecisionRecord {
+        DecisionRecord {
+            time: now_rfc3339(),
+            phase: "request",
+            decision_id: format!("d-{n}"),
+            request_id: format!("r-{n}"),
+            trace_id: None,
+            effect: "allow",
+            dry_run: false,
+            status: 200,
+            reason: "allowed".into(),
+            refusal: None,
+            principal: None,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            route: None,
+            format: None,
+            resources: Vec::new(),
+            denied_tools: Vec::new(),
+            hidden: Vec::new(),
+            cerbos_call_ids: Vec::new(),
+            latency_ms: 0.1,
+        }
+    }
+
+    #[test]
+    fn every_queued_record_is_written_in_order_by_the_time_the_log_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let log = AuditLog::new(&AuditConfig {
+            output: AuditOutput::File(path.clone()),
+            ..AuditConfig::default()
+        })
+        .unwrap();
+        for n in 0..500 {
+            log.write(record(n));
+        }
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap()["decision_id"].to_string())
+            .collect();
+        let expected: Vec<String> = (0..500).map(|n| format!("\"d-{n}\"")).collect();
+        assert_eq!(ids, expected);
+    }
+}
