@@ -30,11 +30,7 @@ impl RequestFormat for AnthropicMessages {
         let body = &llm::fields(request, &READING)?;
         let model = llm::model(body)?;
         let mut tools = Tools::default();
-        for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {
-            for tool in declared(entry).map_err(|e| llm::invalid(&format!("tools[{i}]: {e}")))? {
-                tools.add(tool);
-            }
-        }
+        llm::add_declared(&mut tools, body, "tools", declared)?;
         let forced_tools = body
             .get("tool_choice")
             .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool"))

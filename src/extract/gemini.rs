@@ -8,7 +8,7 @@
 //! too) and removes them from `allowedFunctionNames`; if that list empties, the calling config
 //! falls back to `{"mode":"AUTO"}`; with no tool left, `tools` and `toolConfig` go.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::llm::{self, Tools};
 use super::{
@@ -38,14 +38,7 @@ impl RequestFormat for Gemini {
         let (model, method) = model_from_path(request.path)?;
         let body = &llm::fields(request, &READING)?;
         let mut tools = Tools::default();
-        for (i, entry) in llm::array(body, "tools")?.iter().enumerate() {
-            let entry = entry
-                .as_object()
-                .ok_or_else(|| llm::invalid(&format!("tools[{i}] must be an object")))?;
-            for tool in declared(entry).map_err(|e| llm::invalid(&format!("tools[{i}]: {e}")))? {
-                tools.add(tool);
-            }
-        }
+        llm::add_declared(&mut tools, body, "tools", declared)?;
         let allowed = body
             .get("toolConfig")
             .and_then(|c| c.get("functionCallingConfig"))
@@ -149,7 +142,8 @@ impl RequestFormat for Gemini {
     }
 }
 
-fn declared(entry: &Map<String, Value>) -> Result<Vec<DeclaredTool>, String> {
+fn declared(entry: &Value) -> Result<Vec<DeclaredTool>, String> {
+    let entry = entry.as_object().ok_or("must be an object")?;
     let mut out = Vec::new();
     for (key, value) in entry {
         if key == "functionDeclarations" {

@@ -46,6 +46,23 @@ pub fn name<'a>(entry: &'a Value, key: &str, what: &str) -> Result<&'a str, Extr
         .ok_or_else(|| invalid(&format!("{what}: missing {key}")))
 }
 
+/// Adds the tools each entry of the `key` array declares (`declared` reads one entry). An
+/// entry that cannot be read refuses the request, naming it: a skipped entry would reach the
+/// model unjudged.
+pub fn add_declared<I: IntoIterator<Item = DeclaredTool>>(
+    tools: &mut Tools,
+    body: &Map<String, Value>,
+    key: &str,
+    declared: impl Fn(&Value) -> Result<I, String>,
+) -> Result<(), ExtractError> {
+    for (i, entry) in array(body, key)?.iter().enumerate() {
+        for tool in declared(entry).map_err(|e| invalid(&format!("{key}[{i}]: {e}")))? {
+            tools.add(tool);
+        }
+    }
+    Ok(())
+}
+
 /// Declared tools, unique by key, in request order.
 #[derive(Default)]
 pub struct Tools(pub Vec<DeclaredTool>);

@@ -17,11 +17,11 @@
 
 use std::ops::Range;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::llm::{self, Tools};
 use super::{
     AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
-    json_fields,
 };
 
 /// OpenAI Chat Completions.
@@ -52,29 +52,20 @@ const READING: Reading<'static> = Reading {
 };
 
 fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
-    let body =
-        &json_fields(request, &READING)?.ok_or_else(|| invalid("body must be a JSON object"))?;
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(invalid("`model` must be a non-empty string")),
-    };
-    let mut tools: Vec<DeclaredTool> = Vec::new();
-    let mut add = |tool: DeclaredTool| {
-        if !tools.iter().any(|t| t.name == tool.name) {
-            tools.push(tool);
-        }
-    };
-    for (i, entry) in array_field(body, "tools")?.iter().enumerate() {
-        add(tool_entry(entry).map_err(|why| invalid(&format!("tools[{i}]: {why}")))?);
-    }
-    for (i, entry) in array_field(body, "functions")?.iter().enumerate() {
-        let name = entry
+    let body = &llm::fields(request, &READING)?;
+    let model = llm::model(body)?;
+    let mut tools = Tools::default();
+    llm::add_declared(&mut tools, body, "tools", |entry| {
+        tool_entry(entry).map(|t| [t])
+    })?;
+    llm::add_declared(&mut tools, body, "functions", |entry| {
+        entry
             .get("name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| invalid(&format!("functions[{i}]: missing name")))?;
-        add(DeclaredTool::new(name, "function"));
-    }
+            .map(|name| [DeclaredTool::new(name, "function")])
+            .ok_or_else(|| "missing name".to_owned())
+    })?;
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let forced_tools = ["tool_choice", "function_call"]
         .iter()
@@ -90,7 +81,7 @@ fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
         .collect();
     Ok(LlmRequest {
         model,
-        tools,
+        tools: tools.0,
         forced_tools,
         stream,
     })
@@ -111,18 +102,6 @@ fn tool_entry(entry: &Value) -> Result<DeclaredTool, String> {
         other => return Err(format!("unsupported tool type {other:?}")),
     };
     Ok(DeclaredTool::new(name, kind))
-}
-
-fn array_field<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], ExtractError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(items)) => Ok(items),
-        Some(_) => Err(invalid(&format!("`{key}` must be an array"))),
-    }
-}
-
-fn invalid(why: &str) -> ExtractError {
-    ExtractError::InvalidRequest(why.to_owned())
 }
 
 // === stripping ===
