@@ -566,24 +566,34 @@ mod tests {
         }
     }
 
+    /// An exchange whose request headers (on `path`, with ext_authz's `handoff` in the
+    /// metadata) were handled, and the reply to them.
+    async fn opened(
+        p: &Pipeline<HideDeleteRepo>,
+        path: &str,
+        handoff: &Handoff,
+    ) -> (Exchange, ProcessingResponse) {
+        let mut x = Exchange::default();
+        let r = x
+            .handle(
+                p,
+                headers(
+                    Phase::RequestHeaders,
+                    &[(":path", path)],
+                    Some(metadata(handoff)),
+                ),
+            )
+            .await
+            .unwrap();
+        (x, r)
+    }
+
     const CHAT: &[u8] = br#"{"model":"m","tools":[{"type":"function","function":{"name":"get_weather"}},{"type":"function","function":{"name":"delete_repo"}}]}"#;
 
     #[tokio::test]
     async fn denied_tools_are_stripped_with_a_correct_content_length() {
         let p = pipeline().await;
-        let mut x = Exchange::default();
-        let h = handoff(&["delete_repo"], None);
-        let r = x
-            .handle(
-                &p,
-                headers(
-                    Phase::RequestHeaders,
-                    &[(":path", "/v1/chat/completions")],
-                    Some(metadata(&h)),
-                ),
-            )
-            .await
-            .unwrap();
+        let (mut x, r) = opened(&p, "/v1/chat/completions", &handoff(&["delete_repo"], None)).await;
         assert!(matches!(r.response, Some(Reply::RequestHeaders(_))));
         let r = x
             .handle(&p, body(Phase::RequestBody, CHAT, true))
@@ -655,18 +665,7 @@ mod tests {
         br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"refund"}],"nextCursor":"n"}}"#;
 
     async fn list_exchange(p: &Pipeline<HideDeleteRepo>, content_type: &str) -> Exchange {
-        let mut x = Exchange::default();
-        let h = handoff(&[], Some(json!(5)));
-        x.handle(
-            p,
-            headers(
-                Phase::RequestHeaders,
-                &[(":path", "/mcp")],
-                Some(metadata(&h)),
-            ),
-        )
-        .await
-        .unwrap();
+        let (mut x, _) = opened(p, "/mcp", &handoff(&[], Some(json!(5)))).await;
         let r = x
             .handle(
                 p,
@@ -751,18 +750,7 @@ mod tests {
     #[tokio::test]
     async fn other_answers_pass_untouched() {
         let p = pipeline().await;
-        let mut x = Exchange::default();
-        let h = handoff(&[], None);
-        x.handle(
-            &p,
-            headers(
-                Phase::RequestHeaders,
-                &[(":path", "/mcp")],
-                Some(metadata(&h)),
-            ),
-        )
-        .await
-        .unwrap();
+        let (mut x, _) = opened(&p, "/mcp", &handoff(&[], None)).await;
         let r = x
             .handle(
                 &p,
