@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import httpx2
-from mcp import Client
+from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from openai import OpenAI
 
@@ -28,3 +28,17 @@ async def mcp_client(url: str, token: str | None, *, mode: str = "legacy") -> As
         transport = streamable_http_client(url, http_client=http)
         async with Client(transport, mode=mode, read_timeout_seconds=15.0) as client:
             yield client
+
+
+def find_mcp_error(exc: BaseException) -> MCPError | None:
+    """The MCPError inside `exc`, which the SDK may wrap in (nested) exception groups."""
+    if isinstance(exc, MCPError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_mcp_error(inner)
+            if found is not None:
+                return found
+    if exc.__cause__ is not None:
+        return find_mcp_error(exc.__cause__)
+    return None

@@ -25,7 +25,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 from mcp import MCPError  # noqa: E402
 
-from clients import mcp_client, openai_client  # noqa: E402
+from clients import find_mcp_error, mcp_client, openai_client  # noqa: E402
 from stack import PRINCIPALS, Stack, StackError, missing_binaries  # noqa: E402
 
 COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -41,17 +41,6 @@ def bold(text: str) -> str:
 
 def effect_label(effect: str) -> str:
     return paint(effect.upper(), "32;1" if effect == "allow" else "31;1")
-
-
-def find_mcp_error(exc: BaseException) -> MCPError | None:
-    if isinstance(exc, MCPError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find_mcp_error(inner)
-            if found:
-                return found
-    return None
 
 
 @dataclass

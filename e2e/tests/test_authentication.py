@@ -81,7 +81,7 @@ def test_the_mcp_sdk_fails_fast_without_a_valid_token(clean, token):
     import time
 
     from clients import mcp_client
-    from helpers import find_mcp_error
+    from clients import find_mcp_error
 
     requests_before = len(clean.mcp_received())
 

@@ -10,8 +10,7 @@ import httpx
 import pytest
 from mcp import MCPError
 
-from clients import mcp_client
-from helpers import find_mcp_error
+from clients import find_mcp_error, mcp_client
 
 MODES = ["legacy", "auto"]  # 2025-11-25 handshake, and 2026-07-28 (server/discover, Mcp-Method headers)
 
