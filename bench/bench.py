@@ -36,7 +36,6 @@ peer; implies BENCH_LITELLM=1).
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 import os
@@ -46,7 +45,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +58,10 @@ import jwt as pyjwt
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+# Process and HTTP helpers shared with the end-to-end harness.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
+from stack import die_with_parent, free_port, http_get, jwk_for, tcp_open  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -141,10 +143,6 @@ class BenchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- keys and tokens
-def b64url_uint(n: int) -> str:
-    return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
-
-
 class Issuer:
     """An RS256 identity provider: one key, its JWKS, and tokens minted on demand."""
 
@@ -155,9 +153,7 @@ class Issuer:
         )
 
     def jwks(self) -> dict:
-        numbers = self.key.public_key().public_numbers()
-        return {"keys": [{"kty": "RSA", "kid": KID, "alg": "RS256", "use": "sig",
-                          "n": b64url_uint(numbers.n), "e": b64url_uint(numbers.e)}]}
+        return {"keys": [jwk_for(self.key, KID)]}
 
     def mint(self, sub: str, **claims: Any) -> str:
         now = int(time.time())
@@ -273,28 +269,6 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Ve
 
 
 # --------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tcp_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
@@ -315,17 +289,6 @@ def http_post_headers(url: str, body: bytes, headers: dict[str, str],
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def _child_setup() -> None:
-    """In the child before exec: its own process group, and SIGTERM if bench.py dies."""
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Procs:
     """The server processes this run started (and only those), stopped by process group."""
 
@@ -340,7 +303,7 @@ class Procs:
         full_env.update(env or {})
         with open(self.dir / f"{name}.log", "ab") as err, open(self.dir / f"{name}.stdout.log", "ab") as out:
             self.popen[name] = subprocess.Popen(argv, cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
-                                                stdout=out, stderr=err, preexec_fn=_child_setup)
+                                                stdout=out, stderr=err, preexec_fn=die_with_parent)
 
     def pid(self, name: str) -> int:
         return self.popen[name].pid

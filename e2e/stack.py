@@ -89,8 +89,9 @@ def missing_binaries() -> list[str]:
     return missing
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: its own process group, and SIGTERM if the test runner dies."""
+def die_with_parent() -> None:
+    """In the child before exec: its own process group, and SIGTERM if the parent (the test
+    runner, the demo, the benchmark) dies."""
     os.setsid()
     try:
         import ctypes
@@ -197,7 +198,7 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def _tcp_open(port: int) -> bool:
+def tcp_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -324,7 +325,7 @@ class Stack:
         )
         self._wait("cerbos", lambda: http_get(f"{self.cerbos_http_url}/_cerbos/health")[0] == 200)
         self._wait("llm_upstream", lambda: http_get(f"{self.llm_direct_url}/_received")[0] == 200)
-        self._wait("mcp_server", lambda: _tcp_open(self.ports["mcp"]))
+        self._wait("mcp_server", lambda: tcp_open(self.ports["mcp"]))
 
         self._spawn(
             "agent_authz",
@@ -332,7 +333,7 @@ class Stack:
             env={"RUST_LOG": os.environ.get("RUST_LOG", "info")},
             separate_stdout=True,
         )
-        self._wait("agent_authz", lambda: _tcp_open(self.ports["authz"]))
+        self._wait("agent_authz", lambda: tcp_open(self.ports["authz"]))
 
         self._spawn(
             "envoy",
@@ -427,7 +428,7 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                preexec_fn=_die_with_parent,  # own process group (stop() reaches its children)
+                preexec_fn=die_with_parent,  # own process group (stop() reaches its children)
             )
         finally:
             err.close()
@@ -439,7 +440,7 @@ class Stack:
         proc = self.procs.get(name)
         if proc is None or proc.popen is None or proc.popen.poll() is not None:
             return
-        pgid = proc.popen.pid  # == its process group id (setsid in _die_with_parent)
+        pgid = proc.popen.pid  # == its process group id (setsid in die_with_parent)
         try:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
