@@ -260,4 +260,10 @@ async fn alive_not_ready_and_denying_while_cerbos_is_down_at_start() {
         };
         assert_eq!(denied.status.unwrap().code, 503);
     }
+
+    // The gRPC message limit (max_request_bytes, 1 MiB by default, plus 1 MiB for headers)
+    // holds before anything is decoded: a bigger CheckRequest is refused by the transport.
+    let huge = request("POST", "/v1/chat/completions", &vec![b' '; 3 * 1024 * 1024]);
+    let refused = client.check(huge).await.expect_err("an oversized message");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
 }
