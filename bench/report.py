@@ -81,6 +81,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def render(res: dict) -> str:
     http, cerbos, direct, m = res["http"], res["cerbos"], res["direct"], res["machine"]
+    paced = res.get("cerbos_paced", {})
     NPROC[0] = m["nproc"] or 1
     conc = [str(c) for c in res["settings"]["concurrency"]]
     scen = {s["id"]: s for s in res["scenarios"]}
@@ -93,9 +94,15 @@ def render(res: dict) -> str:
         s, b = r(sid, c), r(f"b_{scen[sid]['base']}", c)
         return s["p50_ms"] - b["p50_ms"] if s and b else float("nan")
 
-    def cerbos_p50(sid: str, c: str) -> float:
+    def cerbos_hot_p50(sid: str, c: str) -> float:
         x = cerbos.get(scen[sid]["cerbos"], {}).get(c)
         return x["p50_ms"] if x else float("nan")
+
+    def cerbos_p50(sid: str, c: str) -> float:
+        """(c) at the scenario's own pace where it was measured (the like-for-like floor), else
+        the hot loop's."""
+        x = paced.get(sid, {}).get(c)
+        return x["p50_ms"] if x else cerbos_hot_p50(sid, c)
 
     out: list[str] = []
     out.append("# agent-authz benchmark: the cost of enforcement, against its baselines\n")
@@ -135,7 +142,8 @@ def render(res: dict) -> str:
         cp = cerbos_p50(s16, c)
         lines.append(f"- **16 KiB chat, 20 tools, uncached, {c} connection{'s' if c != '1' else ''}**: agent-authz "
                      f"adds **{ms(a)}** p50 over the allow-all hop (b) = **{ratio(a / cp)} Cerbos' own p50** for the "
-                     f"same 21 resources (c, {ms(cp)}); end to end it is {ratio(r(s16, c)['p50_ms'] / r('a_16k', c)['p50_ms'])} "
+                     f"same 21 resources asked at the same pace (c, {ms(cp)}; {ms(cerbos_hot_p50(s16, c))} in a hot "
+                     f"loop); end to end it is {ratio(r(s16, c)['p50_ms'] / r('a_16k', c)['p50_ms'])} "
                      f"the p50 of Envoy alone (a) and {ratio(r(s16, c)['throughput_rps'] / r('a_16k', c)['throughput_rps'])} its "
                      f"throughput.")
     d = direct.get("hot_cache_16k_20tools")
@@ -158,20 +166,30 @@ def render(res: dict) -> str:
     out.append("\n".join(lines) + "\n")
 
     # ---------------------------------------------------------------- every target
-    out.append(all_targets(res, r, scen, added_b, cerbos_p50, conc))
+    out.append(all_targets(res, r, scen, added_b, cerbos_p50, cerbos_hot_p50, conc))
 
     # ---------------------------------------------------------------- target
     out.append("## Target: added p50 over (b), uncached, ≤ Cerbos' p50 for the same resources (c) + 100 µs\n")
     out.append("Judged at each concurrency; the issue's target is about the unloaded cost, so the "
                f"{low}-connection rows are the verdict, the {high}-connection rows show the same under load "
-               "(where every process competes for the same CPUs, so queueing is included).\n")
+               "(where every process competes for the same CPUs, so queueing is included).\n\n"
+               "Cerbos' p50 (c) is measured twice with the same CheckResources. *At this pace*: each caller asks "
+               "at most as often as agent-authz asked in the scenario (grpc_load `--interval-us` = connections ÷ "
+               "the scenario's req/s), so Cerbos idles between calls as long as it did behind agent-authz; this "
+               "is the like-for-like floor and the verdict. *Hot loop*: the next call leaves the moment an answer "
+               "arrives, so Cerbos never idles; Cerbos answers the same question faster that way (its Go runtime "
+               "does not go to sleep between calls), which agent-authz, a hop further from the client, cannot "
+               "offer it. Both are shown; the last column judges against the hot loop.\n")
     rows = []
     for c in conc:
         for sid, base_p50, s_p50, add, cp, ok in targets(res, scen, r, added_b, cerbos_p50, c):
-            rows.append([scen[sid]["title"], c, ms(base_p50), ms(s_p50), ms(add), ms(cp), ratio(add / cp),
-                         ms(cp + TARGET_SLACK_MS), "**pass**" if ok else "**FAIL**"])
-    out.append(table(["scenario", "conns", "p50 (b)", "p50 agent-authz", "added over (b)", "Cerbos p50 (c)",
-                      "added / (c)", "limit (c)+0.1 ms", "result"], rows))
+            hot = cerbos_hot_p50(sid, c)
+            rows.append([scen[sid]["title"], c, ms(base_p50), ms(s_p50), ms(add), ms(cp), ms(hot), ratio(add / cp),
+                         ms(cp + TARGET_SLACK_MS), "**pass**" if ok else "**FAIL**",
+                         "pass" if add <= hot + TARGET_SLACK_MS else f"fail (+{(add - hot - TARGET_SLACK_MS) * 1000:.0f} µs)"])
+    out.append(table(["scenario", "conns", "p50 (b)", "p50 agent-authz", "added over (b)", "Cerbos p50 (c) at this pace",
+                      "Cerbos p50 (c) hot loop", "added / (c)", "limit (c)+0.1 ms", "result",
+                      "vs hot-loop (c) + 0.1 ms"], rows))
 
     # ---------------------------------------------------------------- through Envoy
     for c in conc:
@@ -221,6 +239,20 @@ def render(res: dict) -> str:
                          ", ".join(f"{k}: {v}" for k, v in x["outcomes"].items()) + (f", errors: {x['errors']}" if x["errors"] else "") + noisy(x)])
     out.append(table(["question", "conns", "req/s", "p50", "p90", "p99", "Cerbos CPU/check", "Cerbos peak RSS",
                       "answers"], rows))
+    if paced:
+        out.append("The same questions at each uncached scenario's pace (each caller starts a call at most once "
+                   "per interval; the interval is connections ÷ the scenario's req/s through agent-authz):\n")
+        rows = []
+        for sid, by_c in paced.items():
+            for c, x in by_c.items():
+                rows.append([scen[sid]["title"], CERBOS_LABEL.get(scen[sid]["cerbos"], scen[sid]["cerbos"]), c,
+                             f"{x['interval_us'] / 1000:.3f} ms", f"{x['throughput_rps']:.0f}", ms(x["p50_ms"]),
+                             ms(x["p90_ms"]), ms(x["p99_ms"]), ms(cerbos_hot_p50(sid, c)),
+                             us(per_request_us(x, "cerbos")),
+                             ", ".join(f"{k}: {v}" for k, v in x["outcomes"].items())
+                             + (f", errors: {x['errors']}" if x["errors"] else "") + noisy(x)])
+        out.append(table(["paced like", "question", "conns", "interval", "req/s", "p50", "p90", "p99",
+                          "hot-loop p50", "Cerbos CPU/check", "answers"], rows))
 
     # ---------------------------------------------------------------- cache and principals
     out.append("## Decision cache and principals (16 KiB chat, 20 tools: 21 checks per request)\n")
@@ -558,6 +590,9 @@ WHY = {
                 "hyper's connection task, and Cerbos' flow-control ping to acknowledge, each a wake-up or a "
                 "write on loopback), reading the body (~0.6 ms per MiB of conversation, validated but not built), "
                 "and the answer; Cerbos' own time is the (c) column.",
+    "hot_loop": "Cerbos answers a back-to-back hot loop faster than the same question asked at the scenario's "
+                "pace (the (c) tables show both); the gap is Cerbos waking from idle, which is not agent-authz's "
+                "work: the verdict row compares like with like.",
     "hot_added": "agent-authz's CPU per check (the CPU rows) is spent on the request path; at the higher "
                  "concurrency that CPU is shared with Envoy, Cerbos and the load generator on 2 CPUs, so requests "
                  "queue.",
@@ -576,7 +611,8 @@ WHY = {
 }
 
 
-def all_targets(res: dict, r: Any, scen: dict, added_b: Any, cerbos_p50: Any, conc: list[str]) -> str:
+def all_targets(res: dict, r: Any, scen: dict, added_b: Any, cerbos_p50: Any, cerbos_hot_p50: Any,
+                conc: list[str]) -> str:
     """One table with every target of the issue: measured, limit, result, by how much, and why."""
     rows = []
 
@@ -600,6 +636,14 @@ def all_targets(res: dict, r: Any, scen: dict, added_b: Any, cerbos_p50: Any, co
                 " (under load)"), c, f"{n_ok} of {len(t)} scenarios pass", "all",
                 n_ok == len(t), f"worst: {scen[worst[0]]['title']}, {ms(worst[3])} vs {ms(worst[4] + TARGET_SLACK_MS)}",
                 "uncached")
+    if res.get("cerbos_paced"):
+        t = targets(res, scen, r, added_b, cerbos_hot_p50, low)
+        worst = max(t, key=lambda x: x[3] - (x[4] + TARGET_SLACK_MS), default=None)
+        if worst:
+            n_ok = sum(1 for x in t if x[-1])
+            row("(reference) the same against Cerbos in a hot loop, not at the scenario's pace", low,
+                f"{n_ok} of {len(t)} scenarios pass", "all", n_ok == len(t),
+                f"worst: {scen[worst[0]]['title']}, {ms(worst[3])} vs {ms(worst[4] + TARGET_SLACK_MS)}", "hot_loop")
     for c in conc:
         x, b = r("repeat_cache", c), r("b_16k", c)
         if not x or not b:

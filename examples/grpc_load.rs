@@ -14,6 +14,9 @@
 //!   the body goes into `raw_body` (Envoy's `pack_as_bytes`), a fresh `x-request-id` per call,
 //!   and `Authorization: Bearer <token>` rotates through `tokens_file` (one token a line).
 //!
+//! `--interval-us` paces each caller (a call starts at most once per interval) instead of
+//! a hot loop.
+//!
 //! ```text
 //! grpc_load --target cerbos --addr http://127.0.0.1:3593 --spec q.json \
 //!           --concurrency 16 --requests 20000 --max-seconds 10 --warmup 500
@@ -74,6 +77,12 @@ struct Args {
     /// Tokio worker threads of this load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Paced callers: each caller starts a call at most once per this many microseconds
+    /// (sooner calls wait; a slower answer starts the next call at once). 0: a hot loop.
+    /// The bench uses it to ask Cerbos at the rate agent-authz asked it, so Cerbos idles
+    /// between calls as long as it did behind agent-authz.
+    #[arg(long, default_value_t = 0)]
+    interval_us: u64,
 }
 
 enum Workload {
@@ -160,6 +169,7 @@ async fn run_phase(
     concurrency: usize,
     total: u64,
     max: Duration,
+    interval: Duration,
 ) -> Phase {
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -180,7 +190,12 @@ async fn run_phase(
                 }
                 let sent = Instant::now();
                 let result = workload.call(n, caller).await;
-                latencies.push(sent.elapsed().as_nanos() as u64);
+                let took = sent.elapsed();
+                latencies.push(took.as_nanos() as u64);
+                if let Some(rest) = interval.checked_sub(took).filter(|r| !r.is_zero()) {
+                    // tokio's timer has 1 ms granularity; a thread's sleep is ~50 µs exact.
+                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+                }
                 match result {
                     Ok(label) => *outcomes.entry(label).or_default() += 1,
                     Err(e) => {
@@ -408,9 +423,17 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     };
     let workload = Arc::new(workload);
     let max = Duration::from_secs_f64(args.max_seconds);
+    let interval = Duration::from_micros(args.interval_us);
     let concurrency = args.concurrency.max(1);
     if args.warmup > 0 {
-        let warm = run_phase(Arc::clone(&workload), concurrency, args.warmup, max).await;
+        let warm = run_phase(
+            Arc::clone(&workload),
+            concurrency,
+            args.warmup,
+            max,
+            interval,
+        )
+        .await;
         if warm.errors > 0 {
             eprintln!(
                 "grpc_load: {} warm-up errors, first: {}",
@@ -419,7 +442,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             );
         }
     }
-    let mut phase = run_phase(workload, concurrency, args.requests, max).await;
+    let mut phase = run_phase(workload, concurrency, args.requests, max, interval).await;
     phase.latencies_ns.sort_unstable();
     let n = phase.latencies_ns.len();
     let seconds = phase.elapsed.as_secs_f64();
@@ -431,6 +454,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
     Ok(json!({
         "target": format!("{:?}", args.target),
         "concurrency": concurrency,
+        "interval_us": args.interval_us,
         "connections": args.connections.max(1),
         "requests": n,
         "errors": phase.errors,
