@@ -69,7 +69,8 @@ pub struct Tools(pub Vec<DeclaredTool>);
 
 impl Tools {
     pub fn add(&mut self, tool: DeclaredTool) {
-        if !self.0.iter().any(|t| t.key() == tool.key()) {
+        let key = tool.key();
+        if !self.0.iter().any(|t| t.has_key(&key)) {
             self.0.push(tool);
         }
     }

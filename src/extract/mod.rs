@@ -94,6 +94,18 @@ impl DeclaredTool {
             None => self.name.clone(),
         }
     }
+
+    /// `self.key() == key`, without building the key (the duplicate check compares every
+    /// pair of declared tools).
+    pub fn has_key(&self, key: &str) -> bool {
+        match &self.server {
+            None => self.name == key,
+            Some(server) => key
+                .strip_prefix(server.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|name| name == self.name),
+        }
+    }
 }
 
 /// One request dialect: how to read it, and how to remove denied tools from it. A new format
@@ -382,6 +394,22 @@ mod tests {
             resource_kind: None,
             format_header: None,
             dry_run: false,
+        }
+    }
+
+    #[test]
+    fn has_key_agrees_with_key() {
+        let tools = [
+            DeclaredTool::new("refund", "function"),
+            DeclaredTool::new("crm/refund", "function"),
+            DeclaredTool::remote("refund", "crm"),
+            DeclaredTool::remote("*", "crm"),
+            DeclaredTool::remote("refund", "cr"),
+        ];
+        for a in &tools {
+            for b in &tools {
+                assert_eq!(a.has_key(&b.key()), a.key() == b.key(), "{a:?} vs {}", b.key());
+            }
         }
     }
 
