@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use futures_util::TryStreamExt;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Current;
 use crate::respond::check_request::ExtAuthzServer;
+use crate::respond::coalesced_writes::CoalescedWrites;
 use crate::respond::ext_proc::ExtProcService;
 
 /// Room for the headers and attributes around the largest body Envoy may send.
@@ -126,7 +128,9 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .add_service(authz)
         .add_service(ext_proc)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map_ok(CoalescedWrites::new),
             stopped(stop_rx),
         )
         .await?;

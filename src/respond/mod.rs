@@ -1,9 +1,11 @@
 //! Stage 4: the answer. [`Outcome`] is what the pipeline decided, independent of transport;
 //! [`refusal`] is the one place where every reason to refuse becomes an HTTP status, headers
 //! and a body in the caller's dialect (OpenAI error shape, or a JSON-RPC error for MCP).
-//! [`ext_authz`] turns an `Outcome` into Envoy's `CheckResponse`.
+//! [`ext_authz`] turns an `Outcome` into Envoy's `CheckResponse`; [`coalesced_writes`] sends
+//! each answer in one write.
 
 pub mod check_request;
+pub mod coalesced_writes;
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod refusal;
