@@ -835,6 +835,8 @@ class Bench:
                 self.results["http"].setdefault(s["id"], {})[str(c)] = r
                 log(f"{s['id']:<20} c={c:<3} {r['throughput_rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                     f"p99 {r['p99_ms']:.3f} ms  {'ok' if r['ok'] else 'UNEXPECTED ANSWERS ' + json.dumps(errors)}")
+                if s["group"] == "authz" and not s.get("cached") and ONLY != "litellm":
+                    self.run_cerbos_paced(s, c)
 
     def run_cerbos(self) -> None:
         """Baseline (c): Cerbos alone, the same CheckResources, one HTTP/2 connection (as
@@ -849,29 +851,25 @@ class Bench:
                 log(f"cerbos {name:<14} c={c:<3} {r['throughput_rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                     f"p99 {r['p99_ms']:.3f} ms  outcomes {r['outcomes']}")
 
-    def run_cerbos_paced(self, scenarios: list[dict]) -> None:
-        """Baseline (c) at each uncached scenario's own pace: Cerbos alone, the same
-        CheckResources, asked as often as agent-authz asked it in that scenario (each caller
-        starts a call at most once per `connections / req/s`). A hot loop asks again the moment
-        an answer arrives, so Cerbos never idles; behind agent-authz it idles between calls (the
-        rest of the request's path), and its Go runtime answers an idle wake-up more slowly.
-        This is Cerbos' own p50 under the arrival pattern agent-authz gave it."""
-        for s in scenarios:
-            if s["group"] != "authz" or s.get("cached"):
-                continue
-            spec = self.cerbos_specs[s["cerbos"]]
-            for c in CONCURRENCY:
-                rate = self.results["http"][s["id"]][str(c)]["throughput_rps"]
-                interval = int(c * 1e6 / rate)
-                self.grpc_load("cerbos", self.ports["cerbos_grpc"], spec, c, int(rate * WARMUP) + 1, WARMUP,
-                               interval_us=interval)
-                r = self.measure(lambda: self.grpc_load("cerbos", self.ports["cerbos_grpc"], spec, c,
-                                                        int(rate * DURATION * 2) + 10, DURATION,
-                                                        interval_us=interval))
-                r["ok"] = r["errors"] == 0
-                self.results["cerbos_paced"].setdefault(s["id"], {})[str(c)] = r
-                log(f"cerbos paced {s['id']:<18} c={c:<3} every {interval} µs: {r['throughput_rps']:8.0f} req/s  "
-                    f"p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  outcomes {r['outcomes']}")
+    def run_cerbos_paced(self, s: dict, c: int) -> None:
+        """Baseline (c) at an uncached scenario's own pace, measured right after the scenario
+        (so both see the machine in the same state): Cerbos alone, the same CheckResources,
+        asked as often as agent-authz asked it (each caller starts a call at most once per
+        `connections / req/s`). A hot loop asks again the moment an answer arrives, so Cerbos
+        never idles; behind agent-authz it idles between calls (the rest of the request's path),
+        and its Go runtime answers after an idle gap more slowly. This is Cerbos' own p50 under
+        the arrival pattern agent-authz gave it."""
+        spec = self.cerbos_specs[s["cerbos"]]
+        rate = self.results["http"][s["id"]][str(c)]["throughput_rps"]
+        interval = int(c * 1e6 / rate)
+        self.grpc_load("cerbos", self.ports["cerbos_grpc"], spec, c, int(rate * WARMUP) + 1, WARMUP,
+                       interval_us=interval)
+        r = self.measure(lambda: self.grpc_load("cerbos", self.ports["cerbos_grpc"], spec, c,
+                                                int(rate * DURATION * 2) + 10, DURATION, interval_us=interval))
+        r["ok"] = r["errors"] == 0
+        self.results["cerbos_paced"].setdefault(s["id"], {})[str(c)] = r
+        log(f"cerbos paced {s['id']:<18} c={c:<3} every {interval} µs: {r['throughput_rps']:8.0f} req/s  "
+            f"p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  outcomes {r['outcomes']}")
 
     def direct_spec(self, name: str, body: str, path: str = "/v1/chat/completions") -> Path:
         spec = self.run_dir / f"direct_{name}.json"
@@ -1069,8 +1067,6 @@ class Bench:
         self.sanity(scenarios)
         self.run_http(scenarios)
         self.run_cerbos()
-        if ONLY != "litellm":
-            self.run_cerbos_paced(scenarios)
         if ONLY != "litellm":
             self.run_direct()
             self.run_memory()
