@@ -86,6 +86,10 @@ QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "120"))
 # the LiteLLM install, whose time depends on the registry, not on this machine).
 MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "1200"))
 RUN_DEADLINE = time.monotonic() + MAX_SECONDS
+# A measured run is repeated (at most SLOW_RETRIES times) when a speed probe around it was over
+# SLOW_MACHINE times slower than the run's fastest (see speed_probe).
+SLOW_MACHINE = 1.8
+SLOW_RETRIES = 2
 # A subset, for a quicker run: "litellm" = the LiteLLM peer and what it is compared with.
 ONLY = os.environ.get("BENCH_ONLY", "").strip()
 WITH_LITELLM = os.environ.get("BENCH_LITELLM", "") not in ("", "0") or ONLY == "litellm"
@@ -467,6 +471,19 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.15) -> float:
         log(f"machine {share * 100:.0f} % busy with other work; waiting for it to settle")
 
 
+def speed_probe() -> float:
+    """Seconds for a fixed piece of single-threaded CPU work (~18 ms here). This VM shares its
+    host: from second to second the same work takes 18 or 29 ms on either CPU, and for minutes
+    at a time everything can run ~1.5-2.7x slower (seen as every server's CPU per request
+    rising together, with no steal time reported). A probe far slower than the run's fastest
+    shows such a window."""
+    started = time.perf_counter()
+    acc = 0
+    for i in range(300_000):
+        acc = (acc + i * i) % 1_000_003
+    return time.perf_counter() - started
+
+
 def metric(admin_port: int, name: str) -> float:
     status, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
     if status != 200:
@@ -564,6 +581,7 @@ class Bench:
         self.cerbos_specs: dict[str, Path] = {}
         self.results: dict[str, Any] = {"http": {}, "cerbos": {}, "cerbos_paced": {}, "direct": {},
                                         "litellm": {"ran": False}}
+        self.fastest_probe = float("inf")
         self.tracked = ["agent_authz", "agent_authz_cached", "cerbos", "envoy", "upstream", "allow_all"]
         # Measured as a whole process tree (CPU and peak RSS summed), not as one process.
         self.trees = {"litellm"}
@@ -740,10 +758,39 @@ class Bench:
 
     # ------------------------------------------------------------------ measurement
     def measure(self, run: Callable[[], dict], cache_admin: int | None = None) -> dict:
+        """Runs `run` with `measure_once`; when the machine was slow around it (a speed probe
+        before or after it took over SLOW_MACHINE times the run's fastest probe), runs it again,
+        at most SLOW_RETRIES times, and keeps the run whose machine was fastest."""
+        best = None
+        for _ in range(1 + SLOW_RETRIES):
+            result = self.measure_once(run, cache_admin)
+            if best is None or result["slowdown"] < best["slowdown"]:
+                best = result
+            if result["slowdown"] <= SLOW_MACHINE:
+                break
+            log(f"machine {result['slowdown']:.2f}x slower than at its fastest around this run; measuring again")
+        return best
+
+    def probe(self) -> float:
+        """The speed probe on each CPU in turn (best of two), the slowest CPU's time."""
+        cpus = os.sched_getaffinity(0)
+        times = []
+        try:
+            for cpu in sorted(cpus):
+                os.sched_setaffinity(0, {cpu})
+                times.append(min(speed_probe(), speed_probe()))
+        finally:
+            os.sched_setaffinity(0, cpus)
+        t = max(times)
+        self.fastest_probe = min(self.fastest_probe, t)
+        return t
+
+    def measure_once(self, run: Callable[[], dict], cache_admin: int | None = None) -> dict:
         """Runs `run` (a load generator in its own process) with CPU and peak-RSS readings of
         every server process around it."""
         if time.monotonic() > RUN_DEADLINE:
             raise BenchError("BENCH_MAX_SECONDS exceeded")
+        probe_before = self.probe()
         self.procs.check_alive()
         pids = {n: self.procs.pid(n) for n in self.tracked if n not in self.trees}
         trees = {n: self.tree_pids(n) for n in self.tracked if n in self.trees}
@@ -758,6 +805,9 @@ class Bench:
         started = time.monotonic()
         result = run()
         result["wall_s"] = time.monotonic() - started
+        probe_after = self.probe()
+        result["probe_s"] = max(probe_before, probe_after)
+        result["slowdown"] = result["probe_s"] / self.fastest_probe
         task1, irq1, steal1 = machine_cpu()
         result["cpu_s"] = {n: cpu_seconds(pid) - before[n] for n, pid in pids.items()}
         trees = {n: self.tree_pids(n) for n in trees}
@@ -1061,6 +1111,8 @@ class Bench:
     def run(self) -> None:
         started = time.monotonic()
         self.results["quiet_share_at_start"] = wait_for_quiet(QUIET_WAIT)
+        for _ in range(5):
+            self.probe()
         self.write_files()
         self.start()
         scenarios = self.scenarios()
@@ -1073,6 +1125,7 @@ class Bench:
         if WITH_LITELLM:
             self.run_litellm()
         self.results["machine"] = self.machine()
+        self.results["fastest_probe_s"] = self.fastest_probe
         self.results["settings"] = {"duration_s": DURATION, "warmup_s": WARMUP, "concurrency": CONCURRENCY,
                                     "distinct_tokens": N_TOKENS, "only": ONLY or None,
                                     "authz_worker_threads": yaml.safe_load((BENCH / "agent-authz.yaml").read_text())

@@ -83,6 +83,7 @@ def render(res: dict) -> str:
     http, cerbos, direct, m = res["http"], res["cerbos"], res["direct"], res["machine"]
     paced = res.get("cerbos_paced", {})
     NPROC[0] = m["nproc"] or 1
+    FASTEST_PROBE[0] = res.get("fastest_probe_s")
     conc = [str(c) for c in res["settings"]["concurrency"]]
     scen = {s["id"]: s for s in res["scenarios"]}
     low, high = conc[0], conc[-1]
@@ -554,11 +555,20 @@ def other_share(x: dict, nproc: int) -> float:
 
 
 def noisy(x: dict) -> str:
+    """Marks a run measured while something else used the CPUs, or while the machine itself
+    was slow (its speed probe, next to the run's fastest)."""
+    out = ""
     share = other_share(x, NPROC[0])
-    return f"; other work {share * 100:.0f} % of the CPUs" if share > NOISY else ""
+    if share > NOISY:
+        out += f"; other work {share * 100:.0f} % of the CPUs"
+    if FASTEST_PROBE[0] and x.get("probe_s") and x["probe_s"] / FASTEST_PROBE[0] > SLOW_MACHINE:
+        out += f"; machine {x['probe_s'] / FASTEST_PROBE[0]:.1f}× slower than its fastest (speed probe)"
+    return out
 
 
 NPROC = [2]
+FASTEST_PROBE: list[float | None] = [None]
+SLOW_MACHINE = 1.8  # as in bench.py
 
 
 def verdict(ok: bool) -> str:
