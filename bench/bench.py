@@ -723,7 +723,10 @@ class Bench:
                         "cerbos": cerbos, "cached": cached})
         if ONLY == "litellm":
             out = [s for s in out if s["id"] in ONLY_LITELLM_SCENARIOS]
-        return out
+        # Body by body: (a), (b), then the scenarios compared with them, so that a scenario and
+        # its baselines are measured within a minute of each other (this VM's speed drifts).
+        order = [key for key, *_ in baseline_bodies]
+        return sorted(out, key=lambda s: order.index(s["base"]))
 
     def sanity(self, scenarios: list[dict]) -> None:
         """One request per scenario before any load: the expected status, and the question
