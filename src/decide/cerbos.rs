@@ -14,16 +14,18 @@ use cerbos::genpb::cerbos::engine::v1 as engine;
 use cerbos::genpb::cerbos::request::v1::{
     AuxData, CheckResourcesRequest, aux_data, check_resources_request::ResourceEntry,
 };
-use cerbos::genpb::cerbos::response::v1::CheckResourcesResponse;
-use cerbos::genpb::cerbos::svc::v1::cerbos_service_client::CerbosServiceClient;
 use cerbos::genpb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
 use futures_util::future::try_join_all;
 use serde_json::{Map, Value};
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_prost::ProstCodec;
 
+use super::cerbos_answer::{CheckResourcesAnswer, ResultEntry};
 use super::whole_body::WholeBodyChannel;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
@@ -31,7 +33,7 @@ use crate::identity::Principal;
 
 #[derive(Clone)]
 pub struct CerbosEngine {
-    client: CerbosServiceClient<WholeBodyChannel>,
+    client: Grpc<WholeBodyChannel>,
     health: HealthClient<Channel>,
     timeout: Duration,
     policy_version: String,
@@ -56,7 +58,7 @@ impl CerbosEngine {
         }
         let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: CerbosServiceClient::new(WholeBodyChannel::new(channel.clone())),
+            client: Grpc::new(WholeBodyChannel::new(channel.clone())),
             health: HealthClient::new(channel),
             timeout: config.timeout,
             policy_version: config.policy_version.clone(),
@@ -88,10 +90,12 @@ impl CerbosEngine {
         }
     }
 
+    /// `cerbos.svc.v1.CerbosService/CheckResources`, its answer decoded as
+    /// [`CheckResourcesAnswer`] (what the generated client would do, with the lean type).
     async fn call(
         &self,
         request: CheckResourcesRequest,
-    ) -> Result<CheckResourcesResponse, DecideError> {
+    ) -> Result<CheckResourcesAnswer, DecideError> {
         let mut client = self.client.clone();
         let request_id = request.request_id.parse();
         let mut grpc = tonic::Request::new(request);
@@ -99,7 +103,15 @@ impl CerbosEngine {
             // Cerbos' audit log records this when `includeMetadataKeys` lists it.
             grpc.metadata_mut().insert("x-request-id", value);
         }
-        match tokio::time::timeout(self.timeout, client.check_resources(grpc)).await {
+        let call = async move {
+            client.ready().await.map_err(|e| {
+                tonic::Status::unavailable(format!("Cerbos channel not ready: {e}"))
+            })?;
+            let codec = ProstCodec::<CheckResourcesRequest, CheckResourcesAnswer>::default();
+            let path = PathAndQuery::from_static("/cerbos.svc.v1.CerbosService/CheckResources");
+            client.unary(grpc, path, codec).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(DecideError::Timeout(self.timeout.as_millis())),
             Ok(Err(status)) => Err(DecideError::Unavailable(format!(
                 "{:?}: {}",
@@ -168,7 +180,7 @@ impl PolicyEngine for CerbosEngine {
 /// checked anyway so that a reordering can never attach one resource's effect to another.
 fn verdicts(
     checks: &[ResourceCheck],
-    response: CheckResourcesResponse,
+    response: CheckResourcesAnswer,
 ) -> Result<Vec<Verdict>, DecideError> {
     if response.results.len() != checks.len() {
         return Err(DecideError::Protocol(format!(
@@ -180,30 +192,23 @@ fn verdicts(
     checks
         .iter()
         .zip(response.results)
-        .map(|(check, result)| {
-            let resource = result.resource.unwrap_or_default();
-            if resource.id != check.id || resource.kind != check.kind {
+        .map(|(check, result): (&ResourceCheck, ResultEntry)| {
+            let (id, kind) = result
+                .resource
+                .as_ref()
+                .map_or(("", ""), |r| (r.id.as_str(), r.kind.as_str()));
+            if id != check.id || kind != check.kind {
                 return Err(DecideError::Protocol(format!(
-                    "result for {}:{} where {}:{} was asked",
-                    resource.kind, resource.id, check.kind, check.id
+                    "result for {kind}:{id} where {}:{} was asked",
+                    check.kind, check.id
                 )));
             }
-            let effect = match result
-                .actions
-                .get(&check.action)
-                .copied()
-                .map(PbEffect::try_from)
-            {
+            let effect = match result.effect(&check.action).map(PbEffect::try_from) {
                 Some(Ok(PbEffect::Allow)) => Effect::Allow,
                 Some(Ok(PbEffect::NoMatch)) | None => Effect::NoMatch,
                 Some(_) => Effect::Deny,
             };
-            let policy = result
-                .meta
-                .as_ref()
-                .and_then(|m| m.actions.get(&check.action))
-                .map(|m| m.matched_policy.clone())
-                .filter(|p| !p.is_empty());
+            let policy = result.matched_policy(&check.action).map(str::to_owned);
             let outputs = result
                 .outputs
                 .into_iter()

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cerbos;
+mod cerbos_answer;
 pub mod vocabulary;
 mod whole_body;
 

@@ -408,7 +408,12 @@ mod tests {
         ];
         for a in &tools {
             for b in &tools {
-                assert_eq!(a.has_key(&b.key()), a.key() == b.key(), "{a:?} vs {}", b.key());
+                assert_eq!(
+                    a.has_key(&b.key()),
+                    a.key() == b.key(),
+                    "{a:?} vs {}",
+                    b.key()
+                );
             }
         }
     }

@@ -144,8 +144,7 @@ where
         let check = Check(Arc::clone(&self.current));
         let limit = self.max_decoding_message_size;
         Box::pin(async move {
-            let mut grpc =
-                Grpc::new(CheckCodec).apply_max_message_size_config(Some(limit), None);
+            let mut grpc = Grpc::new(CheckCodec).apply_max_message_size_config(Some(limit), None);
             Ok(grpc.unary(check, request).await)
         })
     }
