@@ -566,7 +566,7 @@ class Bench:
         self.files: dict[str, Path] = {}
         self.tokens: dict[str, str] = {}
         self.cerbos_specs: dict[str, Path] = {}
-        self.results: dict[str, Any] = {"http": {}, "cerbos": {}, "cerbos_paced": {}, "direct": {},
+        self.results: dict[str, Any] = {"http": {}, "cerbos": {}, "cerbos_paced": {}, "direct": {}, "direct_uncached": {},
                                         "litellm": {"ran": False}}
         self.fastest_probe = float("inf")
         self.probe_spec: Path | None = None
@@ -945,6 +945,31 @@ class Bench:
             log(f"direct {name:<22} {r['throughput_rps']:8.0f} checks/s  {process} cpu {cpu:.2f} s  "
                 f"=> {r['requests'] / cpu if cpu else float('nan'):.0f} checks per cpu-second  {r['outcomes']}")
 
+    def run_direct_uncached(self) -> None:
+        """The uncached hop without Envoy, one connection: agent-authz alone asking Cerbos,
+        the allow-all server fed the same way (the hop's floor), and Cerbos alone at the pace
+        agent-authz asked it, each right after the other. What agent-authz adds beyond the two
+        floors here is its own share of an uncached check; the rest of the gap measured through
+        Envoy comes from the longer chain of processes sharing the CPUs."""
+        for key, body, question in (("1k_0tools", "chat_1k", "model"),
+                                    ("16k_20tools", "chat_16k_20tools", "model_20tools")):
+            spec = self.direct_spec(f"uncached_{key}", body)
+            out = {}
+            self.fresh("agent_authz")
+            for name, port in (("agent_authz", self.ports["authz"]), ("allow_all", self.ports["allow_all"])):
+                self.grpc_load("ext-authz", port, spec, 1, 300, WARMUP)
+                out[name] = self.measure(lambda: self.grpc_load("ext-authz", port, spec, 1, 100000, DURATION))
+            interval = int(1e6 / out["agent_authz"]["throughput_rps"])
+            cerbos_spec = self.cerbos_specs[question]
+            self.grpc_load("cerbos", self.ports["cerbos_grpc"], cerbos_spec, 1, 200, WARMUP, interval_us=interval)
+            out["cerbos_paced"] = self.measure(lambda: self.grpc_load("cerbos", self.ports["cerbos_grpc"], cerbos_spec,
+                                                                      1, 100000, DURATION, interval_us=interval))
+            self.results["direct_uncached"][key] = out
+            own = out["agent_authz"]["p50_ms"] - out["allow_all"]["p50_ms"] - out["cerbos_paced"]["p50_ms"]
+            log(f"direct uncached {key:<12} agent-authz p50 {out['agent_authz']['p50_ms']:.3f} ms, allow-all "
+                f"{out['allow_all']['p50_ms']:.3f} ms, Cerbos paced {out['cerbos_paced']['p50_ms']:.3f} ms: "
+                f"own share {own * 1000:.0f} µs")
+
     def run_memory(self) -> None:
         """The issue's memory targets: agent-authz's resident set idle (restarted, ready, one
         small check judged, then left alone for a second) and its peak with 64 concurrent 1 MiB bodies
@@ -1111,6 +1136,7 @@ class Bench:
         self.run_cerbos()
         if ONLY != "litellm":
             self.run_direct()
+            self.run_direct_uncached()
             self.run_memory()
         if WITH_LITELLM:
             self.run_litellm()

@@ -195,6 +195,26 @@ def render(res: dict) -> str:
     out.append(table(["scenario", "conns", "p50 (b)", "p50 agent-authz", "added over (b)", "Cerbos p50 (c) at this pace",
                       "Cerbos p50 (c) hot loop", "added / (c)", "limit (c)+0.1 ms", "result",
                       "vs hot-loop (c) + 0.1 ms"], rows))
+    du = res.get("direct_uncached") or {}
+    if du:
+        out.append("The same hop without Envoy, one connection, each run right after the other: grpc_load → "
+                   "agent-authz (cache off) → Cerbos; grpc_load → allow-all (the hop's floor); grpc_load → Cerbos at "
+                   "the pace agent-authz asked it. What remains after both floors is agent-authz's own share of an "
+                   "uncached check (extraction, the Cerbos request and answer, the decision, the answer); the rest "
+                   "of the gap through Envoy comes with the longer chain (wrk, two Envoy workers, agent-authz, "
+                   "Cerbos, the upstream) sharing the 2 CPUs, each waking the next.\n")
+        rows = []
+        for key, label in (("1k_0tools", "chat 1 KiB, 0 tools"), ("16k_20tools", "chat 16 KiB, 20 tools")):
+            x = du.get(key)
+            if not x:
+                continue
+            a, f, c = x["agent_authz"], x["allow_all"], x["cerbos_paced"]
+            own = a["p50_ms"] - f["p50_ms"] - c["p50_ms"]
+            rows.append([label, ms(a["p50_ms"]), ms(f["p50_ms"]), ms(c["p50_ms"]), f"{own * 1000:.0f} µs",
+                         "**pass**" if own <= TARGET_SLACK_MS else "**FAIL**",
+                         us(per_request_us(a, "agent_authz")), noisy(a).lstrip("; ") or "–"])
+        out.append(table(["request", "agent-authz p50 (uncached)", "allow-all p50", "Cerbos p50 at this pace",
+                          "agent-authz's own share", "≤ 100 µs", "agent-authz CPU/check", "notes"], rows))
 
     # ---------------------------------------------------------------- through Envoy
     for c in conc:
