@@ -1106,7 +1106,9 @@ class Bench:
         envoy = first_line([str(TOOLS_BIN / "envoy"), "--version"])
         envoy = envoy.split("version:")[-1].strip() if "version:" in envoy else envoy
         git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        # What the measured binaries are built from (edits to the bench's own scripts do not count).
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "src", "examples", "Cargo.toml", "Cargo.lock"], cwd=REPO,
                                capture_output=True, text=True).stdout.strip()
         return {
             "nproc": os.cpu_count(),
@@ -1117,7 +1119,7 @@ class Bench:
             "kernel": f"{platform.system()} {platform.release()}",
             "envoy": envoy,
             "cerbos": first_line([str(TOOLS_BIN / "cerbos"), "--version"]),
-            "agent_authz": first_line([str(AGENT_AUTHZ), "--version"]) + f" (git {git}{', uncommitted changes' if dirty else ''})",
+            "agent_authz": first_line([str(AGENT_AUTHZ), "--version"]) + f" (git {git}{', uncommitted changes to the code' if dirty else ''})",
             "rustc": first_line(["rustc", "--version"]),
             "wrk": first_line(["wrk", "-v"]).split(" [")[0],
             "python": platform.python_version(),
