@@ -28,7 +28,7 @@ Knobs (environment): BENCH_DURATION (s per measured wrk run, default 5), BENCH_W
 default 1), BENCH_CONCURRENCY (default "1,16"), BENCH_TOKENS (distinct principals, default
 1000), BENCH_KEEP_DIR=1 (keep the run directory with every log), BENCH_OUT (default bench/),
 BENCH_QUIET_WAIT (s to wait for other work on the machine to settle first, default 120),
-BENCH_MAX_SECONDS (bound on the whole run, default 1200, not counting the LiteLLM install),
+BENCH_MAX_SECONDS (bound on the whole run, default 1800, not counting the LiteLLM install),
 BENCH_LITELLM=1 (the LiteLLM peer), BENCH_ONLY=litellm (only what the peer is compared with: the
 1 KiB and 16 KiB scenarios, their baselines (a), (b), (c), the cached 16 KiB scenario and the
 peer; implies BENCH_LITELLM=1).
@@ -84,7 +84,7 @@ KEEP_DIR = bool(os.environ.get("BENCH_KEEP_DIR"))
 QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT", "120"))
 # The whole run is bounded: every child has a timeout, and this guards the sum (restarted after
 # the LiteLLM install, whose time depends on the registry, not on this machine).
-MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "1200"))
+MAX_SECONDS = float(os.environ.get("BENCH_MAX_SECONDS", "1800"))
 RUN_DEADLINE = time.monotonic() + MAX_SECONDS
 # A measured run is repeated (at most SLOW_RETRIES times) when a speed probe around it was over
 # SLOW_MACHINE times slower than the run's fastest (see Bench.probe).
