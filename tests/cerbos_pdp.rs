@@ -4,7 +4,6 @@
 //! Without it the tests are skipped with a loud message, except under CI (`CI` set), where a
 //! missing PDP is a failure.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +17,9 @@ use agent_authz::extract::{
 };
 use agent_authz::identity::Principal;
 use serde_json::{Value, json};
+
+mod common;
+use common::free_port;
 
 fn cerbos_binary() -> Option<PathBuf> {
     let path = std::env::var_os("CERBOS_BIN")
@@ -37,14 +39,6 @@ fn cerbos_binary() -> Option<PathBuf> {
         path.display()
     );
     None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A Cerbos PDP child process serving `policies/`, killed on drop.
