@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use futures_util::TryStreamExt;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -26,6 +25,7 @@ use crate::reload::Current;
 use crate::respond::check_request::ExtAuthzServer;
 use crate::respond::coalesced_writes::CoalescedWrites;
 use crate::respond::ext_proc::ExtProcService;
+use crate::respond::processing_request::ExtProcServer;
 
 /// Room for the headers and attributes around the largest body Envoy may send.
 const GRPC_OVERHEAD_BYTES: usize = 1024 * 1024;
@@ -69,15 +69,12 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
     let authz = ExtAuthzServer::new(Arc::clone(&current), max_message);
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&current)))
-        .max_decoding_message_size(max_message);
+    let ext_proc = ExtProcServer::new(ExtProcService::new(Arc::clone(&current)), max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ExtAuthzServer<Engine>>()
         .await;
-    health_reporter
-        .set_serving::<ExternalProcessorServer<ExtProcService<Engine>>>()
-        .await;
+    health_reporter.set_serving::<ExtProcServer<Engine>>().await;
     if !config.server.config_reload_interval.is_zero() {
         let reload_metrics = Arc::clone(&metrics);
         let reload_schemas = Arc::clone(&schemas);

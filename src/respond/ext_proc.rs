@@ -17,23 +17,24 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
-    body_mutation::Mutation, external_processor_server::ExternalProcessor,
-    processing_request::Request as Phase, processing_response::Response as Reply,
+    ImmediateResponse, ProcessingResponse, TrailersResponse, body_mutation::Mutation,
+    processing_response::Response as Reply,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Response, Status, Streaming};
 
 use super::ext_authz::struct_to_json;
+use super::processing_request::{Phase, ProcessingRequest};
 use crate::decide::PolicyEngine;
 use crate::extract::dialect;
 use crate::handoff::Handoff;
@@ -54,15 +55,13 @@ impl<E> ExtProcService<E> {
     }
 }
 
-#[tonic::async_trait]
-impl<E: PolicyEngine> ExternalProcessor for ExtProcService<E> {
-    type ProcessStream = ReceiverStream<Result<ProcessingResponse, Status>>;
-
-    async fn process(
+impl<E: PolicyEngine> ExtProcService<E> {
+    /// One `Process` stream: each message of one HTTP exchange, answered in order (served by
+    /// [`super::processing_request::ExtProcServer`]).
+    pub fn process(
         &self,
-        request: Request<Streaming<ProcessingRequest>>,
-    ) -> Result<Response<Self::ProcessStream>, Status> {
-        let mut inbound = request.into_inner();
+        mut inbound: Streaming<ProcessingRequest>,
+    ) -> Response<ReceiverStream<Result<ProcessingResponse, Status>>> {
         let (tx, rx) = mpsc::channel(4);
         // One configuration for the whole exchange, even across a reload.
         let pipeline = self.current.get();
@@ -76,7 +75,7 @@ impl<E: PolicyEngine> ExternalProcessor for ExtProcService<E> {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Response::new(ReceiverStream::new(rx))
     }
 }
 
@@ -154,7 +153,7 @@ impl Exchange {
 
     fn request_body(
         &mut self,
-        body: Vec<u8>,
+        body: Bytes,
         end_of_stream: bool,
     ) -> Result<ProcessingResponse, Status> {
         let strip = self
@@ -250,7 +249,7 @@ impl Exchange {
     async fn response_body<E: PolicyEngine>(
         &mut self,
         pipeline: &Pipeline<E>,
-        chunk: Vec<u8>,
+        chunk: Bytes,
         end_of_stream: bool,
     ) -> Result<ProcessingResponse, Status> {
         let limit = pipeline.max_list_response_bytes();
@@ -434,8 +433,8 @@ fn header(headers: &HttpHeaders, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::processing_request::HttpBody;
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
-    use envoy_types::pb::envoy::service::ext_proc::v3::HttpBody;
 
     use super::*;
     use crate::audit::AuditLog;
@@ -533,16 +532,14 @@ mod tests {
                 headers: Some(headers),
                 ..HttpHeaders::default()
             })),
-            ..ProcessingRequest::default()
         }
     }
 
     fn body(phase: fn(HttpBody) -> Phase, bytes: &[u8], end_of_stream: bool) -> ProcessingRequest {
         ProcessingRequest {
             request: Some(phase(HttpBody {
-                body: bytes.to_vec(),
+                body: Bytes::copy_from_slice(bytes),
                 end_of_stream,
-                ..HttpBody::default()
             })),
             ..ProcessingRequest::default()
         }

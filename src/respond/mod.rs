@@ -8,6 +8,7 @@ pub mod check_request;
 pub mod coalesced_writes;
 pub mod ext_authz;
 pub mod ext_proc;
+pub mod processing_request;
 pub mod refusal;
 
 use serde_json::{Map, Value};
