@@ -24,7 +24,6 @@ use crate::pipeline::Pipeline;
 use crate::reload::Current;
 use crate::respond::check_request::ExtAuthzServer;
 use crate::respond::coalesced_writes::CoalescedWrites;
-use crate::respond::ext_proc::ExtProcService;
 use crate::respond::processing_request::ExtProcServer;
 
 /// Room for the headers and attributes around the largest body Envoy may send.
@@ -69,7 +68,7 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .max_request_bytes
         .saturating_add(GRPC_OVERHEAD_BYTES);
     let authz = ExtAuthzServer::new(Arc::clone(&current), max_message);
-    let ext_proc = ExtProcServer::new(ExtProcService::new(Arc::clone(&current)), max_message);
+    let ext_proc = ExtProcServer::new(Arc::clone(&current), max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<ExtAuthzServer<Engine>>()

@@ -15,7 +15,6 @@
 //! Every response sets the variant matching its request; Envoy treats any other as spurious.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -45,38 +44,27 @@ use crate::rewrite::{listing, sse};
 /// Namespace of the metadata this leg emits (list it in ext_proc `receiving_namespaces`).
 pub const METADATA_NAMESPACE: &str = "agent_authz";
 
-pub struct ExtProcService<E> {
-    current: Arc<Current<E>>,
-}
-
-impl<E> ExtProcService<E> {
-    pub fn new(current: Arc<Current<E>>) -> Self {
-        Self { current }
-    }
-}
-
-impl<E: PolicyEngine> ExtProcService<E> {
-    /// One `Process` stream: each message of one HTTP exchange, answered in order (served by
-    /// [`super::processing_request::ExtProcServer`]).
-    pub fn process(
-        &self,
-        mut inbound: Streaming<ProcessingRequest>,
-    ) -> Response<ReceiverStream<Result<ProcessingResponse, Status>>> {
-        let (tx, rx) = mpsc::channel(4);
-        // One configuration for the whole exchange, even across a reload.
-        let pipeline = self.current.get();
-        tokio::spawn(async move {
-            let mut exchange = Exchange::default();
-            while let Ok(Some(message)) = inbound.message().await {
-                let reply = exchange.handle(&pipeline, message).await;
-                let stop = reply.is_err();
-                if tx.send(reply).await.is_err() || stop {
-                    break;
-                }
+/// One `Process` stream: each message of one HTTP exchange, answered in order, with the
+/// pipeline running when the stream opened (served by
+/// [`super::processing_request::ExtProcServer`]).
+pub fn process<E: PolicyEngine>(
+    current: &Current<E>,
+    mut inbound: Streaming<ProcessingRequest>,
+) -> Response<ReceiverStream<Result<ProcessingResponse, Status>>> {
+    let (tx, rx) = mpsc::channel(4);
+    // One configuration for the whole exchange, even across a reload.
+    let pipeline = current.get();
+    tokio::spawn(async move {
+        let mut exchange = Exchange::default();
+        while let Ok(Some(message)) = inbound.message().await {
+            let reply = exchange.handle(&pipeline, message).await;
+            let stop = reply.is_err();
+            if tx.send(reply).await.is_err() || stop {
+                break;
             }
-        });
-        Response::new(ReceiverStream::new(rx))
-    }
+        }
+    });
+    Response::new(ReceiverStream::new(rx))
 }
 
 /// What one HTTP exchange has shown so far.
@@ -433,6 +421,8 @@ fn header(headers: &HttpHeaders, name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::super::processing_request::HttpBody;
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
 

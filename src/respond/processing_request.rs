@@ -26,8 +26,9 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use super::ext_proc::ExtProcService;
+use super::ext_proc;
 use crate::decide::PolicyEngine;
+use crate::reload::Current;
 
 /// `envoy.service.ext_proc.v3.ProcessingRequest`, as far as agent-authz reads it.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -70,15 +71,15 @@ pub struct Trailers {}
 
 /// The `ExternalProcessor` gRPC service over the running pipeline.
 pub struct ExtProcServer<E> {
-    service: Arc<ExtProcService<E>>,
+    current: Arc<Current<E>>,
     max_decoding_message_size: usize,
 }
 
 impl<E> ExtProcServer<E> {
     /// `max_decoding_message_size`: the largest `ProcessingRequest` accepted.
-    pub fn new(service: ExtProcService<E>, max_decoding_message_size: usize) -> Self {
+    pub fn new(current: Arc<Current<E>>, max_decoding_message_size: usize) -> Self {
         Self {
-            service: Arc::new(service),
+            current,
             max_decoding_message_size,
         }
     }
@@ -87,7 +88,7 @@ impl<E> ExtProcServer<E> {
 impl<E> Clone for ExtProcServer<E> {
     fn clone(&self) -> Self {
         Self {
-            service: Arc::clone(&self.service),
+            current: Arc::clone(&self.current),
             max_decoding_message_size: self.max_decoding_message_size,
         }
     }
@@ -98,7 +99,7 @@ impl<E> NamedService for ExtProcServer<E> {
 }
 
 /// One `Process` stream.
-struct Process<E>(Arc<ExtProcService<E>>);
+struct Process<E>(Arc<Current<E>>);
 
 impl<E: PolicyEngine> StreamingService<ProcessingRequest> for Process<E> {
     type Response = ProcessingResponse;
@@ -106,8 +107,8 @@ impl<E: PolicyEngine> StreamingService<ProcessingRequest> for Process<E> {
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: tonic::Request<Streaming<ProcessingRequest>>) -> Self::Future {
-        let service = Arc::clone(&self.0);
-        Box::pin(async move { Ok(service.process(request.into_inner())) })
+        let current = Arc::clone(&self.0);
+        Box::pin(async move { Ok(ext_proc::process(&current, request.into_inner())) })
     }
 }
 
@@ -129,7 +130,7 @@ where
         if request.uri().path() != "/envoy.service.ext_proc.v3.ExternalProcessor/Process" {
             return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
         }
-        let process = Process(Arc::clone(&self.service));
+        let process = Process(Arc::clone(&self.current));
         let limit = self.max_decoding_message_size;
         Box::pin(async move {
             let mut grpc =
