@@ -25,7 +25,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_prost::ProstCodec;
 
-use super::cerbos_answer::{CheckResourcesAnswer, ResultEntry};
+use super::cerbos_answer::CheckResourcesAnswer;
 use super::whole_body::WholeBodyChannel;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
@@ -192,7 +192,7 @@ fn verdicts(
     checks
         .iter()
         .zip(response.results)
-        .map(|(check, result): (&ResourceCheck, ResultEntry)| {
+        .map(|(check, result)| {
             let (id, kind) = result
                 .resource
                 .as_ref()
