@@ -9,8 +9,8 @@
 //!
 //! Selective: a dialect names what it reads ([`Reading`]); everything else (conversation, tool
 //! schemas) is checked to be valid JSON (syntax, UTF-8 escapes, nesting limit) and skipped,
-//! without being built and without a duplicate-key check: a duplicate there cannot change the model or tools judged, and that
-//! check alone cost more than the rest of a cached check. This is the service's hottest code:
+//! without being built and without a duplicate-key check: a duplicate there cannot change the
+//! model or tools judged, and that check alone cost more than the rest of a cached check. This is the service's hottest code:
 //! building those parts as `serde_json::Value` trees (one allocation per string, key and
 //! object) dominated every profile. The body's UTF-8 is checked once up front, so strings are
 //! not re-validated one by one, and object keys are compared where they lie in the body.
@@ -312,6 +312,12 @@ mod tests {
         unread: &[],
     };
 
+    /// `{"k0":0,...,"k<n-1>":<n-1><more>}`: an object with `n` distinct keys, then `more`.
+    fn wide_object(n: usize, more: &str) -> String {
+        let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+        format!("{{{}{more}}}", keys.join(","))
+    }
+
     #[test]
     fn only_named_members_are_built_and_unread_ones_are_null() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],
@@ -337,13 +343,8 @@ mod tests {
             members: &["model", "tools"],
             unread: &["parameters"],
         };
-        let many_keys: String = format!(
-            "{{{},\"k3\":0}}",
-            (0..20)
-                .map(|i| format!("\"k{i}\":{i}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        // Past the in-place comparison (FEW keys): the duplicate is found by the hash set.
+        let many_keys = wide_object(20, r#","k3":0"#);
         for dup in [
             br#"{"model":"m","messages":[],"messages":[]}"#.to_vec(),
             br#"{"model":"a","model":"b"}"#.to_vec(),
@@ -376,13 +377,7 @@ mod tests {
             parse(body).unwrap(),
             json!({"a":{"k":1},"b":[{"k":2},null,true],"n":1.5,"i":-3,"u":18446744073709551615u64,"s":"\"é"})
         );
-        let wide: String = format!(
-            "{{{}}}",
-            (0..50)
-                .map(|i| format!("\"k{i}\":{i}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let wide = wide_object(50, "");
         assert_eq!(
             parse(wide.as_bytes()).unwrap().as_object().unwrap().len(),
             50
