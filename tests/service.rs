@@ -11,6 +11,10 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, ProcessingRequest, processing_request::Request as Phase,
+};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -260,4 +264,27 @@ async fn alive_not_ready_and_denying_while_cerbos_is_down_at_start() {
     let huge = request("POST", "/v1/chat/completions", &vec![b' '; 3 * 1024 * 1024]);
     let refused = client.check(huge).await.expect_err("an oversized message");
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+
+    // The same limit on the ext_proc service (also hand-written, respond/processing_request.rs):
+    // the oversized message is never processed, so it gets no answer (the stream ends; Envoy
+    // treats that as a failed exchange).
+    let mut ext_proc = ExternalProcessorClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    let huge_body = ProcessingRequest {
+        request: Some(Phase::RequestBody(HttpBody {
+            body: vec![b' '; 3 * 1024 * 1024],
+            end_of_stream: true,
+            ..HttpBody::default()
+        })),
+        ..ProcessingRequest::default()
+    };
+    let answer = match ext_proc.process(tokio_stream::iter([huge_body])).await {
+        Ok(stream) => stream.into_inner().message().await,
+        Err(status) => Err(status),
+    };
+    assert!(
+        !matches!(answer, Ok(Some(_))),
+        "an oversized message was processed: {answer:?}"
+    );
 }
