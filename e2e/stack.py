@@ -237,6 +237,8 @@ class Stack:
         identity_source: str = "jwt",
         authz_overrides: dict | None = None,
         mcp_args: tuple[str, ...] = (),
+        upstream_script: str | None = None,
+        envoy_args: tuple[str, ...] = (),
         name: str = "stack",
         copy_policies: bool = False,
         keep_dir: bool | None = None,
@@ -249,6 +251,10 @@ class Stack:
         self.identity_source = identity_source
         self.authz_overrides = authz_overrides or {}
         self.mcp_args = tuple(mcp_args)
+        # One script (under e2e/upstreams/) serving both upstream ports instead of the sample LLM
+        # upstream and MCP server, e.g. slow_stream.py; it must answer GET /_received.
+        self.upstream_script = upstream_script
+        self.envoy_args = tuple(envoy_args)
         # A private copy of policies/ that a run may edit (Cerbos watches it for changes).
         self.copy_policies = copy_policies
         self.keep_dir = bool(os.environ.get("E2E_KEEP_DIR")) if keep_dir is None else keep_dir
@@ -314,15 +320,15 @@ class Stack:
             [str(TOOLS_BIN / "cerbos"), "server", f"--config={self.dir / 'cerbos.yaml'}"],
             env={"CERBOS_NO_TELEMETRY": "1"},
         )
+        llm_script = self.upstream_script or "llm_upstream.py"
         self._spawn(
             "llm_upstream",
-            [python, "-u", str(REPO / "e2e/upstreams/llm_upstream.py"), "--port", str(self.ports["llm"])],
+            [python, "-u", str(REPO / "e2e/upstreams" / llm_script), "--port", str(self.ports["llm"])],
         )
-        self._spawn(
-            "mcp_server",
-            [python, "-u", str(REPO / "e2e/upstreams/mcp_server.py"), "--port", str(self.ports["mcp"]), *self.mcp_args],
-            env={"MCP_EXECUTIONS_LOG": str(self.executions_log)},
-        )
+        mcp_argv = [str(REPO / "e2e/upstreams/mcp_server.py"), "--port", str(self.ports["mcp"]), *self.mcp_args]
+        if self.upstream_script:
+            mcp_argv = [str(REPO / "e2e/upstreams" / self.upstream_script), "--port", str(self.ports["mcp"])]
+        self._spawn("mcp_server", [python, "-u", *mcp_argv], env={"MCP_EXECUTIONS_LOG": str(self.executions_log)})
         self._wait("cerbos", lambda: http_get(f"{self.cerbos_http_url}/_cerbos/health")[0] == 200)
         self._wait("llm_upstream", lambda: http_get(f"{self.llm_direct_url}/_received")[0] == 200)
         self._wait("mcp_server", lambda: tcp_open(self.ports["mcp"]))
@@ -335,19 +341,34 @@ class Stack:
         )
         self._wait("agent_authz", lambda: tcp_open(self.ports["authz"]))
 
+        self._spawn_envoy("envoy", self.dir / "envoy.yaml", self.ports["admin"])
+        return self
+
+    def _spawn_envoy(self, name: str, config: Path, admin_port: int, env: dict[str, str] | None = None) -> None:
         self._spawn(
-            "envoy",
+            name,
             [
                 str(TOOLS_BIN / "envoy"),
-                "-c", str(self.dir / "envoy.yaml"),
+                "-c", str(config),
                 "--disable-hot-restart",
                 "--base-id", str(next(self._base_ids)),
                 "--log-level", "warn",
                 "--file-flush-interval-msec", "200",  # access-log lines appear at once
+                *self.envoy_args,
             ],
+            env=env,
         )
-        self._wait("envoy", lambda: http_get(f"{self.envoy_admin_url}/ready")[0] == 200)
-        return self
+        self._wait(name, lambda: http_get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200)
+
+    def start_extra_envoy(self, name: str, template: str, env: dict[str, str] | None = None) -> str:
+        """Another Envoy, from `template` (the text of an envoy/*.yaml file), in front of this
+        stack's agent-authz and upstreams on its own listener and admin ports; its listener URL."""
+        ports = {k: self.ports[k] for k in ("authz", "authz_admin", "llm", "mcp")}
+        ports.update(listener=free_port(), admin=free_port())
+        config = self.dir / f"{name}.yaml"
+        config.write_text(render_envoy_config(template, ports, str(self.jwks_path)))
+        self._spawn_envoy(name, config, ports["admin"], env)
+        return f"http://127.0.0.1:{ports['listener']}"
 
     def stop(self) -> None:
         if self._stopped:
