@@ -1,13 +1,14 @@
 //! The `agent-authz` binary: parses the command line, sets up diagnostics, loads the
 //! configuration and hands over to the library. Exit codes: 0 ok, 64 bad configuration or
-//! usage, 1 runtime failure.
+//! usage, 1 runtime failure (for `classify`: a path that matches no route).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use agent_authz::config::Config;
+use agent_authz::config::{Config, UnclassifiedRoutes};
+use agent_authz::extract::{Router, path_without_query};
 use agent_authz::telemetry;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -35,6 +36,16 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Print the route (format, MCP server) each request path is judged as, by the same
+    /// matcher `serve` uses; exit 1 if a path matches no route. For checking that every path
+    /// Envoy sends to agent-authz is classified.
+    Classify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Request paths, e.g. /v1/models (a query string is ignored, as when serving).
+        #[arg(required = true)]
+        paths: Vec<String>,
     },
 }
 
@@ -71,11 +82,49 @@ fn tune_allocator() {
     }
 }
 
+/// One line per path: the path, then the matching route's prefix, format and MCP server, or
+/// `unclassified` and what `unclassified_routes` does with it.
+fn classify(config: &Config, paths: &[String]) -> ExitCode {
+    let router = Router::new(&config.routes);
+    let mut all_classified = true;
+    for path in paths {
+        match router.classify(path_without_query(path)) {
+            Some(route) => {
+                let server = route
+                    .mcp_server
+                    .as_deref()
+                    .map(|s| format!(" mcp_server={s}"))
+                    .unwrap_or_default();
+                println!(
+                    "{path} route={} format={}{server}",
+                    route.path_prefix,
+                    route.format.as_str()
+                );
+            }
+            None => {
+                all_classified = false;
+                let what = match config.unclassified_routes {
+                    UnclassifiedRoutes::Deny => "denied",
+                    UnclassifiedRoutes::Allow => "allowed without a policy check",
+                };
+                println!("{path} unclassified ({what}: unclassified_routes)");
+            }
+        }
+    }
+    if all_classified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     let path = match &cli.command {
-        Command::Serve { config } | Command::Validate { config } => config,
+        Command::Serve { config }
+        | Command::Validate { config }
+        | Command::Classify { config, .. } => config,
     };
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -84,9 +133,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    if let Command::Validate { .. } = cli.command {
-        println!("{}: ok", path.display());
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Command::Validate { .. } => {
+            println!("{}: ok", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Command::Classify { paths, .. } => return classify(&config, paths),
+        Command::Serve { .. } => {}
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
