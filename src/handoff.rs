@@ -4,6 +4,9 @@
 //! key `agent_authz`); Envoy forwards that namespace to ext_proc when the ext_proc filter lists
 //! it in `metadata_options.forwarding_namespaces.untyped`. Metadata is written only by Envoy's
 //! filters, so a client cannot forge it (unlike a header, or a cache keyed on `x-request-id`).
+//!
+//! The handoff travels as one JSON string, not as a protobuf `Struct`: a `Struct` stores every
+//! number as a double, and a JSON-RPC id or a claim beyond 2^53 would arrive changed.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -29,7 +32,8 @@ pub struct Handoff {
     /// [`crate::extract::DeclaredTool::key`].
     #[serde(default)]
     pub strip_tools: Vec<String>,
-    /// Set when the exchange is a single MCP `tools/list` request whose answer must be filtered.
+    /// Set when the exchange's answer may carry a `tools/list` result that must be filtered:
+    /// a request (or batch) with a `tools/list` message, or a resumed MCP stream.
     #[serde(default)]
     pub tools_list: Option<ToolsListHandoff>,
     /// Set for a model listing whose answer must be filtered: the route prefix.
@@ -46,32 +50,29 @@ pub struct HandoffPrincipal {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolsListHandoff {
-    /// The JSON-RPC id of the `tools/list` request, to find its answer in an SSE stream.
-    pub request_id: Value,
+    /// The JSON-RPC ids of the `tools/list` requests, each as its exact JSON text (evidence;
+    /// answers are recognised by shape, see [`crate::rewrite::listing`]).
+    #[serde(default)]
+    pub request_ids: Vec<String>,
     pub server: String,
     pub kind: String,
 }
 
 impl Handoff {
+    /// Whether the ext_proc leg rewrites the answer (a listing to filter).
+    pub fn filters_answer(&self) -> bool {
+        self.tools_list.is_some() || self.models_list.is_some()
+    }
+
+    /// The metadata value: the handoff as its JSON text.
     pub fn to_value(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        Value::String(serde_json::to_string(self).unwrap_or_default())
     }
 
     /// Reads the handoff from forwarded metadata (namespace → content).
     pub fn from_metadata(metadata: &std::collections::HashMap<String, Value>) -> Option<Handoff> {
-        let raw = metadata.get(EXT_AUTHZ_NAMESPACE)?.get(METADATA_KEY)?;
-        let mut handoff: Handoff = serde_json::from_value(raw.clone()).ok()?;
-        // Protobuf Structs carry every number as a double: restore integers.
-        handoff.principal.attr = handoff
-            .principal
-            .attr
-            .into_iter()
-            .map(|(k, v)| (k, crate::identity::normalize_numbers(v)))
-            .collect();
-        if let Some(list) = &mut handoff.tools_list {
-            list.request_id = crate::identity::normalize_numbers(list.request_id.take());
-        }
-        Some(handoff)
+        let raw = metadata.get(EXT_AUTHZ_NAMESPACE)?.get(METADATA_KEY)?.as_str()?;
+        serde_json::from_str(raw).ok()
     }
 }
 

@@ -494,7 +494,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         if self.output_headers {
             headers.extend(output_headers(&trace.decision));
         }
-        let remove_headers = input
+        let mut remove_headers: Vec<String> = input
             .headers
             .keys()
             .filter(|name| {
@@ -510,7 +510,12 @@ impl<E: PolicyEngine> Pipeline<E> {
             response_headers.push((DENIED_TOOLS_HEADER.to_owned(), trace.denied_tools.join(",")));
         }
         let mut metadata = metadata(trace, "allow", reason);
-        if let Some(handoff) = self.handoff(trace) {
+        if let Some(handoff) = self.handoff(input, trace) {
+            // An answer the ext_proc leg filters must arrive readable: ask the upstream for it
+            // uncompressed (the leg refuses any encoding that is left).
+            if handoff.filters_answer() && input.headers.contains_key("accept-encoding") {
+                remove_headers.push("accept-encoding".to_owned());
+            }
             metadata.insert(handoff::METADATA_KEY.into(), handoff.to_value());
         }
         Outcome::Allow {
@@ -522,24 +527,27 @@ impl<E: PolicyEngine> Pipeline<E> {
     }
 
     /// What the ext_proc leg needs to apply this decision without asking Cerbos again.
-    fn handoff(&self, trace: &Trace) -> Option<Handoff> {
+    fn handoff(&self, input: &CheckInput, trace: &Trace) -> Option<Handoff> {
         let principal = trace.principal.as_ref()?;
         let strip_tools = if self.denied_tools == DeniedTools::Strip {
             trace.denied_tools.clone()
         } else {
             Vec::new()
         };
+        // Answers that may carry a tools/list result: to a request or batch holding one, and
+        // a resumed stream (GET with Last-Event-ID), which may replay an earlier answer.
         let tools_list = match (&trace.request, &trace.route) {
-            (Some(AgentRequest::Mcp(mcp)), Some(route)) if !mcp.batch => mcp
-                .messages
-                .first()
-                .filter(|m| m.method == "tools/list")
-                .and_then(|m| m.id.clone())
-                .map(|request_id| ToolsListHandoff {
-                    request_id,
+            (Some(AgentRequest::Mcp(mcp)), Some(route))
+                if mcp.messages.iter().any(|m| m.method == "tools/list")
+                    || (mcp.messages.iter().any(|m| m.method == "GET")
+                        && input.headers.contains_key("last-event-id")) =>
+            {
+                Some(ToolsListHandoff {
+                    request_ids: extract::mcp::tools_list_ids(&input.body),
                     server: route.mcp_server.clone().unwrap_or_default(),
                     kind: self.vocabulary.mcp_kind(route),
-                }),
+                })
+            }
             _ => None,
         };
         Some(Handoff {

@@ -479,12 +479,32 @@ async fn a_forced_denied_tool_is_refused_unless_configured_to_fall_back() {
 }
 
 #[tokio::test]
+async fn ids_and_claims_cross_to_ext_proc_exactly() {
+    let h = Harness::new("").await;
+    let list = serde_json::from_str::<Value>(
+        r#"[{"jsonrpc":"2.0","id":9000000000000001,"method":"tools/list"},{"jsonrpc":"2.0","id":"s","method":"ping"},{"jsonrpc":"2.0","id":"t","method":"tools/list"}]"#,
+    )
+    .unwrap();
+    let mut req = input("/mcp", list, alice());
+    req.headers
+        .insert("mcp-protocol-version".into(), "2025-03-26".into());
+    req.headers.insert("accept-encoding".into(), "gzip".into());
+    let outcome = h.pipeline.check(req).await;
+    let Outcome::Allow { remove_headers, .. } = &outcome else {
+        panic!("expected allow, got {outcome:?}")
+    };
+    assert!(remove_headers.iter().any(|h| h == "accept-encoding"));
+    let tools_list = handoff_of(&outcome).tools_list.expect("batch tools/list");
+    assert_eq!(tools_list.request_ids, ["9000000000000001", "\"t\""]);
+}
+
+#[tokio::test]
 async fn tools_list_requests_hand_over_what_the_answer_filter_needs() {
     let h = Harness::new("").await;
     let list = json!({"jsonrpc": "2.0", "id": 12, "method": "tools/list", "params": {}});
     let handoff = handoff_of(&h.pipeline.check(input("/mcp", list, alice())).await);
     let tools_list = handoff.tools_list.expect("tools/list handoff");
-    assert_eq!(tools_list.request_id, json!(12));
+    assert_eq!(tools_list.request_ids, ["12"]);
     assert_eq!(
         (tools_list.server.as_str(), tools_list.kind.as_str()),
         ("support", "mcp_server")

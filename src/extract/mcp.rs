@@ -319,6 +319,32 @@ fn object_or_empty(
     }
 }
 
+/// The JSON-RPC ids of the `tools/list` messages in a request body (one message or a batch),
+/// each as its exact JSON text: ids are opaque, and a number beyond 2^53 must not be rounded
+/// on its way to the evidence. Unreadable parts are skipped (the body was already accepted).
+pub fn tools_list_ids(body: &[u8]) -> Vec<String> {
+    use crate::rewrite::json_edit;
+    let Ok(root) = json_edit::root(body) else {
+        return Vec::new();
+    };
+    let messages = match body.get(root.start) {
+        Some(b'[') => json_edit::elements(body, root).unwrap_or_default(),
+        _ => vec![root],
+    };
+    let raw = |span: &std::ops::Range<usize>| body.get(span.clone()).unwrap_or_default();
+    messages
+        .iter()
+        .filter_map(|m| json_edit::members(body, m.clone()).ok())
+        .filter(|members| {
+            members.iter().rev().find(|m| m.key == "method").is_some_and(|m| {
+                serde_json::from_slice::<String>(raw(&m.value)).is_ok_and(|v| v == "tools/list")
+            })
+        })
+        .filter_map(|members| members.into_iter().rev().find(|m| m.key == "id"))
+        .map(|id| String::from_utf8_lossy(raw(&id.value)).into_owned())
+        .collect()
+}
+
 fn mcp_error(id: Option<Value>, code: i64, message: String) -> ExtractError {
     ExtractError::Mcp { id, code, message }
 }

@@ -202,11 +202,22 @@ impl Exchange {
         pipeline: &Pipeline<E>,
         headers: &HttpHeaders,
     ) -> ProcessingResponse {
-        let listing = self
-            .handoff
-            .as_ref()
-            .is_some_and(|h| h.tools_list.is_some() || h.models_list.is_some());
+        let listing = self.handoff.as_ref().is_some_and(Handoff::filters_answer);
         let ok = header(headers, ":status").as_deref() == Some("200");
+        // ext_authz asked for this answer uncompressed; one that is encoded anyway cannot be
+        // read, so it is not passed on (a client would decode it and see every item).
+        if let Some(encoding) = header(headers, "content-encoding")
+            .filter(|e| listing && !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"))
+        {
+            tracing::error!(
+                encoding,
+                "a listing answer arrived compressed and cannot be filtered; refused"
+            );
+            return immediate(
+                502,
+                "agent-authz: the upstream answered with a compressed listing, which cannot be filtered",
+            );
+        }
         let content_type = header(headers, "content-type")
             .unwrap_or_default()
             .to_ascii_lowercase();
@@ -258,26 +269,25 @@ impl Exchange {
                 self.filter_message(pipeline, message, &mut hidden).await?
             }
             ResponseFilter::Sse(splitter) => {
-                let mut events = splitter
-                    .push(&chunk)
-                    .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+                let unreadable = |e: sse::SseError| Status::resource_exhausted(e.to_string());
+                let mut events = splitter.push(&chunk).map_err(unreadable)?;
                 if end_of_stream {
                     events.push(splitter.finish());
                 }
                 let mut output = Vec::new();
                 for event in events {
-                    match sse::data(&event) {
+                    match event.message().map_err(unreadable)? {
                         Some(data) => {
                             let filtered = self
                                 .filter_message(pipeline, data.clone(), &mut hidden)
                                 .await?;
                             if filtered == data {
-                                output.extend_from_slice(&event);
+                                output.extend_from_slice(&event.raw);
                             } else {
-                                output.extend_from_slice(&sse::with_data(&event, &filtered));
+                                output.extend_from_slice(&event.with_message(&filtered));
                             }
                         }
-                        None => output.extend_from_slice(&event),
+                        None => output.extend_from_slice(&event.raw),
                     }
                 }
                 output
@@ -316,7 +326,7 @@ impl Exchange {
             return Ok(message);
         };
         let found = match (&handoff.tools_list, &handoff.models_list) {
-            (Some(list), _) => listing::tools_list(&message, &list.request_id),
+            (Some(_), _) => listing::tools_list(&message),
             (None, Some(_)) => listing::model_list(&message),
             (None, None) => return Ok(message),
         };
@@ -479,8 +489,8 @@ mod tests {
             },
             strip_tools: strip.iter().map(|s| s.to_string()).collect(),
             models_list: None,
-            tools_list: list_id.map(|request_id| ToolsListHandoff {
-                request_id,
+            tools_list: list_id.map(|id| ToolsListHandoff {
+                request_ids: vec![id.to_string()],
                 server: "support".into(),
                 kind: "mcp_server".into(),
             }),

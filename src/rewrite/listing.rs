@@ -1,63 +1,71 @@
-//! Filtering listings in answers: an MCP `tools/list` result, or an OpenAI model list. Items the
-//! principal may not see are removed, every other byte (including `nextCursor`, so pagination
-//! keeps working) is kept. A `tools/list` result that carries `cacheScope` (2026-07-28) is
-//! marked `"private"`, since the list is now per caller.
+//! Filtering listings in answers: the tools of MCP `tools/list` results, or an OpenAI model
+//! list. Items the principal may not see are removed, every other byte (including
+//! `nextCursor`, so pagination keeps working) is kept. A `tools/list` result that carries
+//! `cacheScope` (2026-07-28) is marked `"private"`, since the list is now per caller.
+//!
+//! Which messages are `tools/list` results is decided by their shape, not by matching the
+//! JSON-RPC id: every response in the answer (a single message, or each element of a batch
+//! answer) whose `result` holds a `tools` array is filtered. The client reads those bytes
+//! whatever id they carry (a server may echo a big integer id with less precision than it was
+//! sent), so an id that fails to match must never let a list through unfiltered.
+//!
+//! Duplicate keys resolve as JSON.parse and Python's json do: the last one wins.
 
 use std::ops::Range;
 
 use serde_json::Value;
 
-use super::json_edit::{self, EditError, Edits};
+use super::json_edit::{self, EditError, Edits, Member};
 
-/// A listing found in an answer.
+/// The listings found in one answer message.
+#[derive(Debug, Default)]
 pub struct Listing {
-    /// Item names (tool names, model ids) in answer order.
+    /// Item names (tool names, model ids) in answer order, over every listed array.
     pub names: Vec<String>,
     /// The items as parsed (a tool's `inputSchema` is read from here).
     pub entries: Vec<Value>,
-    tools: Range<usize>,
+    arrays: Vec<ListedArray>,
+}
+
+/// One array of named items inside the message.
+#[derive(Debug)]
+struct ListedArray {
+    span: Range<usize>,
     items: Vec<Range<usize>>,
+    /// Index of this array's first item in [`Listing::names`].
+    first: usize,
     cache_scope: Option<Range<usize>>,
 }
 
-/// Reads `{"jsonrpc","id":<id>,"result":{"tools":[...]}}`; `None` for any other message
-/// (notifications, errors, answers to other requests), which pass unchanged.
-pub fn tools_list(message: &[u8], request_id: &Value) -> Result<Option<Listing>, EditError> {
+/// Reads every `tools/list` result in a JSON-RPC message or batch answer; `None` when there
+/// is none (notifications, errors, server requests, other results), which pass unchanged.
+pub fn tools_list(message: &[u8]) -> Result<Option<Listing>, EditError> {
     let root = json_edit::root(message)?;
-    if message.get(root.start) != Some(&b'{') {
-        return Ok(None);
+    let responses = match message.get(root.start) {
+        Some(b'{') => vec![root],
+        Some(b'[') => json_edit::elements(message, root)?,
+        _ => return Ok(None),
+    };
+    let mut listing = Listing::default();
+    for response in responses {
+        if message.get(response.start) != Some(&b'{') {
+            continue;
+        }
+        let members = json_edit::members(message, response)?;
+        let Some(result) = last(&members, "result") else {
+            continue;
+        };
+        if message.get(result.value.start) != Some(&b'{') {
+            continue;
+        }
+        let result_members = json_edit::members(message, result.value.clone())?;
+        let Some(tools) = last(&result_members, "tools") else {
+            continue;
+        };
+        let cache_scope = last(&result_members, "cacheScope").map(|m| m.value.clone());
+        listing.add(message, &tools.value, "name", cache_scope)?;
     }
-    let members = json_edit::members(message, root)?;
-    let id_matches = members.iter().any(|m| {
-        m.key == "id"
-            && message
-                .get(m.value.clone())
-                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-                .is_some_and(|id| &id == request_id)
-    });
-    let Some(result) = members.iter().find(|m| m.key == "result") else {
-        return Ok(None);
-    };
-    if !id_matches || message.get(result.value.start) != Some(&b'{') {
-        return Ok(None);
-    }
-    let result_members = json_edit::members(message, result.value.clone())?;
-    let Some(tools) = result_members.iter().find(|m| m.key == "tools") else {
-        return Ok(None);
-    };
-    let Some((items, names, entries)) = named_items(message, &tools.value, "name")? else {
-        return Ok(None);
-    };
-    Ok(Some(Listing {
-        names,
-        entries,
-        tools: tools.value.clone(),
-        items,
-        cache_scope: result_members
-            .iter()
-            .find(|m| m.key == "cacheScope")
-            .map(|m| m.value.clone()),
-    }))
+    Ok((!listing.arrays.is_empty()).then_some(listing))
 }
 
 /// Reads an OpenAI model list `{"object":"list","data":[{"id":...}]}`; `None` for any other
@@ -68,66 +76,70 @@ pub fn model_list(body: &[u8]) -> Result<Option<Listing>, EditError> {
         return Ok(None);
     }
     let members = json_edit::members(body, root)?;
-    let Some(data) = members.iter().find(|m| m.key == "data") else {
+    let Some(data) = last(&members, "data") else {
         return Ok(None);
     };
-    let Some((items, names, entries)) = named_items(body, &data.value, "id")? else {
-        return Ok(None);
-    };
-    Ok(Some(Listing {
-        names,
-        entries,
-        tools: data.value.clone(),
-        items,
-        cache_scope: None,
-    }))
+    let mut listing = Listing::default();
+    listing.add(body, &data.value, "id", None)?;
+    Ok((!listing.arrays.is_empty()).then_some(listing))
 }
 
-/// An array's element spans, their names, and the elements as parsed.
-type NamedItems = (Vec<Range<usize>>, Vec<String>, Vec<Value>);
-
-/// The element spans of the array at `span` and each element's `key` string; `None` when
-/// `span` is not an array. An element without the key makes the listing unreadable.
-fn named_items(
-    body: &[u8],
-    span: &Range<usize>,
-    key: &str,
-) -> Result<Option<NamedItems>, EditError> {
-    if body.get(span.start) != Some(&b'[') {
-        return Ok(None);
-    }
-    let items = json_edit::elements(body, span.clone())?;
-    let mut names = Vec::with_capacity(items.len());
-    let mut entries = Vec::with_capacity(items.len());
-    for item in &items {
-        let entry = body
-            .get(item.clone())
-            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
-            .ok_or(EditError(item.start))?;
-        let name = entry
-            .get(key)
-            .and_then(Value::as_str)
-            .ok_or(EditError(item.start))?;
-        names.push(name.to_owned());
-        entries.push(entry);
-    }
-    Ok(Some((items, names, entries)))
+/// The member a JSON parser keeps for `key`: the last.
+fn last<'a>(members: &'a [Member], key: &str) -> Option<&'a Member> {
+    members.iter().rev().find(|m| m.key == key)
 }
 
 impl Listing {
+    /// Adds the array at `span` (if it is one), naming each element by its `key` string. An
+    /// element without the key makes the listing unreadable.
+    fn add(
+        &mut self,
+        body: &[u8],
+        span: &Range<usize>,
+        key: &str,
+        cache_scope: Option<Range<usize>>,
+    ) -> Result<(), EditError> {
+        if body.get(span.start) != Some(&b'[') {
+            return Ok(());
+        }
+        let items = json_edit::elements(body, span.clone())?;
+        let first = self.names.len();
+        for item in &items {
+            let entry = body
+                .get(item.clone())
+                .and_then(|raw| serde_json::from_slice::<Value>(raw).ok())
+                .ok_or(EditError(item.start))?;
+            let name = entry
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or(EditError(item.start))?;
+            self.names.push(name.to_owned());
+            self.entries.push(entry);
+        }
+        self.arrays.push(ListedArray {
+            span: span.clone(),
+            items,
+            first,
+            cache_scope,
+        });
+        Ok(())
+    }
+
     /// The message without the items named in `hidden`.
     pub fn without(&self, message: &[u8], hidden: &[String]) -> Result<Vec<u8>, EditError> {
-        let drop: Vec<usize> = self
-            .names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| hidden.contains(n))
-            .map(|(i, _)| i)
-            .collect();
         let mut edits = Edits::default();
-        edits.delete_items(&self.items, &drop, json_edit::inner(&self.tools));
-        if let Some(scope) = &self.cache_scope {
-            edits.replace(scope.clone(), "\"private\"");
+        for array in &self.arrays {
+            let drop: Vec<usize> = (0..array.items.len())
+                .filter(|i| {
+                    self.names
+                        .get(array.first + i)
+                        .is_some_and(|n| hidden.contains(n))
+                })
+                .collect();
+            edits.delete_items(&array.items, &drop, json_edit::inner(&array.span));
+            if let Some(scope) = &array.cache_scope {
+                edits.replace(scope.clone(), "\"private\"");
+            }
         }
         edits.apply(message)
     }
@@ -142,7 +154,7 @@ mod tests {
     #[test]
     fn hidden_tools_go_and_the_cursor_stays() {
         let msg = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"refund","inputSchema":{}},{"name":"delete_repo"},{"name":"lookup_ticket"}],"nextCursor":"c2"}}"#;
-        let list = tools_list(msg, &json!(3)).unwrap().unwrap();
+        let list = tools_list(msg).unwrap().unwrap();
         assert_eq!(list.names, ["refund", "delete_repo", "lookup_ticket"]);
         let out = list.without(msg, &["delete_repo".into()]).unwrap();
         assert_eq!(
@@ -158,37 +170,49 @@ mod tests {
 
     #[test]
     fn other_messages_are_not_touched() {
-        assert!(
-            tools_list(
-                br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#,
-                &json!(3)
-            )
-            .unwrap()
-            .is_none()
+        for other in [
+            &br#"{"jsonrpc":"2.0","method":"notifications/progress"}"#[..],
+            br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
+            br#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#,
+            br#"[1]"#,
+        ] {
+            assert!(tools_list(other).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn any_id_is_filtered_even_one_that_does_not_match() {
+        // A server that parsed 9000000000000001 as a double echoes 9000000000000000.
+        let msg = br#"{"jsonrpc":"2.0","id":9000000000000000,"result":{"tools":[{"name":"a"},{"name":"b"}]}}"#;
+        let list = tools_list(msg).unwrap().unwrap();
+        assert_eq!(
+            list.without(msg, &["b".into()]).unwrap(),
+            br#"{"jsonrpc":"2.0","id":9000000000000000,"result":{"tools":[{"name":"a"}]}}"#
         );
-        assert!(
-            tools_list(
-                br#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
-                &json!(3)
-            )
-            .unwrap()
-            .is_none()
+    }
+
+    #[test]
+    fn batch_answers_are_filtered_element_by_element() {
+        let msg = br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":"x","result":{"tools":[{"name":"a"},{"name":"b"}]}},{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"b"}]}}]"#;
+        let list = tools_list(msg).unwrap().unwrap();
+        assert_eq!(list.names, ["a", "b", "b"]);
+        assert_eq!(
+            list.without(msg, &["b".into()]).unwrap(),
+            br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":"x","result":{"tools":[{"name":"a"}]}},{"jsonrpc":"2.0","id":2,"result":{"tools":[]}}]"#
         );
-        assert!(
-            tools_list(
-                br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#,
-                &json!(3)
-            )
-            .unwrap()
-            .is_none()
-        );
-        assert!(tools_list(br#"[1]"#, &json!(3)).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_last_duplicate_key_is_the_one_filtered() {
+        let msg = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}],"tools":[{"name":"b"}]}}"#;
+        let list = tools_list(msg).unwrap().unwrap();
+        assert_eq!(list.names, ["b"]);
     }
 
     #[test]
     fn cache_scope_becomes_private() {
         let msg = br#"{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"cacheScope":"public","ttlMs":1000}}"#;
-        let list = tools_list(msg, &json!("a")).unwrap().unwrap();
+        let list = tools_list(msg).unwrap().unwrap();
         let out = list.without(msg, &[]).unwrap();
         assert_eq!(out, br#"{"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"x"}],"cacheScope":"private","ttlMs":1000}}"#);
     }
@@ -209,6 +233,6 @@ mod tests {
     #[test]
     fn a_tool_without_a_name_is_an_error() {
         let msg = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"title":"?"}]}}"#;
-        assert!(tools_list(msg, &json!(1)).is_err());
+        assert!(tools_list(msg).is_err());
     }
 }
