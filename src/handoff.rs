@@ -71,7 +71,10 @@ impl Handoff {
 
     /// Reads the handoff from forwarded metadata (namespace → content).
     pub fn from_metadata(metadata: &std::collections::HashMap<String, Value>) -> Option<Handoff> {
-        let raw = metadata.get(EXT_AUTHZ_NAMESPACE)?.get(METADATA_KEY)?.as_str()?;
+        let raw = metadata
+            .get(EXT_AUTHZ_NAMESPACE)?
+            .get(METADATA_KEY)?
+            .as_str()?;
         serde_json::from_str(raw).ok()
     }
 }

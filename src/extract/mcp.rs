@@ -336,9 +336,13 @@ pub fn tools_list_ids(body: &[u8]) -> Vec<String> {
         .iter()
         .filter_map(|m| json_edit::members(body, m.clone()).ok())
         .filter(|members| {
-            members.iter().rev().find(|m| m.key == "method").is_some_and(|m| {
-                serde_json::from_slice::<String>(raw(&m.value)).is_ok_and(|v| v == "tools/list")
-            })
+            members
+                .iter()
+                .rev()
+                .find(|m| m.key == "method")
+                .is_some_and(|m| {
+                    serde_json::from_slice::<String>(raw(&m.value)).is_ok_and(|v| v == "tools/list")
+                })
         })
         .filter_map(|members| members.into_iter().rev().find(|m| m.key == "id"))
         .map(|id| String::from_utf8_lossy(raw(&id.value)).into_owned())

@@ -206,9 +206,9 @@ impl Exchange {
         let ok = header(headers, ":status").as_deref() == Some("200");
         // ext_authz asked for this answer uncompressed; one that is encoded anyway cannot be
         // read, so it is not passed on (a client would decode it and see every item).
-        if let Some(encoding) = header(headers, "content-encoding")
-            .filter(|e| listing && !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"))
-        {
+        if let Some(encoding) = header(headers, "content-encoding").filter(|e| {
+            listing && !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity")
+        }) {
             tracing::error!(
                 encoding,
                 "a listing answer arrived compressed and cannot be filtered; refused"

@@ -204,7 +204,8 @@ mod tests {
 
     #[test]
     fn the_last_duplicate_key_is_the_one_filtered() {
-        let msg = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}],"tools":[{"name":"b"}]}}"#;
+        let msg =
+            br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}],"tools":[{"name":"b"}]}}"#;
         let list = tools_list(msg).unwrap().unwrap();
         assert_eq!(list.names, ["b"]);
     }

@@ -255,13 +255,19 @@ mod tests {
 
     #[test]
     fn the_priming_event_dispatches_nothing() {
-        let stream = b"id: 0_1\nretry: 5000\ndata: \n\nevent: message\nid: 0_2\ndata: {\"x\":1}\n\n";
+        let stream =
+            b"id: 0_1\nretry: 5000\ndata: \n\nevent: message\nid: 0_2\ndata: {\"x\":1}\n\n";
         let events = split_all(stream, &[]);
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].message().unwrap(), None);
         assert_eq!(messages(&events), ["{\"x\":1}"]);
         // Only id/retry, a bare `data` field, whitespace data: nothing to parse either.
-        for quiet in [&b"id: 7\n\n"[..], b"retry: 10\n\n", b"data\n\n", b"data:  \n\n"] {
+        for quiet in [
+            &b"id: 7\n\n"[..],
+            b"retry: 10\n\n",
+            b"data\n\n",
+            b"data:  \n\n",
+        ] {
             assert_eq!(split_all(quiet, &[])[0].message().unwrap(), None);
         }
     }
