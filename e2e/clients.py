@@ -42,3 +42,28 @@ def find_mcp_error(exc: BaseException) -> MCPError | None:
     if exc.__cause__ is not None:
         return find_mcp_error(exc.__cause__)
     return None
+
+
+def bedrock_client(endpoint_url: str, token: str):
+    """boto3's `bedrock-runtime` client pointed at the gateway, authenticating with a bearer token.
+
+    Over HTTPS botocore sends Bedrock API keys (`AWS_BEARER_TOKEN_BEDROCK`) as
+    `Authorization: Bearer <key>`; it refuses bearer auth over plain HTTP, so on the loopback
+    test stack the request goes unsigned and the same header is set just before sending.
+    """
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    client = boto3.client(
+        "bedrock-runtime",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}, read_timeout=15),
+    )
+
+    def bearer(request, **_):
+        request.headers["Authorization"] = f"Bearer {token}"
+
+    client.meta.events.register("before-send.bedrock-runtime.*", bearer)
+    return client

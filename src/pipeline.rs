@@ -334,7 +334,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         let Ok(_permit) = self.in_flight.try_acquire() else {
             return (Err(Refusal::Overloaded), dialect);
         };
-        if let Err(e) = extract::check_normalized(path) {
+        if let Err(e) = extract::check_normalized(path, route.as_ref().map(|r| r.format)) {
             return (Err(Refusal::BadRequest(e)), dialect);
         }
         let principal = match self

@@ -1,23 +1,34 @@
-"""A tiny OpenAI-compatible LLM server, standing in for the model provider behind the gateway.
+"""A tiny multi-provider LLM server, standing in for the model providers behind the gateway.
 
     python e2e/upstreams/llm_upstream.py --port 8081
 
-POST /v1/chat/completions answers a chat.completion ("hello from <model>"), or SSE chunks ending
-with `data: [DONE]` when the request has `"stream": true`. GET /v1/models lists the models.
-POST /v1/responses, /v1/messages, /v1beta/models/{m}:generateContent and /model/{m}/converse
-answer minimal valid OpenAI Responses, Anthropic, Gemini and Bedrock replies.
-Every request is recorded (method, path, headers, body) and can be read back at GET /_received
-(a JSON list) and cleared with POST /_reset. The tests talk to this port directly for those two.
+Each provider's paths answer in that provider's real wire shape, so its own SDK parses them:
+  - OpenAI Chat (`/v1/chat/completions`, SSE chunks ending with `data: [DONE]` when streamed),
+    Responses (`/v1/responses`), the model list (`GET /v1/models`);
+  - Azure OpenAI (`/openai/deployments/{d}/chat/completions|responses`, `/openai/responses`,
+    `/openai/v1/chat/completions|responses`; the deployment is the model);
+  - Anthropic Messages (`/v1/messages`, SSE events when streamed);
+  - Gemini (`/v1/models/{m}:generateContent`, `/v1beta/...`, `:streamGenerateContent?alt=sse`);
+  - Bedrock Runtime (`/model/{id}/converse`, `converse-stream`, `invoke`,
+    `invoke-with-response-stream`; streams in AWS's binary event-stream framing).
+Every request is recorded (method, path, headers, body, and `parsed`: the model, tool names
+and stream flag as that provider reads them) and can be read back at GET /_received (a JSON
+list) and cleared with POST /_reset. The tests talk to this port directly for those two.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import re
+import struct
+import zlib
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 MODELS = ["gpt-4o-mini", "gpt-4o"]
 
@@ -43,38 +54,110 @@ def _completion(model: str, content: str) -> dict:
     }
 
 
-def _other_dialect(path: str, body: bytes) -> dict | None:
-    """Minimal valid answers for the other dialects the gateway judges (non-streaming)."""
-    try:
-        request = json.loads(body or b"{}")
-    except ValueError:
-        return None
-    if path == "/v1/responses":
-        model = request.get("model", "")
-        return {
-            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
-            "status": "completed", "model": model,
-            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:24]}", "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": f"hello from {model}", "annotations": []}]}],
-            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-            "usage": {"input_tokens": 1, "output_tokens": 3, "total_tokens": 4,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
-        }
+def _names(tools, name) -> list[str]:
+    return [n for n in (name(t) for t in tools or [] if isinstance(t, dict)) if n]
+
+
+def parse(path: str, body: dict) -> dict | None:
+    """What the provider serving `path` reads of the request: the dialect, model, tool names and
+    stream flag. None for a path no provider serves."""
+    def chat(model):
+        return {"dialect": "openai_chat", "model": model, "stream": bool(body.get("stream")),
+                "tools": _names(body.get("tools"), lambda t: (t.get("function") or {}).get("name"))}
+
+    def responses(model):
+        return {"dialect": "openai_responses", "model": model, "stream": bool(body.get("stream")),
+                "tools": _names(body.get("tools"), lambda t: t.get("name") or t.get("server_label") or t.get("type"))}
+
+    def anthropic(model, stream):
+        return {"dialect": "anthropic_messages", "model": model, "stream": stream,
+                "tools": _names(body.get("tools"), lambda t: t.get("name"))}
+
+    if path in ("/v1/chat/completions", "/openai/v1/chat/completions"):
+        return chat(body.get("model"))
+    if path in ("/v1/responses", "/openai/responses", "/openai/v1/responses"):
+        return responses(body.get("model"))
+    if m := re.fullmatch(r"/openai/deployments/([^/]+)/(chat/completions|responses)", path):
+        return (chat if m[2] == "chat/completions" else responses)(unquote(m[1]))
     if path == "/v1/messages":
-        model = request.get("model", "")
-        return {
-            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": f"hello from {model}"}],
-            "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 3},
-        }
-    if path.startswith("/v1beta/models/") and ":" in path:
-        model = path.split("/models/", 1)[1].split(":", 1)[0]
-        return {"candidates": [{"content": {"role": "model", "parts": [{"text": f"hello from {model}"}]}, "finishReason": "STOP"}]}
-    if path.startswith("/model/") and path.endswith("/converse"):
-        model = path[len("/model/"):-len("/converse")]
-        return {"output": {"message": {"role": "assistant", "content": [{"text": f"hello from {model}"}]}},
-                "stopReason": "end_turn", "usage": {"inputTokens": 1, "outputTokens": 3, "totalTokens": 4}}
+        return anthropic(body.get("model"), bool(body.get("stream")))
+    if m := re.fullmatch(r"/v1(?:beta)?/models/([^/:]+):(generateContent|streamGenerateContent)", path):
+        tools = []
+        for entry in body.get("tools") or []:
+            for key, value in entry.items():
+                tools += [d.get("name") for d in value] if key == "functionDeclarations" else [key]
+        return {"dialect": "gemini", "model": unquote(m[1]), "tools": tools, "stream": m[2] == "streamGenerateContent"}
+    if m := re.fullmatch(r"/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)", path):
+        model, op = unquote(m[1]), m[2]  # AWS decodes the model id once
+        if op.startswith("converse"):
+            specs = (body.get("toolConfig") or {}).get("tools")
+            return {"dialect": "bedrock_converse", "model": model, "stream": op == "converse-stream",
+                    "tools": _names(specs, lambda t: (t.get("toolSpec") or {}).get("name"))}
+        return anthropic(model, op == "invoke-with-response-stream") | {"dialect": "bedrock_invoke"}
     return None
+
+
+def _responses_answer(model: str) -> dict:
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "model": model,
+        "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:24]}", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": f"hello from {model}", "annotations": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        "usage": {"input_tokens": 1, "output_tokens": 3, "total_tokens": 4,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+    }
+
+
+def _anthropic_message(model: str) -> dict:
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": f"hello from {model}"}],
+        "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 3},
+    }
+
+
+def _anthropic_events(model: str) -> list[dict]:
+    """The events of a streamed Anthropic message saying "hello from <model>"."""
+    start = _anthropic_message(model) | {"content": [], "stop_reason": None}
+    return [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+          for w in ("hello ", "from ", model)),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 3}},
+        {"type": "message_stop"},
+    ]
+
+
+def _gemini_answer(model: str, text: str) -> dict:
+    return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 3, "totalTokenCount": 4},
+            "modelVersion": model}
+
+
+def _converse_events(model: str) -> list[tuple[str, dict]]:
+    return [
+        ("messageStart", {"role": "assistant"}),
+        *(("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}}) for w in ("hello ", "from ", model)),
+        ("contentBlockStop", {"contentBlockIndex": 0}),
+        ("messageStop", {"stopReason": "end_turn"}),
+        ("metadata", {"usage": {"inputTokens": 1, "outputTokens": 3, "totalTokens": 4}, "metrics": {"latencyMs": 1}}),
+    ]
+
+
+def event_stream_message(event_type: str, payload: dict) -> bytes:
+    """One message of AWS's `application/vnd.amazon.eventstream` framing (what botocore parses)."""
+    headers = b""
+    for name, value in ((":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")):
+        headers += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
+    body = json.dumps(payload).encode()
+    total = 12 + len(headers) + len(body) + 4
+    prelude = struct.pack(">II", total, len(headers))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    message = prelude + headers + body
+    return message + struct.pack(">I", zlib.crc32(message))
 
 
 def _chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None) -> dict:
@@ -116,8 +199,21 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _record(self, body: bytes) -> None:
+    def _stream(self, content_type: str, chunks) -> None:
+        """Sends each chunk as it is produced; the connection closes at the end."""
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("cache-control", "no-cache")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for chunk in chunks:
+            self.wfile.write(chunk)
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _record(self, body: bytes, parsed: dict | None = None) -> None:
         entry = {
+            "parsed": parsed,
             "method": self.command,
             "path": self.path,
             # Repeated headers are joined with ", " so a duplicated (e.g. forged) header shows.
@@ -153,42 +249,59 @@ class Handler(BaseHTTPRequestHandler):
                 _received.clear()
             self._send_json(200, {"ok": True})
             return
-        self._record(body)
         path = self.path.split("?")[0]
-        other = _other_dialect(path, body)
-        if other is not None:
-            self._send_json(200, other)
-            return
-        if path != "/v1/chat/completions":
-            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found", "code": None}})
-            return
         try:
             request = json.loads(body or b"{}")
-            model = request["model"]
-        except (ValueError, KeyError, TypeError):
-            self._send_json(
-                400, {"error": {"message": "body must be JSON with a model", "type": "invalid_request_error", "code": None}}
-            )
+        except ValueError:
+            request = None
+        parsed = parse(path, request) if isinstance(request, dict) else None
+        self._record(body, parsed)
+        if parsed is None or not parsed.get("model"):
+            self._send_json(404 if parsed is None and isinstance(request, dict) else 400,
+                            {"error": {"message": f"cannot serve {self.path}", "type": "invalid_request_error", "code": None}})
             return
-        content = f"hello from {model}"
-        if not request.get("stream"):
-            self._send_json(200, _completion(model, content))
-            return
-        chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("cache-control", "no-cache")
-        self.send_header("connection", "close")
-        self.end_headers()
-        events = [_chunk(chunk_id, model, {"role": "assistant", "content": ""}, None)]
-        events += [_chunk(chunk_id, model, {"content": word}, None) for word in ("hello ", "from ", model)]
-        events.append(_chunk(chunk_id, model, {}, "stop"))
-        for event in events:
-            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-        self.close_connection = True
+        model, stream, dialect = parsed["model"], parsed["stream"], parsed["dialect"]
+        sse = lambda events: (f"data: {json.dumps(e)}\n\n".encode() for e in events)  # noqa: E731
+        if dialect == "openai_chat":
+            if not stream:
+                self._send_json(200, _completion(model, f"hello from {model}"))
+                return
+            chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            events = [_chunk(chunk_id, model, {"role": "assistant", "content": ""}, None)]
+            events += [_chunk(chunk_id, model, {"content": word}, None) for word in ("hello ", "from ", model)]
+            events.append(_chunk(chunk_id, model, {}, "stop"))
+            self._stream("text/event-stream", [*sse(events), b"data: [DONE]\n\n"])
+        elif dialect == "openai_responses":
+            self._send_json(200, _responses_answer(model))
+        elif dialect == "anthropic_messages":
+            if not stream:
+                self._send_json(200, _anthropic_message(model))
+                return
+            self._stream("text/event-stream",
+                         (f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in _anthropic_events(model)))
+        elif dialect == "gemini":
+            if not stream:
+                self._send_json(200, _gemini_answer(model, f"hello from {model}"))
+                return
+            self._stream("text/event-stream", sse(_gemini_answer(model, w) for w in ("hello ", "from ", model)))
+        elif dialect == "bedrock_converse":
+            if not stream:
+                self._send_json(200, {"output": {"message": {"role": "assistant", "content": [{"text": f"hello from {model}"}]}},
+                                      "stopReason": "end_turn", "usage": {"inputTokens": 1, "outputTokens": 3, "totalTokens": 4},
+                                      "metrics": {"latencyMs": 1}})
+                return
+            self._stream("application/vnd.amazon.eventstream",
+                         (event_stream_message(name, payload) for name, payload in _converse_events(model)))
+        else:  # bedrock_invoke: an Anthropic body answers the Anthropic message
+            if "anthropic" not in model:
+                self._send_json(200, {"generation": f"hello from {model}", "stop_reason": "stop"})
+                return
+            if not stream:
+                self._send_json(200, _anthropic_message(model))
+                return
+            chunk = lambda e: {"bytes": base64.b64encode(json.dumps(e).encode()).decode()}  # noqa: E731
+            self._stream("application/vnd.amazon.eventstream",
+                         (event_stream_message("chunk", chunk(e)) for e in _anthropic_events(model)))
 
     def do_DELETE(self) -> None:
         self._record(self._read_body())

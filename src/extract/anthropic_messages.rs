@@ -17,7 +17,7 @@ use super::{
 use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// What extraction reads: tool schemas and descriptions are never judged.
-const READING: Reading<'static> = Reading {
+pub const READING: Reading<'static> = Reading {
     members: &["model", "tools", "tool_choice", "stream"],
     unread: &["input_schema", "description"],
 };
@@ -29,55 +29,68 @@ impl RequestFormat for AnthropicMessages {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let body = &llm::fields(request, &READING)?;
         let model = llm::model(body)?;
-        let mut tools = Tools::default();
-        llm::add_declared(&mut tools, body, "tools", declared)?;
-        let forced_tools = body
-            .get("tool_choice")
-            .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool"))
-            .and_then(|c| c.get("name")?.as_str())
-            .map(|n| vec![n.to_owned()])
-            .unwrap_or_default();
-        Ok(AgentRequest::Llm(LlmRequest {
-            model,
-            tools: tools.0,
-            forced_tools,
-            stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        }))
+        read(body, model).map(AgentRequest::Llm)
     }
 
     fn strip_tools(&self, body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError> {
-        let root = json_edit::root(body)?;
-        let Some(tools) = llm::member(body, root.clone(), "tools")? else {
-            return Ok(None);
-        };
-        let drops = |v: &Value| {
-            declared(v).is_ok_and(|ts| ts.iter().any(|t| llm::is_denied(denied, &t.key())))
-        };
-        let mut probe = Edits::default();
-        let (total, dropped) = llm::drop_elements(body, &tools.value, &mut probe, drops)?;
-        if dropped == 0 {
-            return Ok(None);
-        }
-        let mut edits = Edits::default();
-        if dropped == total {
-            llm::drop_members(body, &root, &["tools", "tool_choice"], &mut edits)?;
-            return edits.apply(body).map(Some);
-        }
-        llm::drop_elements(body, &tools.value, &mut edits, drops)?;
-        if let Some(choice) = llm::member(body, root, "tool_choice")? {
-            let value = llm::parse(body, &choice.value)?;
-            let forced = value.get("type").and_then(Value::as_str) == Some("tool");
-            if forced
-                && value
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| llm::is_denied(denied, n))
-            {
-                edits.replace(choice.value, r#"{"type":"auto"}"#);
-            }
-        }
-        edits.apply(body).map(Some)
+        strip(body, denied)
     }
+}
+
+/// Reads a Messages body (its members named by [`READING`]) invoking `model`: the body's own
+/// `model`, or the one in the path of Bedrock's InvokeModel, whose Anthropic bodies have none.
+pub fn read(
+    body: &serde_json::Map<String, Value>,
+    model: String,
+) -> Result<LlmRequest, ExtractError> {
+    let mut tools = Tools::default();
+    llm::add_declared(&mut tools, body, "tools", declared)?;
+    let forced_tools = body
+        .get("tool_choice")
+        .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool"))
+        .and_then(|c| c.get("name")?.as_str())
+        .map(|n| vec![n.to_owned()])
+        .unwrap_or_default();
+    Ok(LlmRequest {
+        model,
+        tools: tools.0,
+        forced_tools,
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
+/// Removes the denied entries of `tools[]` (see the module doc).
+pub fn strip(body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError> {
+    let root = json_edit::root(body)?;
+    let Some(tools) = llm::member(body, root.clone(), "tools")? else {
+        return Ok(None);
+    };
+    let drops =
+        |v: &Value| declared(v).is_ok_and(|ts| ts.iter().any(|t| llm::is_denied(denied, &t.key())));
+    let mut probe = Edits::default();
+    let (total, dropped) = llm::drop_elements(body, &tools.value, &mut probe, drops)?;
+    if dropped == 0 {
+        return Ok(None);
+    }
+    let mut edits = Edits::default();
+    if dropped == total {
+        llm::drop_members(body, &root, &["tools", "tool_choice"], &mut edits)?;
+        return edits.apply(body).map(Some);
+    }
+    llm::drop_elements(body, &tools.value, &mut edits, drops)?;
+    if let Some(choice) = llm::member(body, root, "tool_choice")? {
+        let value = llm::parse(body, &choice.value)?;
+        let forced = value.get("type").and_then(Value::as_str) == Some("tool");
+        if forced
+            && value
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| llm::is_denied(denied, n))
+        {
+            edits.replace(choice.value, r#"{"type":"auto"}"#);
+        }
+    }
+    edits.apply(body).map(Some)
 }
 
 /// The tools one `tools[]` entry declares.

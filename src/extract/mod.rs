@@ -233,8 +233,14 @@ pub fn path_without_query(target: &str) -> &str {
 
 /// Refuses paths that Envoy would route differently from how we classify them. Envoy's
 /// `normalize_path`/`merge_slashes` settle these before ext_authz; if they are off, the
-/// request is refused rather than guessed at.
-pub fn check_normalized(path: &str) -> Result<(), ExtractError> {
+/// request is refused rather than guessed at. On a Bedrock route the model segment is left to
+/// the Bedrock reader, which decodes it once (model ids hold an escaped `:` and ARNs a `/`).
+pub fn check_normalized(path: &str, format: Option<Format>) -> Result<(), ExtractError> {
+    let masked = match format {
+        Some(Format::BedrockConverse) => bedrock_converse::mask_model(path),
+        _ => None,
+    };
+    let path = masked.as_deref().unwrap_or(path);
     if path.contains("//") {
         return Err(ExtractError::UnnormalizedPath("double slash"));
     }
@@ -445,9 +451,22 @@ mod tests {
             "/v1/%63hat",
             "/a\\b",
         ] {
-            assert!(check_normalized(p).is_err(), "{p}");
+            assert!(check_normalized(p, None).is_err(), "{p}");
+            assert!(
+                check_normalized(p, Some(Format::BedrockConverse)).is_err(),
+                "{p}"
+            );
         }
-        assert!(check_normalized("/v1/chat/completions").is_ok());
+        assert!(check_normalized("/v1/chat/completions", None).is_ok());
+        let bedrock = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse";
+        assert!(check_normalized(bedrock, None).is_err());
+        assert!(check_normalized(bedrock, Some(Format::BedrockConverse)).is_ok());
+        for p in ["/model/m%3A0/converse%2F", "/x%2F/model/m%3A0/converse"] {
+            assert!(
+                check_normalized(p, Some(Format::BedrockConverse)).is_err(),
+                "{p}"
+            );
+        }
     }
 
     #[test]
