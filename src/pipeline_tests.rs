@@ -283,8 +283,9 @@ async fn mcp_refunds_are_judged_on_their_arguments() {
             body["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("tools/call/refund")
+                .contains("may not call tool refund")
         );
+        assert_eq!(body["error"]["data"]["action"], "tools/call/refund");
     }
     let denied = &h.log()[1];
     assert_eq!(

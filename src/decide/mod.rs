@@ -96,12 +96,16 @@ impl Verdict {
                 return text.to_owned();
             }
         }
-        match (&self.effect, &self.policy) {
-            (Effect::Allow, Some(p)) => format!("allowed by {p}"),
+        match (&self.effect, self.policy.as_deref()) {
+            (Effect::Allow, Some(p)) => format!("allowed by {}", policy_in_words(p)),
             (Effect::Allow, None) => "allowed".to_owned(),
-            (Effect::Deny, Some(p)) => format!("denied by {p}"),
-            (Effect::Deny, None) => "denied by policy".to_owned(),
-            (Effect::NoMatch, _) => "no policy rule allows it".to_owned(),
+            (Effect::Deny, Some(NO_POLICY | "")) | (Effect::NoMatch, _) => {
+                "no policy covers it".to_owned()
+            }
+            // Cerbos does not say whether a deny rule matched or no rule allowed: the words
+            // fit both. An `output` on the rule gives a better reason.
+            (Effect::Deny, Some(p)) => format!("{} does not allow it", policy_in_words(p)),
+            (Effect::Deny, None) => "the policy does not allow it".to_owned(),
         }
     }
 
@@ -118,6 +122,31 @@ impl Verdict {
                 .then(|| src.split_once('#').map(|(_, rule)| rule))
                 .flatten()
         })
+    }
+}
+
+/// What Cerbos names as the matched policy when no policy exists for the resource kind.
+const NO_POLICY: &str = "NO_MATCH";
+
+/// A policy as Cerbos names it, in words: `resource.llm_tool.vdefault` is "the llm_tool
+/// policy", `resource.mcp_server.vdefault/acme` "the mcp_server policy (scope acme)",
+/// `principal.alice.vdefault` "alice's principal policy"; anything else is kept as it is.
+fn policy_in_words(policy: &str) -> String {
+    let Some((kind, name_and_version)) = policy.split_once('.') else {
+        return policy.to_owned();
+    };
+    let Some((name, version)) = name_and_version.rsplit_once(".v") else {
+        return policy.to_owned();
+    };
+    let scope = version
+        .split_once('/')
+        .map(|(_, scope)| format!(" (scope {scope})"))
+        .unwrap_or_default();
+    match kind {
+        "resource" => format!("the {name} policy{scope}"),
+        "principal" => format!("{name}'s principal policy{scope}"),
+        "role" => format!("the {name} role policy{scope}"),
+        _ => policy.to_owned(),
     }
 }
 
@@ -189,5 +218,69 @@ pub trait PolicyEngine: Send + Sync + 'static {
     /// Whether the engine answers right now (for readiness probes).
     fn ready(&self) -> impl Future<Output = bool> + Send {
         async { true }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn verdict(effect: Effect, policy: &str, outputs: Vec<(String, Value)>) -> Verdict {
+        Verdict {
+            check: ResourceCheck {
+                kind: "llm_tool".into(),
+                id: "t".into(),
+                action: "expose".into(),
+                attr: Map::new(),
+                subject: Subject::Tool("t".into()),
+            },
+            effect,
+            policy: Some(policy.into()),
+            outputs,
+        }
+    }
+
+    #[test]
+    fn a_default_reason_names_the_policy_in_words() {
+        let reason = |effect, policy| verdict(effect, policy, vec![]).reason();
+        let deny = Effect::Deny;
+        assert_eq!(
+            reason(deny, "resource.llm_tool.vdefault"),
+            "the llm_tool policy does not allow it"
+        );
+        assert_eq!(
+            reason(deny, "resource.mcp::support.v1/acme.eu"),
+            "the mcp::support policy (scope acme.eu) does not allow it"
+        );
+        assert_eq!(
+            reason(deny, "principal.alice.vdefault"),
+            "alice's principal policy does not allow it"
+        );
+        assert_eq!(reason(deny, "NO_MATCH"), "no policy covers it");
+        assert_eq!(
+            reason(Effect::Allow, "resource.llm_model.vdefault"),
+            "allowed by the llm_model policy"
+        );
+    }
+
+    #[test]
+    fn a_denying_output_is_the_reason() {
+        let out = |v: Value| vec![("resource.llm_tool.vdefault#r".to_owned(), v)];
+        let policy = "resource.llm_tool.vdefault";
+        assert_eq!(
+            verdict(Effect::Deny, policy, out(json!("over your limit"))).reason(),
+            "over your limit"
+        );
+        assert_eq!(
+            verdict(Effect::Deny, policy, out(json!({"reason": "not yours"}))).reason(),
+            "not yours"
+        );
+        // an allow's outputs explain nothing
+        assert_eq!(
+            verdict(Effect::Allow, policy, out(json!("x"))).reason(),
+            "allowed by the llm_tool policy"
+        );
     }
 }

@@ -90,6 +90,11 @@ fn extract(request: &HttpRequest<'_>) -> Result<McpRequest, ExtractError> {
             code: -32700,
             message: format!("parse error: {why}"),
         },
+        ambiguous @ ExtractError::DuplicateKey(_) => ExtractError::Mcp {
+            id: None,
+            code: INVALID_REQUEST,
+            message: ambiguous.to_string(),
+        },
         other => other,
     })?;
     let (batch, raw_messages) = match body {

@@ -183,6 +183,11 @@ pub enum ExtractError {
     UnnormalizedPath(&'static str),
     #[error("body is not valid JSON: {0}")]
     NotJson(String),
+    /// Valid JSON, refused because parsers disagree on which of two equal keys wins.
+    #[error(
+        "body is refused as ambiguous: {0} (valid JSON, but parsers disagree on which duplicate wins)"
+    )]
+    DuplicateKey(String),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("request asks about {count} resources; the limit is {limit}")]
@@ -339,7 +344,7 @@ pub(crate) mod test_support {
 /// Parses a JSON body after checking that it is declared as uncompressed JSON.
 pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
     json_body_checks(request)?;
-    strict_json::parse(request.body).map_err(|e| ExtractError::NotJson(e.to_string()))
+    strict_json::parse(request.body).map_err(body_error)
 }
 
 /// Like [`json_body`], but builds only what `reading` names: the rest of the body (a
@@ -352,8 +357,17 @@ pub fn json_fields(
     reading: &Reading<'_>,
 ) -> Result<Option<serde_json::Map<String, Value>>, ExtractError> {
     json_body_checks(request)?;
-    strict_json::parse_members(request.body, reading)
-        .map_err(|e| ExtractError::NotJson(e.to_string()))
+    strict_json::parse_members(request.body, reading).map_err(body_error)
+}
+
+/// A duplicate key is told apart from broken JSON: the body is valid, only ambiguous.
+fn body_error(e: serde_json::Error) -> ExtractError {
+    let why = e.to_string();
+    if why.starts_with(strict_json::DUPLICATE_KEY) {
+        ExtractError::DuplicateKey(why)
+    } else {
+        ExtractError::NotJson(why)
+    }
 }
 
 /// The body must be declared as uncompressed JSON, and not be empty.
@@ -550,7 +564,11 @@ mod tests {
             br#"[{"a":1,"a":1}]"#,
         ] {
             match req(&headers, Box::leak(dup.to_vec().into_boxed_slice())) {
-                Err(ExtractError::NotJson(why)) => assert!(why.contains("duplicate key"), "{why}"),
+                Err(e @ ExtractError::DuplicateKey(_)) => {
+                    let message = e.to_string();
+                    assert!(message.contains("duplicate key"), "{message}");
+                    assert!(message.contains("valid JSON, but"), "{message}");
+                }
                 other => panic!("duplicate keys accepted: {other:?}"),
             }
         }

@@ -35,6 +35,10 @@ pub struct Reading<'a> {
     pub unread: &'a [&'a str],
 }
 
+/// How a refused duplicate key's error begins (`duplicate key "model" at line 1 column 30`),
+/// so that it is reported as ambiguous, not as broken JSON.
+pub const DUPLICATE_KEY: &str = "duplicate key";
+
 /// The whole body as a [`Value`], refusing duplicate keys.
 pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     let text = utf8(body)?;
@@ -108,7 +112,7 @@ impl<'de> SeenKeys<'de> {
         if fresh {
             Ok(())
         } else {
-            Err(E::custom(format!("duplicate key {key:?}")))
+            Err(E::custom(format!("{DUPLICATE_KEY} {key:?}")))
         }
     }
 }

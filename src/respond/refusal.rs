@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::Denial;
 use crate::config::Format;
-use crate::decide::{DecideError, Subject, Verdict};
+use crate::decide::{DecideError, ResourceCheck, Subject, Verdict};
 use crate::extract::{ExtractError, mcp};
 use crate::identity::IdentityError;
 
@@ -111,7 +111,8 @@ impl Refusal {
                     ExtractError::McpMethodNotAllowed(_) => (405, mcp::INVALID_REQUEST),
                     ExtractError::Mcp { code, .. } => (400, *code),
                     ExtractError::NotJson(_) => (400, -32700),
-                    ExtractError::EmptyBody
+                    ExtractError::DuplicateKey(_)
+                    | ExtractError::EmptyBody
                     | ExtractError::TooManyResources { .. }
                     | ExtractError::UnnormalizedPath(_)
                     | ExtractError::InvalidRequest(_) => (400, mcp::INVALID_REQUEST),
@@ -171,7 +172,8 @@ impl Refusal {
                     Refusal::BadRequest(ExtractError::Mcp { id, .. }) => Some(id.clone()),
                     _ => None,
                 };
-                let body = mcp_error_body(self, ids, *batch, id_of_error, rpc_code, &message);
+                let body =
+                    mcp_error_body(self, ids, *batch, id_of_error, rpc_code, &message, &reason);
                 Denial {
                     status,
                     headers,
@@ -235,7 +237,10 @@ fn provider_error(
 }
 
 /// JSON-RPC error(s). A denied batch is refused whole: each request in it gets an error, the
-/// denied ones with their own reason.
+/// denied ones with their own reason. Every error's `data` has the same shape,
+/// `{refusal, action, resource, reason}`: `action` and `resource` name the denied check, and are
+/// null when the refusal is not about one (no token, a bad body, a request refused with its
+/// batch).
 fn mcp_error_body(
     refusal: &Refusal,
     ids: &[Option<Value>],
@@ -243,50 +248,50 @@ fn mcp_error_body(
     explicit_id: Option<Option<Value>>,
     code: i64,
     message: &str,
+    reason: &str,
 ) -> Value {
     let error = |id: &Option<Value>, message: &str, data: Value| {
         json!({"jsonrpc": "2.0", "id": id.clone().unwrap_or(Value::Null),
                "error": {"code": code, "message": message, "data": data}})
     };
-    let data_for = |index: usize| -> Value {
+    let label = refusal.label();
+    let general = |reason: &str| json!({"refusal": label, "action": Value::Null, "resource": Value::Null, "reason": reason});
+    let denied = |index: usize| -> Option<Value> {
         match refusal {
             Refusal::PolicyDenied(verdicts) => verdicts
                 .iter()
                 .find(|v| v.check.subject == Subject::McpMessage(index))
-                .map(|v| json!({"action": v.check.action, "resource": v.check.id, "reason": v.reason()}))
-                .unwrap_or(Value::Null),
-            _ => Value::Null,
+                .map(|v| json!({"refusal": label, "action": v.check.action, "resource": v.check.id, "reason": v.reason()})),
+            _ => None,
         }
     };
     if let Some(id) = explicit_id {
-        return error(&id, message, Value::Null);
+        return error(&id, message, general(reason));
     }
     if !batch {
-        return error(ids.first().unwrap_or(&None), message, data_for(0));
+        let data = denied(0).unwrap_or_else(|| general(reason));
+        return error(ids.first().unwrap_or(&None), message, data);
     }
+    const WHOLE: &str = "the batch was refused as a whole";
     let errors: Vec<Value> = ids
         .iter()
         .enumerate()
         .filter(|(_, id)| id.is_some())
-        .map(|(i, id)| {
-            let data = data_for(i);
-            let own = if data.is_null() {
-                format!("{message} (the batch was refused as a whole)")
-            } else {
-                message.to_owned()
-            };
-            error(id, &own, data)
+        .map(|(i, id)| match denied(i) {
+            Some(data) => error(id, message, data),
+            None => error(id, &format!("{message} ({WHOLE})"), general(WHOLE)),
         })
         .collect();
     if errors.is_empty() {
-        error(&None, message, Value::Null)
+        error(&None, message, general(reason))
     } else {
         Value::Array(errors)
     }
 }
 
-/// "alice may not invoke llm_model gpt-4o (no policy rule allows it)"; several denials are
-/// joined with "; ".
+/// "alice may not call tool issue_credit (the mcp_server policy does not allow it)": the
+/// request part in words, named once; several denials are joined with "; ". The Cerbos action
+/// and resource id stay in the decision log and in a JSON-RPC error's `data`.
 pub fn denial_sentence(principal: &str, verdicts: &[Verdict]) -> String {
     verdicts
         .iter()
@@ -294,12 +299,29 @@ pub fn denial_sentence(principal: &str, verdicts: &[Verdict]) -> String {
             let what = match &v.check.subject {
                 Subject::Model(m) => format!("invoke model {m}"),
                 Subject::Tool(t) => format!("use tool {t}"),
-                Subject::McpMessage(_) => format!("{} on {}", v.check.action, v.check.id),
+                Subject::McpMessage(_) => mcp_request_in_words(&v.check),
             };
             format!("{principal} may not {what} ({})", v.reason())
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What an MCP message asks for, from the attributes the vocabulary gave its check:
+/// "call tool refund", "read resource file:///a", "get prompt triage", or, for session and
+/// other messages, "send initialize to MCP server support".
+fn mcp_request_in_words(check: &ResourceCheck) -> String {
+    let attr = |key: &str| check.attr.get(key).and_then(Value::as_str);
+    if let Some(tool) = attr("tool_name") {
+        format!("call tool {tool}")
+    } else if let Some(uri) = attr("uri") {
+        format!("read resource {uri}")
+    } else if let Some(prompt) = attr("prompt_name") {
+        format!("get prompt {prompt}")
+    } else {
+        let method = attr("method").unwrap_or(&check.action);
+        format!("send {method} to MCP server {}", check.id)
+    }
 }
 
 #[cfg(test)]
@@ -314,13 +336,18 @@ mod tests {
         mcp_denied_status: 200,
     };
 
+    /// A denial; an MCP `tools/call/<tool>` check carries its tool name, as the vocabulary's.
     fn verdict(subject: Subject, id: &str, action: &str) -> Verdict {
+        let mut attr = Map::new();
+        if action.starts_with("tools/call/") {
+            attr.insert("tool_name".into(), json!(id));
+        }
         Verdict {
             check: ResourceCheck {
                 kind: "k".into(),
                 id: id.into(),
                 action: action.into(),
-                attr: Map::new(),
+                attr,
                 subject,
             },
             effect: Effect::Deny,
@@ -347,7 +374,7 @@ mod tests {
         assert_eq!(b["error"]["type"], "permission_denied");
         assert_eq!(
             b["error"]["message"],
-            "agent-authz: alice may not invoke model gpt-4o (denied by resource.k.vdefault)"
+            "agent-authz: alice may not invoke model gpt-4o (the k policy does not allow it)"
         );
     }
 
@@ -367,13 +394,50 @@ mod tests {
         let b = body(&d);
         assert_eq!(b["id"], 9);
         assert_eq!(b["error"]["code"], 403);
-        assert!(
-            b["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("tools/call/refund on refund")
+        assert_eq!(
+            b["error"]["message"],
+            "agent-authz: alice may not call tool refund (the k policy does not allow it)"
         );
-        assert_eq!(b["error"]["data"]["resource"], "refund");
+        assert_eq!(
+            b["error"]["data"],
+            json!({"refusal": "policy_denied", "action": "tools/call/refund", "resource": "refund",
+                   "reason": "the k policy does not allow it"})
+        );
+    }
+
+    #[test]
+    fn every_mcp_error_carries_data_of_the_same_shape() {
+        let dialect = Dialect::Mcp {
+            ids: vec![Some(json!(3))],
+            batch: false,
+        };
+        let unauthenticated = Refusal::Unauthenticated(IdentityError::MissingToken);
+        let b = body(&unauthenticated.answer("", &dialect, SETTINGS));
+        assert_eq!(b["error"]["code"], 401);
+        let data = &b["error"]["data"];
+        assert_eq!(data["refusal"], "unauthenticated");
+        assert_eq!(data["reason"], IdentityError::MissingToken.to_string());
+        assert!(data["action"].is_null() && data["resource"].is_null());
+        let denied = Refusal::PolicyDenied(vec![verdict(Subject::McpMessage(0), "x", "a")]);
+        let d = body(&denied.answer("bob", &dialect, SETTINGS))["error"]["data"].clone();
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(data), keys(&d));
+    }
+
+    #[test]
+    fn mcp_messages_are_named_in_words() {
+        let mut check = verdict(Subject::McpMessage(0), "support", "connect").check;
+        let words = |check: &ResourceCheck| mcp_request_in_words(check);
+        check.attr = json!({"server": "support", "method": "initialize"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(words(&check), "send initialize to MCP server support");
+        check.attr.insert("uri".into(), json!("file:///a"));
+        assert_eq!(words(&check), "read resource file:///a");
+        check.attr.remove("uri");
+        check.attr.insert("prompt_name".into(), json!("triage"));
+        assert_eq!(words(&check), "get prompt triage");
     }
 
     #[test]
