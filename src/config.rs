@@ -345,8 +345,8 @@ fn default_max_token_bytes() -> usize {
     8 * 1024
 }
 
-/// A JWKS from a file (read at start) or a URL (fetched at start and refreshed).
-#[derive(Debug, Clone, Deserialize)]
+/// A JWKS from a file (read at start, then watched) or a URL (fetched at start and refreshed).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksSource {
     /// Path to a JWKS JSON file.
@@ -361,6 +361,15 @@ pub struct JwksSource {
     /// Timeout of one fetch.
     #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
     pub fetch_timeout: Duration,
+    /// How long a token naming an unknown `kid` waits for the JWKS fetch it triggers; the
+    /// fetch goes on in the background. Keep it below Envoy's ext_authz check timeout minus
+    /// `cerbos.timeout`, or a slow identity provider turns key rotation into 503s.
+    #[serde(default = "default_unknown_kid_wait", with = "humantime_serde")]
+    pub unknown_kid_wait: Duration,
+}
+
+fn default_unknown_kid_wait() -> Duration {
+    Duration::from_millis(250)
 }
 
 fn default_refresh_interval() -> Duration {

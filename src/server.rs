@@ -19,6 +19,7 @@ use crate::extract::tool_schemas::ToolSchemas;
 /// The policy engine in production: Cerbos behind the (optional) verdict cache.
 type Engine = CachedEngine<CerbosEngine>;
 use crate::identity::Authenticator;
+use crate::identity::jwks::KeyStores;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Current;
@@ -29,14 +30,15 @@ use crate::respond::processing_request::ExtProcServer;
 /// Room for the headers and attributes around the largest body Envoy may send.
 const GRPC_OVERHEAD_BYTES: usize = 1024 * 1024;
 
-/// Builds everything a configuration describes, sharing the process-wide metrics.
+/// Builds everything a configuration describes, sharing the process-wide metrics and the
+/// signing keys in force (a reload keeps them, see [`KeyStores`]).
 async fn build(
     config: &Config,
     metrics: &Arc<Metrics>,
     schemas: &Arc<ToolSchemas>,
+    keys: &KeyStores,
 ) -> anyhow::Result<Pipeline<Engine>> {
-    let authenticator =
-        Authenticator::start(&config.identity, metrics.jwks_refresh_failures.clone()).await?;
+    let authenticator = Authenticator::start_with(&config.identity, keys).await?;
     let cerbos = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
     let ttl = if config.cache.enabled {
         config.cache.ttl
@@ -62,7 +64,10 @@ async fn build(
 pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let schemas = Arc::new(ToolSchemas::default());
-    let current = Arc::new(Current::new(build(&config, &metrics, &schemas).await?));
+    let keys = Arc::new(KeyStores::new(metrics.jwks_refresh_failures.clone()));
+    let current = Arc::new(Current::new(
+        build(&config, &metrics, &schemas, &keys).await?,
+    ));
     let max_message = config
         .server
         .max_request_bytes
@@ -77,6 +82,7 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     if !config.server.config_reload_interval.is_zero() {
         let reload_metrics = Arc::clone(&metrics);
         let reload_schemas = Arc::clone(&schemas);
+        let reload_keys = Arc::clone(&keys);
         tokio::spawn(crate::reload::watch(
             path,
             config.clone(),
@@ -85,7 +91,8 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
             move |new| {
                 let metrics = Arc::clone(&reload_metrics);
                 let schemas = Arc::clone(&reload_schemas);
-                async move { build(&new, &metrics, &schemas).await }
+                let keys = Arc::clone(&reload_keys);
+                async move { build(&new, &metrics, &schemas, &keys).await }
             },
         ));
     }

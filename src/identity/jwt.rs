@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 use serde_json::Value;
 
 use super::IdentityError;
-use super::jwks::{Key, KeyStore};
+use super::jwks::{Key, KeyStore, Refetch};
 use crate::config::JwtConfig;
 
 /// Parses one configured algorithm name, refusing those that must never verify a bearer token.
@@ -107,10 +107,14 @@ impl JwtVerifier {
         token: &str,
     ) -> Result<serde_json::Map<String, Value>, IdentityError> {
         match self.verify_with_current_keys(token) {
-            Err(IdentityError::InvalidToken(reason))
-                if reason == UNKNOWN_KID && self.keys.refetch_for_unknown_kid().await =>
-            {
-                self.verify_with_current_keys(token)
+            Err(IdentityError::InvalidToken(reason)) if reason == UNKNOWN_KID => {
+                match self.keys.refetch_for_unknown_kid().await {
+                    Refetch::Fetched => self.verify_with_current_keys(token),
+                    Refetch::NotNeeded => Err(IdentityError::InvalidToken(reason)),
+                    // The key may be one the identity provider just rotated in: answer 503
+                    // (retry) rather than a 401 that would make the agent drop a good token.
+                    Refetch::StillRunning => Err(IdentityError::KeysRefreshing),
+                }
             }
             other => other,
         }
@@ -123,8 +127,22 @@ impl JwtVerifier {
         if token.len() > self.max_token_bytes {
             return Err(IdentityError::InvalidToken("token too large".into()));
         }
+        if token.split('.').count() != 3 {
+            // An API key or an opaque access token: say what is expected.
+            return Err(IdentityError::InvalidToken(
+                "not a JWT: a signed JWT (header.payload.signature) is expected".into(),
+            ));
+        }
         let header = decode_header(token)
             .map_err(|_| IdentityError::InvalidToken("malformed token".into()))?;
+        if let Some(crit) = &header.crit {
+            // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an
+            // extension it does not implement, and agent-authz implements none.
+            return Err(IdentityError::InvalidToken(format!(
+                "unsupported critical header extension(s): {}",
+                crit.join(", ")
+            )));
+        }
         let alg = header.alg;
         if !self.algorithms.contains(&alg) {
             return Err(IdentityError::InvalidToken(format!(
@@ -146,7 +164,15 @@ impl JwtVerifier {
 
         let data = decode::<serde_json::Map<String, Value>>(token, &key.decoding, &validation)
             .map_err(|e| IdentityError::InvalidToken(describe(e.kind())))?;
-        Ok(data.claims)
+        // The library also accepts an `iss` array containing the issuer; RFC 7519 makes `iss`
+        // a single string, and a token listing several issuers is not the one configured.
+        match data.claims.get("iss") {
+            Some(Value::String(iss)) if *iss == self.issuer => Ok(data.claims),
+            Some(Value::String(_)) => Err(IdentityError::InvalidToken("wrong issuer".into())),
+            _ => Err(IdentityError::InvalidToken(
+                "malformed claim iss: must be a single string".into(),
+            )),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 
 use crate::config::{IdentityConfig, IdentitySource, MeshPeerConfig, PrincipalConfig};
-use jwks::KeyStore;
+use jwks::KeyStores;
 use jwt::JwtVerifier;
 
 /// The Cerbos principal for one request.
@@ -58,6 +58,8 @@ pub enum IdentityError {
     MissingEnvoyPayload,
     #[error("signing keys are not loaded yet")]
     KeysUnavailable,
+    #[error("signing keys are being refreshed (the token names a key not yet known); retry")]
+    KeysRefreshing,
 }
 
 /// Turns request headers and metadata into a [`Principal`].
@@ -81,9 +83,18 @@ impl Authenticator {
         config: &IdentityConfig,
         jwks_failures: Counter,
     ) -> anyhow::Result<Authenticator> {
+        Self::start_with(config, &KeyStores::new(jwks_failures)).await
+    }
+
+    /// Like [`Authenticator::start`], taking signing keys from `key_stores`, which outlive a
+    /// configuration reload (see [`KeyStores`]).
+    pub async fn start_with(
+        config: &IdentityConfig,
+        key_stores: &KeyStores,
+    ) -> anyhow::Result<Authenticator> {
         let source = match (config.source, &config.jwt) {
             (IdentitySource::Jwt, Some(jwt)) => {
-                let keys = KeyStore::start(&jwt.jwks, jwks_failures).await?;
+                let keys = key_stores.get(&jwt.jwks).await?;
                 Source::Jwt(JwtVerifier::new(jwt, keys).map_err(anyhow::Error::msg)?)
             }
             (IdentitySource::Jwt, None) => anyhow::bail!("identity.jwt is required"),
@@ -247,6 +258,11 @@ pub fn map_claims(
     if roles.is_empty() {
         return Err(IdentityError::MissingClaim(mapping.roles_claim.clone()));
     }
+    if let Some((name, _)) = claims.iter().find(|(_, v)| depth(v) > MAX_CLAIM_DEPTH) {
+        return Err(IdentityError::InvalidToken(format!(
+            "claim {name} is nested deeper than {MAX_CLAIM_DEPTH} levels"
+        )));
+    }
     let attr = match mapping.attributes.claims() {
         None => claims
             .into_iter()
@@ -267,6 +283,34 @@ pub fn map_claims(
         attr,
         token: None,
     })
+}
+
+/// The deepest nesting of objects and arrays accepted in a claim. Claims become Cerbos
+/// principal attributes; deeper values made the PDP time out (a 503 that blamed the policy
+/// service for a bad token) and no identity provider issues them, so they are refused here.
+pub const MAX_CLAIM_DEPTH: usize = 32;
+
+/// Levels of object/array nesting in `value` (a scalar is 0). Stops counting past the limit.
+fn depth(value: &Value) -> usize {
+    fn walk(value: &Value, level: usize) -> usize {
+        if level > MAX_CLAIM_DEPTH {
+            return level;
+        }
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| walk(v, level + 1))
+                .max()
+                .unwrap_or(level + 1),
+            Value::Object(map) => map
+                .values()
+                .map(|v| walk(v, level + 1))
+                .max()
+                .unwrap_or(level + 1),
+            _ => level,
+        }
+    }
+    walk(value, 0)
 }
 
 fn lookup_path<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-use super::jwks::{KeySet, KeyStore};
+use super::jwks::{KeySet, KeyStore, KeyStores, MAX_JWKS_BYTES};
 use super::jwt::JwtVerifier;
 use super::*;
 use crate::config::{AttributeSelection, JwksSource, JwtConfig};
@@ -60,6 +60,7 @@ fn source(url: Option<String>) -> JwksSource {
         url,
         refresh_interval: std::time::Duration::from_secs(3600),
         fetch_timeout: std::time::Duration::from_secs(2),
+        unknown_kid_wait: std::time::Duration::from_millis(50),
     }
 }
 
@@ -156,6 +157,55 @@ fn issuer_and_audience_are_enforced() {
     let mut c = claims();
     c.as_object_mut().unwrap().remove("aud");
     assert_invalid(&rs256(&c), "missing claim aud");
+}
+
+#[test]
+fn iss_must_be_the_one_configured_string() {
+    let mut c = claims();
+    c["iss"] = json!(["https://issuer"]);
+    assert_invalid(&rs256(&c), "iss");
+    c["iss"] = json!(["https://issuer", "https://evil"]);
+    assert_invalid(&rs256(&c), "iss");
+    c["iss"] = json!({"iss": "https://issuer"});
+    assert!(check(&rs256(&c)).is_err());
+}
+
+#[test]
+fn a_critical_header_extension_is_refused() {
+    // RFC 7515 §4.1.11: agent-authz implements no extension, so any `crit` is refused.
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    header.crit = Some(vec!["exp-policy".into()]);
+    let token = encode(
+        &header,
+        &claims(),
+        &EncodingKey::from_rsa_pem(RSA_KEY).unwrap(),
+    )
+    .unwrap();
+    assert_invalid(&token, "critical header extension(s): exp-policy");
+}
+
+#[test]
+fn a_claim_nested_too_deep_is_a_bad_token() {
+    let mut deep = json!("x");
+    for _ in 0..super::MAX_CLAIM_DEPTH + 1 {
+        deep = json!({ "a": deep });
+    }
+    let mut c = claims();
+    c["profile"] = deep.clone();
+    assert_invalid(&rs256(&c), "claim profile is nested deeper than 32 levels");
+    // One level less is fine.
+    c["profile"] = deep["a"].clone();
+    assert!(check(&rs256(&c)).is_ok());
+}
+
+#[test]
+fn an_api_key_is_told_a_jwt_is_expected() {
+    assert_invalid(
+        "sk-live-0123456789abcdef",
+        "a signed JWT (header.payload.signature) is expected",
+    );
+    assert_invalid("a.b", "JWT");
 }
 
 fn forge(header: Value, claims: &Value, signature: &[u8]) -> String {
@@ -328,10 +378,22 @@ fn envoy_metadata_numbers_become_integers() {
     assert_eq!(p.attr["ratio"], json!(0.5));
 }
 
-/// A JWKS endpoint on loopback whose document can be changed, or which can fail.
+/// What the loopback JWKS endpoint answers.
+#[derive(Clone)]
+enum Reply {
+    Document(String),
+    Down,
+    /// Accepts the connection and never answers.
+    Hang,
+    /// A whole raw HTTP response.
+    Raw(String),
+}
+
+/// A JWKS endpoint on loopback whose answer can be changed; counts the requests it gets.
 struct JwksServer {
     url: String,
-    document: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    reply: std::sync::Arc<std::sync::Mutex<Reply>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl JwksServer {
@@ -339,27 +401,51 @@ impl JwksServer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-        let document = std::sync::Arc::new(std::sync::Mutex::new(document));
-        let served = document.clone();
+        let reply = std::sync::Arc::new(std::sync::Mutex::new(
+            document.map_or(Reply::Down, Reply::Document),
+        ));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (reply.clone(), requests.clone());
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buf = [0u8; 4096];
                 let _ = socket.read(&mut buf).await;
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let response = match served.lock().unwrap().clone() {
-                    Some(body) => format!(
+                    Reply::Document(body) => format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     ),
-                    None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
+                    Reply::Down => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
+                    Reply::Hang => {
+                        tokio::spawn(async move {
+                            let _socket = socket;
+                            std::future::pending::<()>().await;
+                        });
+                        continue;
+                    }
+                    Reply::Raw(raw) => raw,
                 };
                 let _ = socket.write_all(response.as_bytes()).await;
             }
         });
-        JwksServer { url, document }
+        JwksServer {
+            url,
+            reply,
+            requests,
+        }
     }
 
     fn serve(&self, document: Option<String>) {
-        *self.document.lock().unwrap() = document;
+        self.answer(document.map_or(Reply::Down, Reply::Document));
+    }
+
+    fn answer(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -391,8 +477,9 @@ async fn remote_jwks_rotation_and_outages() {
     );
     // The endpoint goes down: the last good keys keep working, and the failure is counted.
     server.serve(None);
-    assert!(
-        !keys.refetch_for_unknown_kid().await,
+    assert_eq!(
+        keys.refetch_for_unknown_kid().await,
+        super::jwks::Refetch::NotNeeded,
         "rate-limited right after a fetch"
     );
     let unknown = sign(Algorithm::RS256, Some("rsa-2"), RSA_KEY, &claims());
@@ -441,4 +528,142 @@ async fn a_verified_token_is_remembered_but_only_that_exact_token() {
     let mut c = claims();
     c["exp"] = json!(now() - 60);
     assert!(verifier.verify(&rs256(&c)).await.is_err());
+}
+
+#[tokio::test]
+async fn an_unknown_kid_waits_only_briefly_for_a_slow_identity_provider() {
+    let server = JwksServer::start(Some(jwks_with(&["ec-1"]))).await;
+    let source = source(Some(server.url.clone()));
+    let keys = KeyStore::start(&source, Default::default()).await.unwrap();
+    let verifier = JwtVerifier::new(&jwt_config(source), keys).unwrap();
+    // The provider hangs while rotating: the token is answered 503 (retry) after
+    // `unknown_kid_wait` (50 ms here), not after `fetch_timeout` (2 s) with a 401.
+    server.answer(Reply::Hang);
+    assert_eq!(
+        verifier.verify(&rs256(&claims())).await,
+        Err(IdentityError::KeysRefreshing)
+    );
+}
+
+/// A body of `len` bytes that is a valid JWKS (the keys, then padding whitespace).
+fn padded_jwks(len: usize) -> String {
+    let doc = jwks_with(&["rsa-1"]);
+    format!("{doc}{}", " ".repeat(len - doc.len()))
+}
+
+#[tokio::test]
+async fn a_jwks_response_larger_than_the_cap_is_refused() {
+    let server = JwksServer::start(Some(padded_jwks(MAX_JWKS_BYTES))).await;
+    let failures = prometheus_client::metrics::counter::Counter::<u64>::default();
+    let keys = KeyStore::start(&source(Some(server.url.clone())), failures.clone())
+        .await
+        .unwrap();
+    assert!(keys.is_loaded(), "a body of exactly the cap is accepted");
+    // With a content-length, and streamed without one (chunked): both refused, old keys kept.
+    let big = padded_jwks(MAX_JWKS_BYTES + 1);
+    server.serve(Some(big.clone()));
+    assert!(
+        KeyStore::start(&source(Some(server.url.clone())), failures.clone())
+            .await
+            .unwrap()
+            .snapshot()
+            .keys
+            .is_empty()
+    );
+    let chunked = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    server.answer(Reply::Raw(chunked));
+    assert!(
+        KeyStore::start(&source(Some(server.url.clone())), failures.clone())
+            .await
+            .unwrap()
+            .snapshot()
+            .keys
+            .is_empty()
+    );
+    assert_eq!(failures.get(), 2);
+}
+
+#[tokio::test]
+async fn a_jwks_redirect_is_refused_not_followed() {
+    let target = JwksServer::start(Some(jwks_with(&["rsa-1"]))).await;
+    let server = JwksServer::start(None).await;
+    server.answer(Reply::Raw(format!(
+        "HTTP/1.1 302 Found\r\nlocation: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        target.url
+    )));
+    let keys = KeyStore::start(&source(Some(server.url.clone())), Default::default())
+        .await
+        .unwrap();
+    assert!(!keys.is_loaded());
+    assert_eq!(target.requests(), 0, "the redirect target was never asked");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_running_keys_and_does_not_refetch_in_a_storm() {
+    let server = JwksServer::start(Some(jwks_with(&["rsa-1"]))).await;
+    let stores = KeyStores::new(Default::default());
+    let source = source(Some(server.url.clone()));
+    let first = stores.get(&source).await.unwrap();
+    assert!(first.is_loaded());
+    server.serve(None);
+    // Twenty reloads (SIGHUP storm) with the endpoint failing: same keys, one fetch at most.
+    for _ in 0..20 {
+        let again = stores.get(&source).await.unwrap();
+        assert!(again.is_loaded());
+        assert!(std::sync::Arc::ptr_eq(&first, &again));
+    }
+    tokio::task::yield_now().await;
+    assert!(server.requests() <= 2, "{} fetches", server.requests());
+    // A changed source that cannot load keys is refused while the running one has keys.
+    let mut other = source.clone();
+    other.fetch_timeout = std::time::Duration::from_secs(1);
+    assert!(stores.get(&other).await.is_err());
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &stores.get(&source).await.unwrap()
+    ));
+}
+
+#[tokio::test]
+async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks_with(&["rsa-1"])).unwrap();
+    let source = JwksSource {
+        file: Some(path.clone()),
+        ..source(None)
+    };
+    let keys = KeyStore::start(&source, Default::default()).await.unwrap();
+    let verifier = JwtVerifier::new(&jwt_config(source), keys.clone()).unwrap();
+    let token = rs256(&claims());
+    assert!(verifier.verify(&token).await.is_ok());
+    assert!(verifier.verify(&token).await.is_ok(), "remembered");
+    // rsa-1 is revoked, ec-1 added.
+    std::fs::write(&path, jwks_with(&["ec-1"])).unwrap();
+    keys.reread_file();
+    assert_eq!(
+        verifier.verify(&token).await,
+        Err(IdentityError::InvalidToken(
+            "unknown signing key (kid)".into()
+        )),
+        "the remembered verification went with its key"
+    );
+    assert!(
+        verifier
+            .verify(&sign(Algorithm::ES256, Some("ec-1"), EC_KEY, &claims()))
+            .await
+            .is_ok()
+    );
+    // A half-written file keeps the last good keys.
+    std::fs::write(&path, &jwks_with(&["rsa-1"])[..40]).unwrap();
+    keys.reread_file();
+    assert!(
+        verifier
+            .verify(&sign(Algorithm::ES256, Some("ec-1"), EC_KEY, &claims()))
+            .await
+            .is_ok()
+    );
 }

@@ -83,7 +83,9 @@ impl Refusal {
     pub fn answer(&self, principal: &str, dialect: &Dialect, settings: AnswerSettings) -> Denial {
         let reason = self.reason(principal);
         let (status, kind, code, rpc_code) = match self {
-            Refusal::Unauthenticated(IdentityError::KeysUnavailable) => (
+            Refusal::Unauthenticated(
+                IdentityError::KeysUnavailable | IdentityError::KeysRefreshing,
+            ) => (
                 503,
                 "service_unavailable",
                 "keys_unavailable",
@@ -144,7 +146,7 @@ impl Refusal {
             match e {
                 IdentityError::MissingToken => headers
                     .push(("www-authenticate".into(), "Bearer realm=\"agent-authz\"".into())),
-                IdentityError::KeysUnavailable => {}
+                IdentityError::KeysUnavailable | IdentityError::KeysRefreshing => {}
                 other => headers.push((
                     "www-authenticate".into(),
                     format!(
