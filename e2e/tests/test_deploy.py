@@ -77,6 +77,7 @@ AUTHZ_KEY = "agent-authz.yaml"  # ConfigMap keys
 ENVOY_KEY = "envoy.yaml"
 CERBOS_KEY = "config.yaml"
 
+HEALTH_CHECK = "envoy.filters.http.health_check"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
 ROUTER = "envoy.filters.http.router"
@@ -172,10 +173,33 @@ def istio_docs() -> list[dict]:
     return [d for d in docs if ".istio.io/" in d["apiVersion"]]
 
 
+def all_containers(pod_spec: dict) -> list[dict]:
+    """The pod's containers, its (sidecar) init containers first."""
+    return pod_spec.get("initContainers", []) + pod_spec["containers"]
+
+
 def container(pod_spec: dict, name: str) -> dict:
-    found = [c for c in pod_spec["containers"] if c["name"] == name]
+    found = [c for c in all_containers(pod_spec) if c["name"] == name]
     assert len(found) == 1, f"no container {name!r}"
     return found[0]
+
+
+def cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def env_of(c: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", [])}
+
+
+def arg_after(args: list[str], flag: str) -> str:
+    assert flag in args, f"{flag} missing from {args}"
+    return args[args.index(flag) + 1]
 
 
 def mounted_configmap(pod_spec: dict, container_name: str, configmap_prefix: str) -> str:
@@ -279,14 +303,17 @@ def test_gateway_pod_runs_three_hardened_containers(directory):
     docs = rendered(directory)
     deployment = one(docs, "Deployment", "ai-gateway")
     pod = deployment["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["envoy", "agent-authz", "cerbos"]
+    # Native sidecars: Cerbos, then agent-authz start first and stop after Envoy.
+    assert [c["name"] for c in pod["initContainers"]] == ["cerbos", "agent-authz"]
+    assert all(c["restartPolicy"] == "Always" for c in pod["initContainers"])
+    assert [c["name"] for c in pod["containers"]] == ["envoy"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod.get("automountServiceAccountToken") is False
-    images = {c["name"]: c["image"] for c in pod["containers"]}
+    images = {c["name"]: c["image"] for c in all_containers(pod)}
     assert images["envoy"] == "envoyproxy/envoy:v1.40.0"
     assert images["cerbos"] == "ghcr.io/cerbos/cerbos:0.55.0"
-    for c in pod["containers"]:
+    for c in all_containers(pod):
         image = c["image"]
         tag = image.rsplit("/", 1)[-1].partition(":")[2]
         assert tag and tag != "latest", f"{c['name']}: image {image} is not pinned"
@@ -298,11 +325,17 @@ def test_gateway_pod_runs_three_hardened_containers(directory):
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{c['name']} lacks {kind}"
         assert c.get("readinessProbe") and c.get("livenessProbe"), f"{c['name']} lacks probes"
+    # The base's image is built locally and never pulled (no registry has it); the overlay's
+    # comes from a registry.
+    pull = container(pod, "agent-authz").get("imagePullPolicy")
     if directory.endswith("production"):
         ns = one(docs, "Namespace")
         assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
         assert deployment["spec"]["replicas"] >= 3
         assert images["agent-authz"].startswith("registry.example.com/")
+        assert pull == "IfNotPresent"
+    else:
+        assert (images["agent-authz"], pull) == ("agent-authz:0.1.0", "Never")
 
 
 @pytest.mark.parametrize("directory", ["k8s/base", "k8s/overlays/production"])
@@ -319,6 +352,7 @@ def test_gateway_pod_wiring_agrees_with_its_configs(directory):
     assert cluster_endpoint(envoy, "agent_authz") == ("127.0.0.1", 9191)
     assert authz["cerbos"]["address"] == "http://" + cerbos["server"]["grpcListenAddr"]
     assert cerbos["server"]["grpcListenAddr"].startswith("127.0.0.1:")
+    assert cerbos["server"]["httpListenAddr"].startswith("127.0.0.1:"), "Cerbos stays on loopback"
 
     # Each container reads its configuration where the ConfigMap is mounted.
     envoy_c, authz_c, cerbos_c = (container(pod, n) for n in ("envoy", "agent-authz", "cerbos"))
@@ -338,24 +372,25 @@ def test_gateway_pod_wiring_agrees_with_its_configs(directory):
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = authz_c[probe]["httpGet"]
         assert (get["path"], named_port(authz_c, get["port"])) == (path, admin_port)
-    cerbos_http = cerbos["server"]["httpListenAddr"]
     for probe in ("readinessProbe", "livenessProbe"):
-        get = cerbos_c[probe]["httpGet"]
-        assert (get["path"], named_port(cerbos_c, get["port"])) == ("/_cerbos/health", port_of(cerbos_http))
+        assert cerbos_c[probe]["exec"]["command"] == ["/cerbos", "healthcheck", f"--config={cerbos_dir}/{CERBOS_KEY}"]
     listeners = {l["name"]: l for l in envoy["static_resources"]["listeners"]}
+    ops = listeners["ops"]
+    ops_port = ops["address"]["socket_address"]["port_value"]
     ready = envoy_c["readinessProbe"]["httpGet"]
-    ready_listener = listeners["readiness"]
-    assert named_port(envoy_c, ready["port"]) == ready_listener["address"]["socket_address"]["port_value"]
-    assert ready["path"] == "/ready"
-    (vhost,) = listener_hcm(ready_listener)["typed_config"]["route_config"]["virtual_hosts"]
-    assert vhost["routes"][0]["match"]["path"] == "/ready"
-    assert vhost["routes"][0]["route"]["cluster"] == "envoy_admin"
+    assert (ready["path"], named_port(envoy_c, ready["port"])) == ("/ready", ops_port)
+    live = envoy_c["livenessProbe"]["httpGet"]
+    assert (live["path"], named_port(envoy_c, live["port"])) == ("/livez", ops_port)
+    (vhost,) = listener_hcm(ops)["typed_config"]["route_config"]["virtual_hosts"]
+    to_admin = {r["match"]["path"] for r in vhost["routes"] if r.get("route", {}).get("cluster") == "envoy_admin"}
+    assert to_admin == {"/ready", "/stats/prometheus"}, "the ops listener forwards nothing else to the admin"
+    # The drain (inboundonly) closes the gateway listener and leaves probes and scrapes working.
+    assert listeners["agent_gateway"]["traffic_direction"] == "INBOUND"
+    assert ops["traffic_direction"] == "OUTBOUND" and ops["ignore_global_conn_limit"] is True
     admin = envoy["admin"]["address"]["socket_address"]
     assert admin["address"] == "127.0.0.1", "Envoy's admin must stay off the pod IP"
     assert cluster_endpoint(envoy, "envoy_admin") == ("127.0.0.1", admin["port_value"])
-    live = envoy_c["livenessProbe"]["httpGet"]
     gateway_port = listeners["agent_gateway"]["address"]["socket_address"]["port_value"]
-    assert (live["path"], named_port(envoy_c, live["port"])) == ("/healthz", gateway_port)
 
     # Only the gateway port is served: Service, NetworkPolicy.
     service = one(docs, "Service", "ai-gateway")
@@ -366,14 +401,101 @@ def test_gateway_pod_wiring_agrees_with_its_configs(directory):
     policy = one(docs, "NetworkPolicy", "ai-gateway")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    ingress_ports = [p for rule in policy["spec"]["ingress"] for p in rule["ports"]]
-    assert ingress_ports == [{"port": gateway_port, "protocol": "TCP"}]
+    public, scrape = policy["spec"]["ingress"]
+    assert "from" not in public and public["ports"] == [{"port": gateway_port, "protocol": "TCP"}]
+    assert scrape["from"] and {p["port"] for p in scrape["ports"]} == {ops_port, admin_port}
     egress_ports = {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {(53, "UDP"), (53, "TCP"), (443, "TCP")} <= egress_ports
+    # DNS to any address: NodeLocal DNSCache answers on a node-local address no pod selector
+    # matches, and IPv6 clusters resolve over IPv6.
+    (dns,) = [r for r in policy["spec"]["egress"] if {p["port"] for p in r["ports"]} == {53}]
+    assert "to" not in dns
+    (idp,) = [r for r in policy["spec"]["egress"] if {p["port"] for p in r["ports"]} == {443}]
+    assert {b["ipBlock"]["cidr"] for b in idp["to"]} == {"0.0.0.0/0", "::/0"}
     for name in ("llm_upstream", "mcp_upstream"):
         assert (cluster_endpoint(envoy, name)[1], "TCP") in egress_ports, f"egress to {name} is closed"
     pdb = one(docs, "PodDisruptionBudget", "ai-gateway")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("directory", ["k8s/base", "k8s/overlays/production"])
+def test_gateway_pod_drains_before_it_stops(directory):
+    """SIGTERM would close every connection at once: the envoy container's preStop hook drains
+    first, within numbers that agree with each other and with the route timeouts."""
+    docs = rendered(directory)
+    pod = one(docs, "Deployment", "ai-gateway")["spec"]["template"]["spec"]
+    envoy_c = container(pod, "envoy")
+    envoy = yaml.safe_load(configmap_file(docs, ENVOY_KEY)[1])
+    envoy_dir = mounted_configmap(pod, "envoy", "envoy-config")
+    assert envoy_c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/bash", f"{envoy_dir}/envoy-drain.sh"]
+    assert configmap_file(docs, "envoy-drain.sh")[1] == (REPO / "k8s/base/config/envoy-drain.sh").read_text()
+    env, args = env_of(envoy_c), envoy_c["args"]
+    assert arg_after(args, "--drain-time-s") == env["DRAIN_TIME_SECONDS"]
+    assert arg_after(args, "--drain-strategy") == "immediate"
+    grace = int(env["DRAIN_ENDPOINT_GRACE_SECONDS"])
+    max_wait = int(env["DRAIN_MAX_WAIT_SECONDS"])
+    assert max_wait >= grace + int(env["DRAIN_TIME_SECONDS"])
+    # An LLM answer that started just before the drain may run for its whole route timeout.
+    (listener,) = [l for l in envoy["static_resources"]["listeners"] if l["name"] == "agent_gateway"]
+    (vhost,) = listener_hcm(listener)["typed_config"]["route_config"]["virtual_hosts"]
+    llm_timeout = max(int(r["route"]["timeout"].rstrip("s")) for r in vhost["routes"]
+                      if r.get("route", {}).get("cluster") == "llm_upstream")
+    assert max_wait >= grace + llm_timeout
+    # The kubelet's grace period outlasts the hook, and the sidecars get time after it.
+    assert pod["terminationGracePeriodSeconds"] >= max_wait + 30
+    # The sidecars have no preStop: as native sidecars they stop after Envoy has.
+    for name in ("agent-authz", "cerbos"):
+        assert "lifecycle" not in container(pod, name), name
+
+
+@pytest.mark.parametrize("directory", ["k8s/base", "k8s/overlays/production"])
+def test_gateway_envoy_is_sized_to_its_container(directory):
+    """Worker threads = CPU limit; the overload manager's heap below the memory limit."""
+    docs = rendered(directory)
+    envoy_c = container(one(docs, "Deployment", "ai-gateway")["spec"]["template"]["spec"], "envoy")
+    limits = envoy_c["resources"]["limits"]
+    assert int(arg_after(envoy_c["args"], "--concurrency")) == cpu_cores(limits["cpu"])
+    envoy = yaml.safe_load(configmap_file(docs, ENVOY_KEY)[1])
+    monitors = {m["name"]: m["typed_config"] for m in envoy["overload_manager"]["resource_monitors"]}
+    heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
+    assert heap <= 0.8 * mebibytes(limits["memory"]) * 2**20
+    assert monitors["envoy.resource_monitors.global_downstream_max_connections"]["max_active_downstream_connections"]
+    actions = {a["name"] for a in envoy["overload_manager"]["actions"]}
+    assert "envoy.overload_actions.stop_accepting_requests" in actions
+    (authz,) = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "agent_authz"]
+    (limits_cb,) = authz["circuit_breakers"]["thresholds"]
+    assert limits_cb["max_requests"] > 1024, "Envoy's default (1,024) is below the open MCP streams"
+
+
+def test_base_idp_is_a_placeholder_the_overlay_replaces():
+    """The base never waits on a real-looking IdP (the .invalid host cannot resolve, and the log
+    names it); the overlay changes only the IdP, not a copy of the whole configuration."""
+    base = yaml.safe_load(configmap_file(rendered("k8s/base"), AUTHZ_KEY)[1])
+    base_text = (REPO / "k8s/base/config/agent-authz.yaml").read_text()
+    assert base_text.split('"')[1] == base["identity"]["jwt"]["jwks"]["url"]
+    assert base_text.split('"')[3] == base["identity"]["jwt"]["issuer"]
+    assert ".invalid/" in base["identity"]["jwt"]["jwks"]["url"]
+    production = yaml.safe_load(configmap_file(rendered("k8s/overlays/production"), AUTHZ_KEY)[1])
+    idp = yaml.safe_load((REPO / "k8s/overlays/production/idp.yaml").read_text())["data"]
+    assert production["identity"]["jwt"]["jwks"]["url"] == idp["jwks_url"]
+    assert production["identity"]["jwt"]["issuer"] == idp["issuer"]
+    production["identity"]["jwt"]["jwks"]["url"] = base["identity"]["jwt"]["jwks"]["url"]
+    production["identity"]["jwt"]["issuer"] = base["identity"]["jwt"]["issuer"]
+    assert production == base, "the overlay changes nothing but the IdP"
+    assert not list((REPO / "k8s/overlays/production").glob(AUTHZ_KEY))
+    assert "idp" not in {d["metadata"]["name"] for d in rendered("k8s/overlays/production")}
+
+
+@pytest.mark.parametrize("directory", ["k8s/base", "istio/authz-service"])
+def test_cerbos_decision_log_is_off_where_agent_authz_logs_decisions(directory):
+    """agent-authz's decision log (with audit.mask / audit.drop) is the record; Cerbos keeps its
+    access log (call id + request id, no content) for the join."""
+    config = yaml.safe_load(configmap_file(rendered(directory), CERBOS_KEY)[1])
+    audit = config["audit"]
+    assert audit["enabled"] is True and audit["decisionLogsEnabled"] is False
+    assert audit["accessLogsEnabled"] is True and audit["includeMetadataKeys"] == ["x-request-id"]
+    authz = yaml.safe_load(configmap_file(rendered(directory), AUTHZ_KEY)[1])
+    assert authz["audit"]["output"] == "stdout"
 
 
 # ---------------------------------------------------------------- embedded configurations
@@ -466,11 +588,12 @@ def test_envoy_accepts_the_deployed_config(directory, tmp_path):
     listeners = {l["name"]: l for l in envoy["static_resources"]["listeners"]}
     hcm = listener_hcm(listeners["agent_gateway"])
     filters = http_filters(hcm)
-    assert [f["name"] for f in filters] == [EXT_AUTHZ, EXT_PROC, ROUTER], "ext_authz decides, then ext_proc applies"
-    check_ext_proc_leg(filters[0], filters[1], "agent_authz")
+    assert [f["name"] for f in filters] == [HEALTH_CHECK, EXT_AUTHZ, EXT_PROC, ROUTER], \
+        "/healthz first; then ext_authz decides, then ext_proc applies"
+    check_ext_proc_leg(filters[1], filters[2], "agent_authz")
     assert hcm["typed_config"]["normalize_path"] is True and hcm["typed_config"]["merge_slashes"] is True
     authz = yaml.safe_load(configmap_file(docs, AUTHZ_KEY)[1])
-    assert filters[0]["typed_config"]["with_request_body"]["max_request_bytes"] == authz["server"]["max_request_bytes"]
+    assert filters[1]["typed_config"]["with_request_body"]["max_request_bytes"] == authz["server"]["max_request_bytes"]
     assert listeners["agent_gateway"]["per_connection_buffer_limit_bytes"] > ONE_MIB
 
     (vhost,) = hcm["typed_config"]["route_config"]["virtual_hosts"]
@@ -479,12 +602,15 @@ def test_envoy_accepts_the_deployed_config(directory, tmp_path):
     assert routes["llm_chat"]["match"] == {"prefix": "/v1/chat/completions"}
     assert route_modes(routes["mcp"]) == MCP_MODES
     assert routes["mcp"]["match"] == {"prefix": "/mcp"}
-    healthz = routes["healthz"]["typed_per_filter_config"]
-    assert healthz[EXT_AUTHZ]["disabled"] is True and healthz[EXT_PROC]["disabled"] is True
-    # Only /healthz skips ext_authz.
+    # No route skips ext_authz (/healthz is answered by the health-check filter before it).
     for name, route in routes.items():
-        if name != "healthz":
-            assert EXT_AUTHZ not in route.get("typed_per_filter_config", {}), name
+        assert EXT_AUTHZ not in route.get("typed_per_filter_config", {}), name
+    # Streams outlive Envoy's default 15 s route timeout; the caller's credentials stay here.
+    assert routes["llm_chat"]["route"]["timeout"] == "600s"
+    assert routes["mcp"]["route"]["timeout"] == "0s" and routes["mcp"]["route"]["idle_timeout"]
+    route_config = hcm["typed_config"]["route_config"]
+    assert {"authorization", "cookie", "x-api-key"} <= set(route_config["request_headers_to_remove"])
+    assert route_config["most_specific_header_mutations_wins"] is True
 
 
 # ---------------------------------------------------------------------------- Cerbos
@@ -1137,9 +1263,10 @@ def test_the_gateway_pod_works_on_loopback(tmp_path):
         Path(in_pod(f"{authz_dir}/{AUTHZ_KEY}")).write_text(yaml.safe_dump(authz))
         procs.start("agent-authz", [str(exe)] + args_in_pod(authz_c["args"], authz_dir))
 
-        # Envoy.
+        # Envoy (its drain shortened from the manifest's 45 s to 2 s).
         envoy_c = container(pod, "envoy")
         envoy_dir = mounted_configmap(pod, "envoy", "envoy-config")
+        drain_time = "2"
         envoy = relocate_envoy(
             yaml.safe_load(configmap_data("envoy-config")[ENVOY_KEY]),
             {("0.0.0.0", 8080): ("127.0.0.1", p["gateway"]), ("0.0.0.0", 9902): ("127.0.0.1", p["ready"]),
@@ -1147,20 +1274,33 @@ def test_the_gateway_pod_works_on_loopback(tmp_path):
             {"llm_upstream": llm_port, "mcp_upstream": mcp_port})
         Path(in_pod(envoy_dir)).mkdir(parents=True)
         Path(in_pod(f"{envoy_dir}/{ENVOY_KEY}")).write_text(yaml.safe_dump(envoy, sort_keys=False))
+        Path(in_pod(f"{envoy_dir}/envoy-drain.sh")).write_text(configmap_data("envoy-config")["envoy-drain.sh"])
         argv = args_in_pod(envoy_c["args"], envoy_dir)
+        argv[argv.index("--drain-time-s") + 1] = drain_time
         # Access-log lines at once (the container's args disable hot restart: no shared memory).
         procs.start("envoy", [str(envoy_bin)] + argv + ["--file-flush-interval-msec", "200"])
 
-        # The kubelet's probes, as the Deployment declares them.
-        procs.wait_http("cerbos", f"http://127.0.0.1:{p['cerbos_http']}{cerbos_c['readinessProbe']['httpGet']['path']}")
+        # The kubelet's probes, as the Deployment declares them (Cerbos': its healthcheck
+        # command, with the configuration it runs with).
+        probe = [str(cerbos_bin)] + args_in_pod(cerbos_c["readinessProbe"]["exec"]["command"][1:], cerbos_dir)
+        deadline = time.monotonic() + 30
+        while run(probe, timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, f"cerbos healthcheck never passed:\n{procs.log('cerbos')}"
+            time.sleep(0.2)
         procs.wait_http("agent-authz", f"http://127.0.0.1:{p['authz_admin']}{authz_c['readinessProbe']['httpGet']['path']}")
-        procs.wait_http("envoy", f"http://127.0.0.1:{p['ready']}{envoy_c['readinessProbe']['httpGet']['path']}")
-        procs.wait_http("envoy", f"http://127.0.0.1:{p['gateway']}{envoy_c['livenessProbe']['httpGet']['path']}")
+        ops = f"http://127.0.0.1:{p['ready']}"
+        procs.wait_http("envoy", f"{ops}{envoy_c['readinessProbe']['httpGet']['path']}")
+        procs.wait_http("envoy", f"{ops}{envoy_c['livenessProbe']['httpGet']['path']}")
         logs = lambda: "\n".join(procs.log(n) for n in ("envoy", "agent-authz", "cerbos"))  # noqa: E731
 
-        # The readiness listener exposes /ready and nothing else of Envoy's admin.
-        status, _, _ = request(f"http://127.0.0.1:{p['ready']}/stats")
-        assert status == 404
+        # The ops listener exposes /ready and /stats/prometheus of Envoy's admin, nothing else.
+        for path in ("/stats", "/drain_listeners", "/healthcheck/fail", "/quitquitquit", "/config_dump"):
+            assert request(f"{ops}{path}")[0] == 404, path
+            assert request(f"{ops}{path}", {})[0] == 404, f"POST {path}"
+        status, _, body = request(f"{ops}/stats/prometheus")
+        assert status == 200 and b"envoy_server_live" in body
+        # The gateway listener serves no metrics.
+        assert request(f"http://127.0.0.1:{p['gateway']}/metrics")[0] in (401, 403, 404)
 
         def token(name: str) -> str:
             now = int(time.time())
@@ -1208,3 +1348,27 @@ def test_the_gateway_pod_works_on_loopback(tmp_path):
         # A path no route classifies never reaches an upstream.
         status, _, _ = request(f"{gateway}/v1/embeddings", {"model": "gpt-4o-mini", "input": "x"}, alice)
         assert status == 403
+
+        # The preStop hook, as declared (its waits shortened): readiness fails first while
+        # liveness holds, then the gateway listener drains and refuses new connections, while
+        # the ops listener keeps serving probes and metrics.
+        hook = envoy_c["lifecycle"]["preStop"]["exec"]["command"]
+        hook_env = {**env_of(envoy_c), "ENVOY_ADMIN_PORT": str(p["envoy_admin"]), "DRAIN_TIME_SECONDS": drain_time,
+                    "DRAIN_ENDPOINT_GRACE_SECONDS": "1", "DRAIN_MAX_WAIT_SECONDS": "20"}
+        drain = subprocess.Popen(args_in_pod(hook, envoy_dir), env={**os.environ, **hook_env},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 1
+            while request(f"{ops}/ready")[0] != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert request(f"{ops}/ready")[0] == 503, "readiness did not fail first"
+            assert request(f"{gateway}/healthz")[0] == 503
+            assert request(f"{ops}/livez")[0] == 200, "a draining Envoy is still alive"
+            out, _ = drain.communicate(timeout=30)
+        finally:
+            drain.kill()
+        assert drain.returncode == 0 and "drained after" in out, out
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"{gateway}/healthz", timeout=2)
+        assert request(f"{ops}/livez")[0] == 200
+        assert request(f"{ops}/stats/prometheus")[0] == 200
