@@ -769,6 +769,26 @@ pub struct McpConfig {
     /// a larger one fails closed.
     #[serde(default = "default_max_list_response_bytes")]
     pub max_list_response_bytes: usize,
+    /// Bind each MCP session to the principal that opened it (`seal`, the default): the
+    /// ext_proc leg seals the `Mcp-Session-Id` the server mints, and a request carrying a
+    /// session sealed for someone else (or not sealed) is answered `404`. `off` passes ids
+    /// through unbound: only for deployments without the ext_proc leg on MCP routes.
+    #[serde(default)]
+    pub session_binding: SessionBinding,
+    /// Secrets that seal session ids, one per line (at least 32 bytes each): the first seals,
+    /// all verify (rotation). Without it each process draws a random key, so a session is
+    /// bound to one replica; set it wherever several replicas serve one gateway.
+    #[serde(default)]
+    pub session_keys_file: Option<std::path::PathBuf>,
+}
+
+/// See [`McpConfig::session_binding`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionBinding {
+    #[default]
+    Seal,
+    Off,
 }
 
 impl Default for McpConfig {
@@ -776,6 +796,8 @@ impl Default for McpConfig {
         Self {
             denied_http_status: default_mcp_denied_status(),
             max_list_response_bytes: default_max_list_response_bytes(),
+            session_binding: SessionBinding::default(),
+            session_keys_file: None,
         }
     }
 }

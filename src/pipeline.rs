@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, now_rfc3339};
 use crate::config::{
-    Config, DeniedTools, ForcedDeniedTool, Format, RouteConfig, UnclassifiedRoutes,
+    Config, DeniedTools, ForcedDeniedTool, Format, RouteConfig, SessionBinding, UnclassifiedRoutes,
 };
 use crate::decide::vocabulary::Vocabulary;
 use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
@@ -20,6 +20,7 @@ use crate::extract::{
     self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
 };
 use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
+use crate::identity::session::SessionSeal;
 use crate::identity::{Authenticator, Principal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
 use crate::redact::Redaction;
@@ -33,6 +34,8 @@ pub const PRINCIPAL_HEADER: &str = "x-agent-authz-principal";
 pub const DECISION_ID_HEADER: &str = "x-agent-authz-decision-id";
 /// Response header listing denied tools, when `denied_tools_response_header` is on.
 pub const DENIED_TOOLS_HEADER: &str = "x-agent-authz-denied-tools";
+/// The MCP session header, sealed toward clients and unsealed toward servers.
+pub const MCP_SESSION_HEADER: &str = "mcp-session-id";
 /// Envoy marks a body cut at `max_request_bytes` with this header.
 const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 
@@ -70,6 +73,8 @@ pub struct Pipeline<E> {
     answers: AnswerSettings,
     dry_run: bool,
     redaction: Redaction,
+    /// Seals MCP session ids to their principal; `None` with `mcp.session_binding: off`.
+    sessions: Option<SessionSeal>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
 }
@@ -86,6 +91,8 @@ struct Trace {
     request: Option<AgentRequest>,
     decision: Decision,
     denied_tools: Vec<String>,
+    /// The server's own id of the MCP session the request belongs to (unsealed).
+    session: Option<String>,
 }
 
 impl<E: PolicyEngine> Pipeline<E> {
@@ -118,6 +125,10 @@ impl<E: PolicyEngine> Pipeline<E> {
             },
             dry_run: config.dry_run,
             redaction: Redaction::new(&config.audit),
+            sessions: match config.mcp.session_binding {
+                SessionBinding::Seal => Some(SessionSeal::per_process()),
+                SessionBinding::Off => None,
+            },
             audit,
             metrics,
         }
@@ -142,6 +153,35 @@ impl<E: PolicyEngine> Pipeline<E> {
             }
         }
         Ok(())
+    }
+
+    /// Seals sessions with the keys of `mcp.session_keys_file` (when binding is on).
+    pub fn with_session_keys(mut self, seal: SessionSeal) -> Self {
+        if self.sessions.is_some() {
+            self.sessions = Some(seal);
+        }
+        self
+    }
+
+    /// The id to hand `principal` for the session id an MCP server minted; the server's id
+    /// when binding is off.
+    pub fn seal_session(&self, principal: &str, session: &str) -> Option<String> {
+        self.sessions.as_ref().map(|s| s.seal(principal, session))
+    }
+
+    /// The server's id of the session a request names, if the request is `principal`'s to
+    /// send. Requests without a session id pass (the server decides whether it needs one).
+    fn unseal_session(
+        &self,
+        principal: &Principal,
+        headers: &HashMap<String, String>,
+    ) -> Result<Option<String>, Refusal> {
+        let (Some(seal), Some(sealed)) = (&self.sessions, headers.get(MCP_SESSION_HEADER)) else {
+            return Ok(None);
+        };
+        seal.unseal(&principal.id, sealed.trim())
+            .map(|session| Some(session.to_owned()))
+            .ok_or(Refusal::UnknownSession)
     }
 
     /// Shares the store of learnt tool schemas (it outlives configuration reloads).
@@ -203,6 +243,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             request: None,
             decision: Decision::default(),
             denied_tools: Vec::new(),
+            session: None,
         };
         let (result, dialect) = self.run(&input, &mut trace).await;
         let principal_id = trace
@@ -373,6 +414,10 @@ impl<E: PolicyEngine> Pipeline<E> {
                 ids: mcp.messages.iter().map(|m| m.id.clone()).collect(),
                 batch: mcp.batch,
             };
+            match self.unseal_session(&principal, &input.headers) {
+                Ok(session) => trace.session = session,
+                Err(refusal) => return (Err(refusal), dialect),
+            }
             if let Err(e) = self.check_argument_types(&route, mcp) {
                 return (Err(Refusal::BadRequest(e)), dialect);
             }
@@ -490,6 +535,9 @@ impl<E: PolicyEngine> Pipeline<E> {
         let mut headers = vec![(DECISION_ID_HEADER.to_owned(), trace.decision_id.clone())];
         if let Some(p) = &trace.principal {
             headers.push((PRINCIPAL_HEADER.to_owned(), p.id.clone()));
+        }
+        if let Some(session) = &trace.session {
+            headers.push((MCP_SESSION_HEADER.to_owned(), session.clone()));
         }
         if self.output_headers {
             headers.extend(output_headers(&trace.decision));

@@ -892,3 +892,36 @@ async fn allowing_rule_outputs_become_upstream_headers_when_configured() {
         }
     }
 }
+
+#[tokio::test]
+async fn mcp_sessions_open_only_for_the_principal_they_were_sealed_for() {
+    let h = Harness::new("").await;
+    let sealed = h.pipeline.seal_session("alice", "srv-1").unwrap();
+    let with_session = |session: &str, who: HashMap<String, Value>| {
+        let mut req = input("/mcp", refund(1, "T-100", 10), who);
+        req.headers
+            .insert(MCP_SESSION_HEADER.to_owned(), session.to_owned());
+        req
+    };
+    let outcome = h.pipeline.check(with_session(&sealed, alice())).await;
+    let Outcome::Allow { headers, .. } = &outcome else {
+        panic!("alice's own session: {outcome:?}")
+    };
+    assert!(
+        headers.contains(&(MCP_SESSION_HEADER.to_owned(), "srv-1".to_owned())),
+        "the server gets its own id back"
+    );
+    let bob = HashMap::from([(
+        "envoy.filters.http.jwt_authn".to_owned(),
+        json!({"jwt_payload": {"sub": "bob", "roles": ["support"]}}),
+    )]);
+    let calls = h.engine_calls();
+    for (session, who) in [(sealed.as_str(), bob), ("srv-1", alice())] {
+        let (status, body) = denial(&h.pipeline.check(with_session(session, who)).await);
+        assert_eq!(status, 404, "{session}");
+        assert_eq!(body["id"], 1);
+        assert_eq!(body["error"]["code"], 404);
+    }
+    assert_eq!(h.engine_calls(), calls, "refused before Cerbos is asked");
+    assert_eq!(h.log().last().unwrap()["refusal"], "unknown_session");
+}

@@ -20,6 +20,7 @@ use crate::extract::tool_schemas::ToolSchemas;
 type Engine = CachedEngine<CerbosEngine>;
 use crate::identity::Authenticator;
 use crate::identity::jwks::KeyStores;
+use crate::identity::session::SessionSeal;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reload::Current;
@@ -54,10 +55,14 @@ async fn build(
         Arc::clone(metrics),
     );
     let audit = AuditLog::new(&config.audit).map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
-    Ok(
-        Pipeline::new(config, authenticator, engine, audit, Arc::clone(metrics))
-            .with_tool_schemas(Arc::clone(schemas)),
-    )
+    let mut pipeline = Pipeline::new(config, authenticator, engine, audit, Arc::clone(metrics))
+        .with_tool_schemas(Arc::clone(schemas));
+    if let Some(path) = &config.mcp.session_keys_file {
+        let seal = SessionSeal::from_file(path)
+            .map_err(|e| anyhow::anyhow!("mcp.session_keys_file: {e}"))?;
+        pipeline = pipeline.with_session_keys(seal);
+    }
+    Ok(pipeline)
 }
 
 /// Serves until SIGINT/SIGTERM. `path` is watched for configuration changes.

@@ -7,6 +7,7 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod session;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -34,10 +34,11 @@ use tonic::{Response, Status, Streaming};
 
 use super::ext_authz::struct_to_json;
 use super::processing_request::{Phase, ProcessingRequest};
+use crate::config::Format;
 use crate::decide::PolicyEngine;
 use crate::extract::dialect;
 use crate::handoff::Handoff;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{MCP_SESSION_HEADER, Pipeline};
 use crate::reload::Current;
 use crate::rewrite::{listing, sse};
 
@@ -231,18 +232,37 @@ impl Exchange {
             }
             _ => ResponseFilter::Pass,
         };
-        let response = match self.response {
-            ResponseFilter::Pass => None,
+        let mut mutation = HeaderMutation::default();
+        if !matches!(self.response, ResponseFilter::Pass) {
             // The body will change length.
-            _ => Some(CommonResponse {
-                header_mutation: Some(HeaderMutation {
-                    set_headers: vec![],
-                    remove_headers: vec!["content-length".to_owned()],
-                }),
-                ..CommonResponse::default()
-            }),
-        };
+            mutation.remove_headers.push("content-length".to_owned());
+        }
+        if let Some(sealed) = self.sealed_session(pipeline, headers) {
+            mutation
+                .set_headers
+                .push(set_header(MCP_SESSION_HEADER, sealed));
+        }
+        let changed = !mutation.set_headers.is_empty() || !mutation.remove_headers.is_empty();
+        let response = changed.then(|| CommonResponse {
+            header_mutation: Some(mutation),
+            ..CommonResponse::default()
+        });
         reply(Reply::ResponseHeaders(HeadersResponse { response }))
+    }
+
+    /// The session id an MCP server minted, sealed to the principal of the exchange (see
+    /// [`crate::identity::session`]).
+    fn sealed_session<E: PolicyEngine>(
+        &self,
+        pipeline: &Pipeline<E>,
+        headers: &HttpHeaders,
+    ) -> Option<String> {
+        let handoff = self.handoff.as_ref()?;
+        if handoff.format != Some(Format::Mcp) {
+            return None;
+        }
+        let session = header(headers, MCP_SESSION_HEADER)?;
+        pipeline.seal_session(&handoff.principal.id, session.trim())
     }
 
     async fn response_body<E: PolicyEngine>(
@@ -768,5 +788,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mutated_body(&r), None);
+    }
+
+    #[tokio::test]
+    async fn mcp_session_ids_reach_the_client_sealed_to_the_principal() {
+        let p = pipeline().await;
+        let mut h = handoff(&[], None);
+        h.format = Some(Format::Mcp);
+        let (mut x, _) = opened(&p, "/mcp", &h).await;
+        let r = x
+            .handle(
+                &p,
+                headers(
+                    Phase::ResponseHeaders,
+                    &[(":status", "200"), ("mcp-session-id", "srv-1")],
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        let Some(Reply::ResponseHeaders(hr)) = r.response else {
+            panic!("headers reply")
+        };
+        let set = hr.response.unwrap().header_mutation.unwrap().set_headers;
+        let sealed = set[0].header.as_ref().unwrap();
+        assert_eq!(sealed.key, MCP_SESSION_HEADER);
+        let sealed = String::from_utf8(sealed.raw_value.clone()).unwrap();
+        assert_eq!(p.seal_session("alice", "srv-1").unwrap(), sealed);
+        assert_ne!(sealed, "srv-1");
+    }
+
+    #[tokio::test]
+    async fn a_compressed_listing_is_refused_not_passed() {
+        let p = pipeline().await;
+        let (mut x, _) = opened(&p, "/mcp", &handoff(&[], Some(json!(5)))).await;
+        let r = x
+            .handle(
+                &p,
+                headers(
+                    Phase::ResponseHeaders,
+                    &[
+                        (":status", "200"),
+                        ("content-type", "application/json"),
+                        ("content-encoding", "gzip"),
+                    ],
+                    None,
+                ),
+            )
+            .await
+            .unwrap();
+        let Some(Reply::ImmediateResponse(i)) = r.response else {
+            panic!("expected a refusal, got {r:?}")
+        };
+        assert_eq!(i.status.unwrap().code, 502);
     }
 }

@@ -29,6 +29,10 @@ pub enum Refusal {
     PolicyUnavailable(DecideError),
     /// More checks in flight than `server.max_concurrent_checks`.
     Overloaded,
+    /// An `Mcp-Session-Id` not sealed for this principal: a session the server would not know
+    /// under this caller, answered as MCP answers an ended session (`404`), so a client starts
+    /// a new one and a hijacker learns nothing.
+    UnknownSession,
 }
 
 /// What the answer needs to know about the request it refuses.
@@ -54,6 +58,7 @@ pub struct AnswerSettings {
 const RPC_DENIED: i64 = 403;
 const RPC_UNAUTHENTICATED: i64 = 401;
 const RPC_UNAVAILABLE: i64 = 503;
+const RPC_NOT_FOUND: i64 = 404;
 
 impl Refusal {
     /// A short plain-text reason for logs and metadata.
@@ -65,6 +70,11 @@ impl Refusal {
             Refusal::PolicyDenied(verdicts) => denial_sentence(principal, verdicts),
             Refusal::PolicyUnavailable(e) => e.to_string(),
             Refusal::Overloaded => "too many requests in flight; retry later".to_owned(),
+            Refusal::UnknownSession => {
+                "MCP session not found for this caller (Mcp-Session-Id is not one agent-authz \
+                 sealed for this principal)"
+                    .to_owned()
+            }
         }
     }
 
@@ -77,6 +87,7 @@ impl Refusal {
             Refusal::PolicyDenied(_) => "policy_denied",
             Refusal::PolicyUnavailable(_) => "policy_unavailable",
             Refusal::Overloaded => "overloaded",
+            Refusal::UnknownSession => "unknown_session",
         }
     }
 
@@ -140,6 +151,7 @@ impl Refusal {
                 RPC_UNAVAILABLE,
             ),
             Refusal::Overloaded => (503, "service_unavailable", "overloaded", RPC_UNAVAILABLE),
+            Refusal::UnknownSession => (404, "not_found", "session_not_found", RPC_NOT_FOUND),
         };
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Refusal::Unauthenticated(e) = self {
