@@ -10,6 +10,7 @@ a fenced block. Kinds:
     expect-contains      lines that must each appear in the previous run's standard output
     not run (WHY)        shown to the reader, not run (the test does it its own way)
     picture              not a command (a diagram)
+    fragment             a piece of a file shown on its own (the whole file is a `file` step)
 
 Every fenced block in the guide must carry one marker, so that no command is left untested
 by oversight.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 MARKER = re.compile(r"^<!-- guide: (?P<kind>[\w-]+(?: run)?)(?P<args>.*?) -->$")
 FENCE = re.compile(r"^(?P<fence>```+)(?P<lang>[\w-]*)\s*$")
-KINDS = {"file", "run", "start", "expect", "expect-contains", "not run", "picture"}
+KINDS = {"file", "run", "start", "expect", "expect-contains", "not run", "picture", "fragment"}
 
 
 @dataclass

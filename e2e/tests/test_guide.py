@@ -1,4 +1,6 @@
-"""docs/protect-your-gateway.md, run as written: its files written, its servers started, its
+"""docs/protect-your-gateway.md and docs/writing-policies.md, run as written.
+
+docs/protect-your-gateway.md: its files written, its servers started, its
 commands run in order in an empty directory, against the real Envoy, Cerbos and agent-authz on
 the guide's own (fixed) loopback ports. Every output the guide shows is compared with what the
 command printed. Then the guide's policies are replaced by one allowing everything, and every
@@ -6,6 +8,9 @@ refusal the guide shows must stop happening: the checks judge what agent-authz d
 
 Only the guide's "before you start" block is not run: the test provides what it sets up (the
 binaries on PATH, the Python with the SDKs, an empty directory).
+
+docs/writing-policies.md: every policy and test suite it shows is written out and compiled by
+the real Cerbos (`cerbos compile` runs the suites), and the outputs it shows are compared.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from stack import REPO, TOOLS_BIN, agent_authz_binary, die_with_parent  # noqa: 
 from conftest import require_stack_binaries  # noqa: E402
 
 GUIDE = REPO / "docs" / "protect-your-gateway.md"
+POLICY_GUIDE = REPO / "docs" / "writing-policies.md"
 PORTS = [10000, 9901, 9191, 9192, 3592, 3593, 8081, 8082]
 READY_TIMEOUT = 30.0
 
@@ -123,6 +129,32 @@ def test_every_block_of_the_guide_is_marked():
     assert len(refusals) >= 5
 
 
+def follow(guide: Guide, parsed: list[Step]) -> None:
+    """Every step in order: files written, servers started, commands run and their output checked."""
+    for step in parsed:
+        if step.kind == "file":
+            target = guide.dir / step.args[0]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(step.text)
+        elif step.kind == "start":
+            guide.start(step)
+        elif step.kind == "run":
+            result = guide.run(step)
+            where = f"line {step.line}:\n{step.text}"
+            assert result.returncode == 0, f"{where}\nexit {result.returncode}\n{result.stdout}{result.stderr}"
+            why = mismatch(step, result.stdout)
+            assert why is None, f"{where}\n{why}\nstderr: {result.stderr[-2000:]}"
+
+
+def test_the_policy_guide_compiles_and_its_suites_pass(tmp_path):
+    require_stack_binaries()
+    parsed = steps(POLICY_GUIDE)
+    files = [s.args[0] for s in parsed if s.kind == "file"]
+    assert "policies/mcp_server.yaml" in files and "policies/tests/mcp_server_test.yaml" in files
+    assert any(s.kind == "run" and s.text.startswith("cerbos compile") for s in parsed)
+    follow(Guide(tmp_path), parsed)
+
+
 def test_the_guide_works_as_written(tmp_path):
     require_stack_binaries()
     busy = [p for p in PORTS if port_in_use(p)]
@@ -131,19 +163,7 @@ def test_the_guide_works_as_written(tmp_path):
     parsed = steps(GUIDE)
     guide = Guide(tmp_path)
     try:
-        for step in parsed:
-            if step.kind == "file":
-                target = tmp_path / step.args[0]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(step.text)
-            elif step.kind == "start":
-                guide.start(step)
-            elif step.kind == "run":
-                result = guide.run(step)
-                where = f"guide line {step.line}:\n{step.text}"
-                assert result.returncode == 0, f"{where}\nexit {result.returncode}\n{result.stdout}{result.stderr}"
-                why = mismatch(step, result.stdout)
-                assert why is None, f"{where}\n{why}\nstderr: {result.stderr[-2000:]}"
+        follow(guide, parsed)
 
         # The same checks against a policy that allows everything: each refusal the guide
         # shows must now be missing, or the guide's checks could not catch a gateway that lets
