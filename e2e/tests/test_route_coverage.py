@@ -6,8 +6,8 @@ reachable through Envoy (else it is stale).
 The classification is the binary's own (`agent-authz classify`, the matcher `serve` uses), not
 a re-implementation here. Pairs:
   envoy/<name>.yaml                   <-> envoy/agent-authz/<name>.yaml
-  k8s/base/config/envoy.yaml          <-> k8s/base/config/agent-authz.yaml, and the production
-                                          overlay's agent-authz.yaml
+  k8s/base/config/envoy.yaml          <-> k8s/base/config/agent-authz.yaml (the production
+                                          overlay replaces only its IdP values)
   istio/gateway/routes.yaml (the VirtualService) <-> istio/authz-service/config/agent-authz.yaml
 """
 
@@ -31,7 +31,6 @@ HCM = "envoy.filters.network.http_connection_manager"
 ENVOY_FILES = sorted((REPO / "envoy").glob("*.yaml"))
 ENVOY_PAIRS = [(p, REPO / "envoy" / "agent-authz" / p.name) for p in ENVOY_FILES] + [
     (REPO / "k8s/base/config/envoy.yaml", REPO / "k8s/base/config/agent-authz.yaml"),
-    (REPO / "k8s/base/config/envoy.yaml", REPO / "k8s/overlays/production/agent-authz.yaml"),
 ]
 ISTIO_ROUTES = REPO / "istio/gateway/routes.yaml"
 ISTIO_AUTHZ = REPO / "istio/authz-service/config/agent-authz.yaml"
