@@ -239,6 +239,7 @@ class Stack:
         mcp_args: tuple[str, ...] = (),
         upstream_script: str | None = None,
         envoy_args: tuple[str, ...] = (),
+        mcp_script: str = "e2e/upstreams/mcp_server.py",
         name: str = "stack",
         copy_policies: bool = False,
         keep_dir: bool | None = None,
@@ -255,6 +256,9 @@ class Stack:
         # upstream and MCP server, e.g. slow_stream.py; it must answer GET /_received.
         self.upstream_script = upstream_script
         self.envoy_args = tuple(envoy_args)
+        # The MCP server behind the gateway (e2e/upstreams/mcp_raw.py: the hand-written one
+        # that answers in any wire shape and records what it parsed).
+        self.mcp_script = mcp_script
         # A private copy of policies/ that a run may edit (Cerbos watches it for changes).
         self.copy_policies = copy_policies
         self.keep_dir = bool(os.environ.get("E2E_KEEP_DIR")) if keep_dir is None else keep_dir
@@ -325,7 +329,7 @@ class Stack:
             "llm_upstream",
             [python, "-u", str(REPO / "e2e/upstreams" / llm_script), "--port", str(self.ports["llm"])],
         )
-        mcp_argv = [str(REPO / "e2e/upstreams/mcp_server.py"), "--port", str(self.ports["mcp"]), *self.mcp_args]
+        mcp_argv = [str(REPO / self.mcp_script), "--port", str(self.ports["mcp"]), *self.mcp_args]
         if self.upstream_script:
             mcp_argv = [str(REPO / "e2e/upstreams" / self.upstream_script), "--port", str(self.ports["mcp"])]
         self._spawn("mcp_server", [python, "-u", *mcp_argv], env={"MCP_EXECUTIONS_LOG": str(self.executions_log)})

@@ -11,15 +11,21 @@ Each provider's paths answer in that provider's real wire shape, so its own SDK 
   - Gemini (`/v1/models/{m}:generateContent`, `/v1beta/...`, `:streamGenerateContent?alt=sse`);
   - Bedrock Runtime (`/model/{id}/converse`, `converse-stream`, `invoke`,
     `invoke-with-response-stream`; streams in AWS's binary event-stream framing).
+`GET /v1/models/{id}` answers one model object.
 Every request is recorded (method, path, headers, body, and `parsed`: the model, tool names
-and stream flag as that provider reads them) and can be read back at GET /_received (a JSON
-list) and cleared with POST /_reset. The tests talk to this port directly for those two.
+and stream flag as that provider reads them; `provider_view`: every model, tool and outside
+reference a provider's lenient parser would read, under either duplicate-key rule, see
+provider_view.py) and can be read back at GET /_received (a JSON list) and cleared with
+POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzip-compressed
+whatever the request's Accept-Encoding says (a compressing proxy in front of the provider).
+The tests talk to this port directly for those three.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import json
 import re
 import struct
@@ -30,10 +36,13 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
+from provider_view import provider_view
+
 MODELS = ["gpt-4o-mini", "gpt-4o"]
 
 _lock = threading.Lock()
 _received: list[dict] = []
+_mode: dict = {}
 
 
 def _completion(model: str, content: str) -> dict:
@@ -191,10 +200,13 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send_json(self, status: int, obj) -> None:
+    def _send_json(self, status: int, obj, *, compress: bool = False) -> None:
         body = json.dumps(obj).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
+        if compress:
+            body = gzip.compress(body)
+            self.send_header("content-encoding", "gzip")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -219,6 +231,7 @@ class Handler(BaseHTTPRequestHandler):
             # Repeated headers are joined with ", " so a duplicated (e.g. forged) header shows.
             "headers": {k.lower(): ", ".join(self.headers.get_all(k)) for k in dict.fromkeys(self.headers.keys())},
             "body": body.decode("utf-8", errors="replace"),
+            "provider_view": provider_view(self.command, self.path, body),
         }
         with _lock:
             _received.append(entry)
@@ -231,14 +244,21 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, snapshot)
             return
         self._record(b"")
-        if self.path.split("?")[0] == "/v1/models":
+        path = self.path.split("?")[0]
+        compress = bool(_mode.get("gzip_models"))
+        if path == "/v1/models":
             self._send_json(
                 200,
                 {
                     "object": "list",
                     "data": [{"id": m, "object": "model", "created": 0, "owned_by": "demo"} for m in MODELS],
                 },
+                compress=compress,
             )
+            return
+        if path.startswith("/v1/models/") and path[len("/v1/models/"):] in MODELS:
+            model = path[len("/v1/models/"):]
+            self._send_json(200, {"id": model, "object": "model", "created": 0, "owned_by": "demo"}, compress=compress)
             return
         self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found", "code": None}})
 
@@ -247,7 +267,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_reset":
             with _lock:
                 _received.clear()
+                _mode.clear()
             self._send_json(200, {"ok": True})
+            return
+        if self.path == "/_mode":
+            with _lock:
+                _mode.clear()
+                _mode.update(json.loads(body or b"{}"))
+            self._send_json(200, dict(_mode))
             return
         path = self.path.split("?")[0]
         try:

@@ -6,6 +6,10 @@ Serves Streamable HTTP at /mcp, answering requests with SSE (the SDK default). T
 lookup_ticket, delete_repo. Every tool execution appends one JSON line
 {"tool": ..., "arguments": {...}} to the file named by MCP_EXECUTIONS_LOG, so tests can prove
 that a denied call never executed.
+
+--gzip negotiated compresses every answer when the request's Accept-Encoding names gzip (as a
+compressing middleware does); --gzip always compresses whatever the request says (a
+misconfigured proxy). SSE answers are compressed as they stream.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import os
 import threading
+import zlib
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
@@ -72,14 +77,47 @@ def build_app(*, json_response: bool = False, stateless: bool = False):
     )
 
 
+class Gzip:
+    """ASGI middleware: gzip every HTTP answer (`negotiated`: only when the client accepts it)."""
+
+    def __init__(self, app, *, negotiated: bool) -> None:
+        self.app = app
+        self.negotiated = negotiated
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        accept = b",".join(v for k, v in scope["headers"] if k.lower() == b"accept-encoding").lower()
+        if self.negotiated and b"gzip" not in accept:
+            return await self.app(scope, receive, send)
+        compressor = zlib.compressobj(wbits=31)  # gzip framing
+
+        async def compressing_send(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-length"]
+                message = {**message, "headers": [*headers, (b"content-encoding", b"gzip")]}
+            elif message["type"] == "http.response.body":
+                more = message.get("more_body", False)
+                body = compressor.compress(message.get("body", b""))
+                body += compressor.flush(zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
+                message = {**message, "body": body}
+            await send(message)
+
+        await self.app(scope, receive, compressing_send)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     parser.add_argument("--json-response", action="store_true", help="answer with JSON instead of SSE")
     parser.add_argument("--stateless", action="store_true", help="stateless HTTP (no Mcp-Session-Id)")
+    parser.add_argument("--gzip", choices=["off", "negotiated", "always"], default="off",
+                        help="compress answers (negotiated: when Accept-Encoding allows; always: regardless)")
     args = parser.parse_args()
     app = build_app(json_response=args.json_response, stateless=args.stateless)
+    if args.gzip != "off":
+        app = Gzip(app, negotiated=args.gzip == "negotiated")
     print(f"mcp server listening on http://{args.host}:{args.port}/mcp", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
