@@ -57,3 +57,13 @@ def pytest_report_header(config):
     if missing:
         return [f"e2e: MISSING BINARIES -> {'; '.join(missing)}"]
     return ["e2e: Envoy, Cerbos and agent-authz binaries found"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The differential tests' variant counts (e2e/tests/test_variants.py), in every run's output."""
+    receivers = sys.modules.get("receivers")
+    counts = getattr(receivers, "VARIANT_COUNTS", None)
+    if counts:
+        total = sum(counts.values())
+        parts = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        terminalreporter.write_line(f"differential variants tried: {total} ({parts})")

@@ -143,3 +143,7 @@ def judged_allowed(records: list[dict], kind: str | None = None) -> list[dict]:
 
 def metric_series(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+# How many variants each differential family tried (printed in the test summary by conftest).
+VARIANT_COUNTS: dict[str, int] = {}

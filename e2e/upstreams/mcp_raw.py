@@ -30,8 +30,13 @@ Test-only endpoints (the tests call this port directly):
     bom:      true: a UTF-8 BOM opens the stream
     event_name: an `event:` field on message events (default none; "message" is the spec's default)
     split:    byte offsets (of the encoded body) at which the answer is cut into separate writes
-    id_echo:  "exact" (default) | "js": numeric ids echoed as a JavaScript server would
-              (parsed as float64, 9000000000000001 -> 9000000000000000, 1e400 -> null)
+    id_echo:  "exact" (default) | "python" (integral numbers re-spelt: 1E2 -> 100) | "js": numeric ids echoed as a JavaScript server would
+              (parsed as float64, 9000000000000001 -> 9000000000000000, 1e400 -> null, -0 -> 0)
+    list_json: how the tools/list result is written: "plain" (default) | "escaped" (every tool
+              name spelt with JSON unicode escapes) | "utf8" (non-ASCII description text unescaped) |
+              "dup_name" (each hidden tool's object first names an allowed tool, then its own:
+              a last-wins client reads the hidden one) | "dup_tools" (`tools` twice: an empty
+              list, then the full one)
     batch_sse: "events" (default: one event per answer) | "array" (one event holding the array)
 """
 
@@ -108,13 +113,41 @@ def id_text(request_id) -> str:
             if not math.isfinite(f):
                 return "null"
             return str(int(f)) if f == int(f) and abs(f) < 1e21 else repr(f)
+        if _mode.get("id_echo") == "python":  # pydantic's int | str: 1E2 -> 100, -0 -> 0
+            f = float(request_id)
+            return str(int(f)) if math.isfinite(f) and f == int(f) else str(request_id)
         return str(request_id)
     return json.dumps(request_id)
 
 
-def answer_text(request_id, *, result=None, error=None) -> str:
-    payload = json.dumps({"error": error}) if error is not None else json.dumps({"result": result})
+def answer_text(request_id, *, result=None, error=None, result_text: str | None = None) -> str:
+    if result_text is not None:
+        payload = '{"result":' + result_text + "}"
+    else:
+        payload = json.dumps({"error": error}) if error is not None else json.dumps({"result": result})
     return '{"jsonrpc":"2.0","id":' + id_text(request_id) + "," + payload[1:]
+
+
+def tools_list_text() -> str:
+    """The tools/list result in the wire shape the mode asks for."""
+    shape = _mode.get("list_json", "plain")
+    tools = [dict(t, description=t["description"] + " \u00e9\u2014\u2603") for t in TOOLS] if shape == "utf8" else TOOLS
+    if shape == "utf8":
+        return json.dumps({"tools": tools}, ensure_ascii=False)
+    if shape == "dup_tools":
+        return '{"tools":[],"tools":' + json.dumps(TOOLS) + "}"
+    parts = []
+    for tool in tools:
+        rest = json.dumps({k: v for k, v in tool.items() if k != "name"})[1:]
+        if shape == "escaped":
+            name = '"' + "".join(f"\\u{ord(c):04x}" for c in tool["name"]) + '"'
+        else:
+            name = json.dumps(tool["name"])
+        if shape == "dup_name" and tool["name"] == "delete_repo":
+            parts.append('{"name":"lookup_ticket","name":' + name + "," + rest)
+        else:
+            parts.append('{"name":' + name + "," + rest)
+    return '{"tools":[' + ",".join(parts) + "]}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -162,7 +195,7 @@ class Handler(BaseHTTPRequestHandler):
             piece = body[start:end]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.flush()
-            time.sleep(0.03)  # separate writes reach Envoy (and ext_proc) as separate chunks
+            time.sleep(0.01)  # separate writes reach Envoy (and ext_proc) as separate chunks
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
@@ -249,7 +282,7 @@ class Handler(BaseHTTPRequestHandler):
         if method == "ping":
             return answer_text(request_id, result={})
         if method == "tools/list":
-            return answer_text(request_id, result={"tools": TOOLS})
+            return answer_text(request_id, result_text=tools_list_text())
         if method == "tools/call":
             name = params.get("name")
             arguments = plain(params.get("arguments") or {})

@@ -1,0 +1,508 @@
+"""The class behind issue 13: agent-authz's view of a message and the receiver's view diverged.
+
+A generator of legal variants of three plain exchanges, sent through the real stack (Envoy,
+agent-authz, Cerbos), judged by what the receiver parsed:
+
+  answers   tools/list answers from e2e/upstreams/mcp_raw.py in every wire shape it can write
+            (ids of every type and size and how servers echo them, batches, JSON and SSE,
+            SSE framings: priming event, comments, id/retry-only events, CRLF / CR, multi-line
+            data, BOM, event names, writes split at any byte; gzip / deflate; JSON escapes and
+            duplicate keys in the list). Oracle: the tool names the client decodes.
+  calls     MCP requests whose bodies are spelt differently (escapes, duplicate keys, number
+            spellings, casing, batches, BOM, charsets, chunked uploads, compression). Oracle:
+            every call the server executed (as it parsed it, under either duplicate-key rule)
+            was judged and allowed with those same arguments, under the same decision id.
+  llm       LLM requests in five dialects spelt differently (escapes, duplicate keys, Gemini's
+            proto3 JSON spellings, casing, tools declared in other fields, chunked uploads,
+            compression). Oracle: every model and tool the provider would read
+            (e2e/upstreams/provider_view.py, under either duplicate-key rule) was judged and
+            allowed, under the same decision id; nothing it would fetch from elsewhere.
+
+Every variant either gets the verdict of its plain form or is refused; none gets through
+unjudged. Each family's failures are collected and reported together (the request, what the
+receiver parsed, what was judged).
+
+Bounded for CI by default; longer outside it:
+    E2E_VARIANTS=3000 E2E_VARIANTS_SEED=$RANDOM .tools/venv/bin/pytest -q e2e/tests/test_variants.py
+(E2E_VARIANTS is the number of variants per family; the seed picks the random combinations.)
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import random
+import re
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from receivers import (
+    ALICE_VISIBLE,
+    VARIANT_COUNTS,
+    RawMcp,
+    decisions_for,
+    decoded_tool_names,
+    mcp_headers,
+)
+from stack import Stack
+
+BUDGET = int(os.environ.get("E2E_VARIANTS", "150"))
+SEED = int(os.environ.get("E2E_VARIANTS_SEED", "13"))
+MAX_REPORTED = 15
+
+
+@pytest.fixture(scope="module")
+def vstack():
+    from conftest import require_stack_binaries
+
+    require_stack_binaries()
+    with Stack(name="variants", mcp_script="e2e/upstreams/mcp_raw.py") as s:
+        yield s
+
+
+def report(family: str, tried: int, failures: list[str]) -> None:
+    VARIANT_COUNTS[family] = VARIANT_COUNTS.get(family, 0) + tried
+    print(f"\n{family}: {tried} variants tried, {len(failures)} failed (seed {SEED})")
+    if failures:
+        shown = "\n\n".join(failures[:MAX_REPORTED])
+        more = f"\n\n... and {len(failures) - MAX_REPORTED} more" if len(failures) > MAX_REPORTED else ""
+        pytest.fail(f"{family}: {len(failures)} of {tried} variants diverged (seed {SEED}):\n\n{shown}{more}", pytrace=False)
+
+
+def esc(text: str) -> str:
+    """A JSON string literal with every character as a \\u escape."""
+    return '"' + "".join(f"\\u{ord(c):04x}" for c in text) + '"'
+
+
+def numbers_equal(a: Any, b: Any) -> bool:
+    """JSON equality with numbers compared by value (1 == 1.0), as a policy sees them."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(numbers_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(numbers_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def chunked(body: bytes, rng: random.Random) -> Iterator[bytes]:
+    """The body as a chunked upload, cut at random bytes."""
+    cuts = sorted(rng.sample(range(1, len(body)), min(3, len(body) - 1)))
+    for start, end in zip([0, *cuts], [*cuts, len(body)]):
+        yield body[start:end]
+
+
+# ====================================================================== family 1: tools/list answers
+ANSWER_IDS = {
+    "small": "1", "2^53+1": "9007199254740993", "neg-big": "-9000000000000001", "2^64+1": "18446744073709551617",
+    "string": '"req-1"', "long-string": '"' + "x" * 4000 + '"', "escaped-string": '"\\u0061b"',
+    "1E2": "1E2", "-0": "-0", "1e400": "1e400", "1.5": "1.5",
+}
+CANONICAL_IDS = {"small", "2^53+1", "neg-big", "2^64+1", "string", "long-string", "escaped-string"}
+SSE_FLAGS = ["priming", "comments", "id_retry_only", "multiline", "bom", "event_name"]
+LINE_ENDS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+WRAPS = ["single", "batch", "batch-after-ping"]
+LIST_SHAPES = ["plain", "escaped", "utf8", "dup_name", "dup_tools"]
+
+
+def answer_variants(rng: random.Random) -> Iterator[dict]:
+    plain = {"id": "small", "id_echo": "exact", "wrap": "single", "answer": "sse", "flags": [], "line_end": "lf",
+             "encoding": "identity", "list_json": "plain", "split": []}
+    yield plain
+    # Every value of every dimension alone.
+    singles = (
+        [{"id": k} for k in ANSWER_IDS]
+        + [{"id": k, "id_echo": e} for k in ("2^53+1", "1E2", "-0", "1e400", "neg-big") for e in ("python", "js")]
+        + [{"wrap": w} for w in WRAPS[1:]] + [{"wrap": w, "answer": "json"} for w in WRAPS[1:]]
+        + [{"answer": "json"}]
+        + [{"flags": [f]} for f in SSE_FLAGS] + [{"line_end": e} for e in ("crlf", "cr")]
+        + [{"flags": ["priming"], "line_end": e} for e in ("crlf", "cr")]
+        + [{"encoding": e, "answer": a} for e in ("gzip", "deflate") for a in ("sse", "json")]
+        + [{"list_json": s} for s in LIST_SHAPES[1:]] + [{"list_json": s, "answer": "json"} for s in LIST_SHAPES[1:]]
+        + [{"split": [k]} for k in (1, 2, 3, 5, 6, 7, 40, 60, 200, 500)]
+        + [{"flags": ["bom"], "split": [1]}, {"flags": ["bom"], "split": [2]}, {"line_end": "crlf", "split": [15]}]
+        + [{"list_json": "utf8", "split": [k]} for k in (150, 151, 152)]
+    )
+    for single in singles:
+        yield {**plain, **single}
+    # Then random combinations.
+    while True:
+        yield {
+            "id": rng.choice(list(ANSWER_IDS)),
+            "id_echo": rng.choice(["exact", "exact", "python", "js"]),
+            "wrap": rng.choice(WRAPS),
+            "answer": rng.choice(["sse", "sse", "json"]),
+            "flags": rng.sample(SSE_FLAGS, rng.randint(0, len(SSE_FLAGS))),
+            "line_end": rng.choice(list(LINE_ENDS)),
+            "encoding": rng.choice(["identity", "identity", "identity", "gzip", "deflate"]),
+            "list_json": rng.choice(LIST_SHAPES),
+            "split": sorted(rng.sample(range(1, 1200), rng.randint(0, 3))),
+        }
+
+
+def must_be_filtered(v: dict) -> bool:
+    """Variants legal enough that refusing them would break a correct server: the plain
+    verdict is required (the SSE spec's framings, escapes, ids echoed exactly)."""
+    return (v["encoding"] == "identity" and v["list_json"] in ("plain", "escaped", "utf8")
+            and v["id"] in CANONICAL_IDS and v["id_echo"] == "exact")
+
+
+def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str | None:
+    mode = {"answer": v["answer"], "encoding": v["encoding"], "line_end": LINE_ENDS[v["line_end"]],
+            "list_json": v["list_json"], "split": v["split"], "id_echo": v["id_echo"],
+            **{flag: True for flag in v["flags"]}}
+    if "event_name" in v["flags"]:
+        mode["event_name"] = "message"
+    raw.reset(**mode)
+    listing = '{"jsonrpc":"2.0","id":%s,"method":"tools/list"}' % ANSWER_IDS[v["id"]]
+    version = "2025-11-25"
+    if v["wrap"] == "batch":
+        body, version = f"[{listing}]", "2025-03-26"
+    elif v["wrap"] == "batch-after-ping":
+        body, version = '[{"jsonrpc":"2.0","id":"p","method":"ping"},' + listing + "]", "2025-03-26"
+    else:
+        body = listing
+    try:
+        r = httpx.post(stack.mcp_url, content=body.encode(), headers=mcp_headers(token, version), timeout=15)
+        names = decoded_tool_names(r)
+        status = r.status_code
+    except httpx.HTTPError as e:  # a broken stream: the client got no list
+        names, status = None, f"transport error {e!r}"
+    parsed = raw.parsed()
+    what = f"variant {json.dumps(v)}\n  request {body[:200]}\n  server parsed {[m.get('method') for e in parsed for m in e['messages']]}"
+    if names is not None and "delete_repo" in names:
+        return f"BYPASS: the client decoded {sorted(names)} (status {status})\n  {what}"
+    if names is not None and names != ALICE_VISIBLE:
+        return f"WRONG LIST: the client decoded {sorted(names)} (status {status})\n  {what}"
+    if names is None and must_be_filtered(v):
+        return f"REFUSED a legal answer: status {status}, no list decoded\n  {what}"
+    if names is not None:
+        decision_id = parsed[0]["headers"].get("x-agent-authz-decision-id") if parsed else None
+        if not decision_id or not decisions_for(stack, decision_id, phase="response"):
+            return f"UNJUDGED: a list reached the client without a response-phase decision ({decision_id})\n  {what}"
+    return None
+
+
+def test_tools_list_answers_in_every_wire_shape(vstack):
+    raw, token, rng = RawMcp(vstack), vstack.token_for("alice"), random.Random(SEED)
+    failures, tried = [], 0
+    for v in itertools.islice(answer_variants(rng), BUDGET):
+        tried += 1
+        failure = send_answer_variant(vstack, raw, token, v)
+        if failure:
+            failures.append(failure)
+    raw.reset()
+    report("tools/list answers", tried, failures)
+
+
+# ====================================================================== family 2: MCP requests
+CALL_BASES = {
+    "lookup-allowed": ("lookup_ticket", {"ticket_id": "T-100"}, True),
+    "refund-allowed": ("refund", {"ticket_id": "T-100", "amount_cents": 5000}, True),
+    "refund-over-limit": ("refund", {"ticket_id": "T-100", "amount_cents": 200000}, False),
+    "refund-other-ticket": ("refund", {"ticket_id": "T-999", "amount_cents": 10}, False),
+    "delete-denied": ("delete_repo", {"name": "agent-authz"}, False),
+}
+
+
+def call_text(tool_lit: str, args_text: str, *, id_text: str = "7", method_lit: str = '"tools/call"',
+              extra: str = "") -> str:
+    return ('{"jsonrpc":"2.0","id":' + id_text + ',"method":' + method_lit + ',"params":{"name":' + tool_lit
+            + ',"arguments":' + args_text + extra + "}}")
+
+
+def args_text(args: dict, amount: str | None = None, key: Callable[[str], str] = json.dumps) -> str:
+    parts = []
+    for k, v in args.items():
+        value = amount if (k == "amount_cents" and amount is not None) else json.dumps(v)
+        parts.append(key(k) + ":" + value)
+    return "{" + ",".join(parts) + "}"
+
+
+# A mutation: (tool, args) -> (body text, extra headers, protocol version, upload style)
+Mutation = Callable[[str, dict], tuple[str, dict, str, str]]
+
+
+def m(body: str, headers: dict | None = None, version: str = "2025-11-25", upload: str = "plain"):
+    return body, headers or {}, version, upload
+
+
+CALL_MUTATIONS: dict[str, Mutation] = {
+    "plain": lambda t, a: m(call_text(json.dumps(t), args_text(a))),
+    "pretty": lambda t, a: m(json.dumps(json.loads(call_text(json.dumps(t), args_text(a))), indent=3)),
+    "escaped-name": lambda t, a: m(call_text(esc(t), args_text(a))),
+    "escaped-method": lambda t, a: m(call_text(json.dumps(t), args_text(a), method_lit='"tools\\/call"')),
+    "escaped-method-u": lambda t, a: m(call_text(json.dumps(t), args_text(a), method_lit=esc("tools/call"))),
+    "escaped-arg-keys": lambda t, a: m(call_text(json.dumps(t), args_text(a, key=esc))),
+    "escaped-values": lambda t, a: m(call_text(json.dumps(t), "{" + ",".join(
+        json.dumps(k) + ":" + (esc(v) if isinstance(v, str) else json.dumps(v)) for k, v in a.items()) + "}")),
+    "dup-name-allowed-first": lambda t, a: m(call_text('"lookup_ticket","name":' + json.dumps(t), args_text(a))),
+    "dup-name-allowed-last": lambda t, a: m(call_text(json.dumps(t) + ',"name":"lookup_ticket"', args_text(a))),
+    "dup-arguments": lambda t, a: m(call_text(json.dumps(t), '{"ticket_id":"T-100"},"arguments":' + args_text(a))),
+    "dup-arg-key": lambda t, a: m(call_text(json.dumps(t), args_text(
+        {**{k: v for k, v in a.items() if k != "amount_cents"}, **({"amount_cents": 1} if "amount_cents" in a else {})})[:-1]
+        + (',"amount_cents":' + json.dumps(a["amount_cents"]) if "amount_cents" in a else ',"ticket_id":"T-100"') + "}")),
+    "dup-method": lambda t, a: m(call_text(json.dumps(t), args_text(a), method_lit='"ping","method":"tools/call"')),
+    "dup-params": lambda t, a: m('{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"lookup_ticket",'
+                                 '"arguments":{"ticket_id":"T-100"}},"params":{"name":' + json.dumps(t)
+                                 + ',"arguments":' + args_text(a) + "}}"),
+    "dup-id": lambda t, a: m(call_text(json.dumps(t), args_text(a), id_text='7,"id":8')),
+    "amount-exponent": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=f"{a.get('amount_cents', 0):.1e}"))),
+    "amount-decimal": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=f"{a.get('amount_cents', 0)}.0"))),
+    "amount-E": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=f"{a.get('amount_cents', 0) / 10:g}E1"))),
+    "amount-string": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=json.dumps(str(a.get("amount_cents", 0)))))),
+    "id-big": lambda t, a: m(call_text(json.dumps(t), args_text(a), id_text="9007199254740993")),
+    "id-long-string": lambda t, a: m(call_text(json.dumps(t), args_text(a), id_text='"' + "i" * 5000 + '"')),
+    "meta-extra": lambda t, a: m(call_text(json.dumps(t), args_text(a), extra=',"_meta":{"progressToken":1}')),
+    "batch": lambda t, a: m("[" + call_text(json.dumps(t), args_text(a)) + "]", version="2025-03-26"),
+    "batch-after-lookup": lambda t, a: m('[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_ticket",'
+                                         '"arguments":{"ticket_id":"T-100"}}},' + call_text(json.dumps(t), args_text(a)) + "]",
+                                         version="2025-03-26"),
+    "batch-in-2025-11-25": lambda t, a: m("[" + call_text(json.dumps(t), args_text(a)) + "]"),
+    "bom": lambda t, a: m("\ufeff" + call_text(json.dumps(t), args_text(a))),
+    "whitespace": lambda t, a: m(" \r\n\t" + call_text(json.dumps(t), args_text(a)) + "\n "),
+    "method-case": lambda t, a: m(call_text(json.dumps(t), args_text(a), method_lit='"Tools/Call"')),
+    "name-case": lambda t, a: m(call_text(json.dumps(t.upper()), args_text(a))),
+    "charset": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-type": "application/json; charset=utf-8"}),
+    "content-type-case": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-type": "Application/JSON"}),
+    "content-type-text": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-type": "text/plain"}),
+    "version-header-case": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"MCP-PROTOCOL-VERSION": "2025-11-25"}),
+    "chunked-upload": lambda t, a: m(call_text(json.dumps(t), args_text(a)), upload="chunked"),
+    "gzip-upload": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-encoding": "gzip"}, upload="gzip"),
+    "utf16": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-type": "application/json; charset=utf-16"},
+                            upload="utf16"),
+}
+
+
+def judged_call(records: list[dict], tool: str, arguments: dict) -> bool:
+    for record in records:
+        for res in record.get("resources") or []:
+            if (res.get("effect") in ("allow", "EFFECT_ALLOW") and res.get("action") == f"tools/call/{tool}"
+                    and res.get("id") == tool
+                    and numbers_equal((res.get("attr") or {}).get("arguments"), arguments)):
+                return True
+    return False
+
+
+def send_call_variant(stack: Stack, raw: RawMcp, token: str, base: str, names: list[str], rng: random.Random) -> str | None:
+    tool, args, allowed = CALL_BASES[base]
+    # Mutations compose left to right only where they can; a combination applies the last
+    # body-shaping mutation and the headers / upload style of all.
+    body, headers, version, upload = CALL_MUTATIONS[names[0]](tool, args)
+    for name in names[1:]:
+        b2, h2, v2, u2 = CALL_MUTATIONS[name](tool, args)
+        if b2 != CALL_MUTATIONS["plain"](tool, args)[0]:
+            body, version = b2, v2
+        headers, upload = {**headers, **h2}, u2 if u2 != "plain" else upload
+    raw.reset()
+    all_headers = {**mcp_headers(token, version), **headers}
+    if "MCP-PROTOCOL-VERSION" in headers:
+        all_headers.pop("mcp-protocol-version", None)
+    data = body.encode("utf-16") if upload == "utf16" else body.encode()
+    content: Any = gzip.compress(data) if upload == "gzip" else data
+    if upload == "chunked":
+        content = chunked(data, rng)
+    try:
+        r = httpx.post(stack.mcp_url, content=content, headers=all_headers, timeout=15)
+        status = r.status_code
+    except httpx.HTTPError as e:
+        status = f"transport error {e!r}"
+    parsed = raw.parsed()
+    executed = [c for e in parsed for c in e["executed"]]
+    what = f"variant {base} + {names}\n  request {body[:300]!r} headers {headers}\n  status {status}"
+    for entry in parsed:
+        if entry["executed"] and entry["messages"] != entry.get("messages_first_wins"):
+            return (f"AMBIGUOUS BODY EXECUTED: last-wins read {entry['messages']}, first-wins read "
+                    f"{entry['messages_first_wins']}\n  {what}")
+    for call in executed:
+        records = decisions_for(stack, call["decision_id"] or "", phase="request")
+        if not judged_call(records, call["tool"], call["arguments"]):
+            judged = [(r.get("action"), r.get("effect"), (r.get("attr") or {}).get("arguments"))
+                      for rec in records for r in rec.get("resources") or []]
+            return f"UNJUDGED EXECUTION: the server ran {call['tool']}({call['arguments']}); judged {judged}\n  {what}"
+    ran_base = [c for c in executed if c["tool"] == tool and numbers_equal(c["arguments"], args)]
+    if not allowed and any(c["tool"] == tool for c in executed):
+        return f"DENIED CALL EXECUTED: {executed}\n  {what}"
+    if allowed and not ran_base and isinstance(status, int) and status < 300 and names == ["plain"]:
+        return f"PLAIN ALLOWED CALL NOT EXECUTED\n  {what}"
+    return None
+
+
+def call_variants(rng: random.Random) -> Iterator[tuple[str, list[str]]]:
+    mutations = list(CALL_MUTATIONS)
+    for name in mutations:
+        for base in CALL_BASES:
+            yield base, [name]
+    while True:
+        yield rng.choice(list(CALL_BASES)), rng.sample(mutations[1:], rng.randint(2, 3))
+
+
+def test_mcp_requests_in_every_spelling(vstack):
+    raw, token, rng = RawMcp(vstack), vstack.token_for("alice"), random.Random(SEED)
+    failures, tried = [], 0
+    budget = max(BUDGET, len(CALL_MUTATIONS) * len(CALL_BASES))
+    for base, names in itertools.islice(call_variants(rng), budget):
+        tried += 1
+        failure = send_call_variant(vstack, raw, token, base, names, rng)
+        if failure:
+            failures.append(failure)
+    report("MCP requests", tried, failures)
+
+
+# ====================================================================== family 3: LLM requests
+def fn(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+
+
+# Each base: (path builder from model, body builder from (model, [tool names]) -> body text)
+HELLO = [{"role": "user", "content": "hi"}]
+DIALECTS: dict[str, tuple[Callable[[str], str], Callable[[str, list[str]], dict]]] = {
+    "openai_chat": (lambda model: "/v1/chat/completions",
+                    lambda model, tools: {"model": model, "messages": HELLO, "tools": [fn(t) for t in tools]}),
+    "openai_responses": (lambda model: "/v1/responses",
+                         lambda model, tools: {"model": model, "input": "hi",
+                                               "tools": [{"type": "function", "name": t, "parameters": {"type": "object"}} for t in tools]}),
+    "anthropic": (lambda model: "/v1/messages",
+                  lambda model, tools: {"model": model, "max_tokens": 10, "messages": HELLO,
+                                        "tools": [{"name": t, "input_schema": {"type": "object"}} for t in tools]}),
+    "gemini": (lambda model: f"/v1beta/models/{model}:generateContent",
+               lambda model, tools: {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                                     "tools": [{"functionDeclarations": [{"name": t} for t in tools]}]}),
+    "bedrock": (lambda model: f"/model/{model}/converse",
+                lambda model, tools: {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                                      "toolConfig": {"tools": [{"toolSpec": {"name": t, "inputSchema": {"json": {"type": "object"}}}} for t in tools]}}),
+}
+LLM_BASES = {  # (model, tools): alice may invoke gpt-4o-mini and expose get_weather
+    "tools-mixed": ("gpt-4o-mini", ["get_weather", "delete_repo"]),
+    "model-denied": ("gpt-4o", ["get_weather"]),
+}
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    return text.replace(old, new, 1) if old in text else text
+
+
+def gemini_snake(body: dict) -> dict:
+    out = json.loads(dump(body))
+    for t in out.get("tools", []):
+        if "functionDeclarations" in t:
+            t["function_declarations"] = t.pop("functionDeclarations")
+    return out
+
+
+# A body mutation: (dialect, body dict, body text) -> (body text, headers, upload)
+LlmMutation = Callable[[str, dict, str], tuple[str, dict, str]]
+LLM_MUTATIONS: dict[str, LlmMutation] = {
+    "plain": lambda d, b, t: (t, {}, "plain"),
+    "pretty": lambda d, b, t: (json.dumps(b, indent=2), {}, "plain"),
+    "escaped-tool": lambda d, b, t: (t.replace('"delete_repo"', esc("delete_repo")).replace('"get_weather"', esc("get_weather")), {}, "plain"),
+    "escaped-model": lambda d, b, t: (t.replace('"gpt-4o-mini"', esc("gpt-4o-mini")).replace('"gpt-4o"', esc("gpt-4o")), {}, "plain"),
+    "dup-model-denied-last": lambda d, b, t: (replace_once(t, '"model":', '"model":"gpt-4o-mini","model":'), {}, "plain")
+    if d not in ("gemini", "bedrock") else (replace_once(t, "{", '{"model":"gpt-4o",'), {}, "plain"),
+    "dup-model-denied-first": lambda d, b, t: (replace_once(t, '"model":', '"model":"gpt-4o","model":'), {}, "plain")
+    if d not in ("gemini", "bedrock") else (replace_once(t, "{", '{"model":"gpt-4o-mini",'), {}, "plain"),
+    "dup-tool-name": lambda d, b, t: (replace_once(t, '"name":"get_weather"', '"name":"get_weather","name":"delete_repo"'), {}, "plain"),
+    "dup-tool-name-rev": lambda d, b, t: (replace_once(t, '"name":"delete_repo"', '"name":"delete_repo","name":"get_weather"'), {}, "plain"),
+    "dup-tools-key": lambda d, b, t: (replace_once(t, '"tools":', '"tools":[],"tools":'), {}, "plain"),
+    "dup-tools-key-rev": lambda d, b, t: (t[:-1] + ',"tools":[]}', {}, "plain"),
+    "tools-key-case": lambda d, b, t: (replace_once(t, '"tools":', '"Tools":'), {}, "plain"),
+    "gemini-snake": lambda d, b, t: (dump(gemini_snake(b)) if d == "gemini" else t, {}, "plain"),
+    "gemini-both-spellings": lambda d, b, t: (
+        replace_once(t, '"functionDeclarations":', '"function_declarations":[{"name":"delete_repo"}],"functionDeclarations":')
+        if d == "gemini" else t, {}, "plain"),
+    "gemini-builtin-snake": lambda d, b, t: (replace_once(t, '"tools":[', '"tools":[{"code_execution":{}},') if d == "gemini" else t, {}, "plain"),
+    "gemini-cached-content": lambda d, b, t: (t[:-1] + ',"cached_content":"cachedContents/abc"}' if d == "gemini" else t, {}, "plain"),
+    "gemini-cached-content-camel": lambda d, b, t: (t[:-1] + ',"cachedContent":"cachedContents/abc"}' if d == "gemini" else t, {}, "plain"),
+    "chat-legacy-functions": lambda d, b, t: (t[:-1] + ',"functions":[{"name":"delete_repo","parameters":{}}]}' if d == "openai_chat" else t, {}, "plain"),
+    "responses-mcp-tool": lambda d, b, t: (replace_once(t, '"tools":[', '"tools":[{"type":"mcp","server_label":"support","server_url":"https://mcp.example.com","allowed_tools":["delete_repo"]},')
+                                           if d == "openai_responses" else t, {}, "plain"),
+    "responses-prompt": lambda d, b, t: (t[:-1] + ',"prompt":{"id":"pmpt_abc"}}' if d == "openai_responses" else t, {}, "plain"),
+    "anthropic-mcp-servers": lambda d, b, t: (t[:-1] + ',"mcp_servers":[{"type":"url","url":"https://mcp.example.com","name":"support","tool_configuration":{"allowed_tools":["delete_repo"]}}]}'
+                                              if d == "anthropic" else t, {}, "plain"),
+    "bedrock-additional-tools": lambda d, b, t: (t[:-1] + ',"additionalModelRequestFields":{"tools":[{"type":"bash_20250124","name":"bash"}]}}'
+                                                 if d == "bedrock" else t, {}, "plain"),
+    "bom": lambda d, b, t: ("\ufeff" + t, {}, "plain"),
+    "whitespace": lambda d, b, t: ("\n\t " + t + " \r\n", {}, "plain"),
+    "charset": lambda d, b, t: (t, {"content-type": "application/json; charset=utf-8"}, "plain"),
+    "content-type-case": lambda d, b, t: (t, {"content-type": "Application/Json"}, "plain"),
+    "chunked-upload": lambda d, b, t: (t, {}, "chunked"),
+    "gzip-upload": lambda d, b, t: (t, {"content-encoding": "gzip"}, "gzip"),
+    "stream": lambda d, b, t: (t[:-1] + ',"stream":true}' if d in ("openai_chat", "openai_responses", "anthropic") else t, {}, "plain"),
+}
+
+
+def send_llm_variant(stack: Stack, token: str, dialect: str, base: str, names: list[str], rng: random.Random) -> str | None:
+    model, tools = LLM_BASES[base]
+    path_of, body_of = DIALECTS[dialect]
+    body = body_of(model, tools)
+    text, headers, upload = dump(body), {"content-type": "application/json"}, "plain"
+    for name in names:
+        text, h, u = LLM_MUTATIONS[name](dialect, json.loads(text.lstrip("\ufeff")) if text.strip() else body, text)
+        headers, upload = {**headers, **h}, u if u != "plain" else upload
+    stack.llm_reset()
+    data = text.encode()
+    content: Any = gzip.compress(data) if upload == "gzip" else data
+    if upload == "chunked":
+        content = chunked(data, rng)
+    try:
+        r = httpx.post(f"{stack.envoy_url}{path_of(model)}", content=content,
+                       headers={"authorization": f"Bearer {token}", **headers}, timeout=15)
+        status = r.status_code
+    except httpx.HTTPError as e:
+        status = f"transport error {e!r}"
+    received = stack.llm_received()
+    what = f"variant {dialect} {base} + {names}\n  request {path_of(model)} {text[:300]!r} headers {headers}\n  status {status}"
+    if not received:
+        if isinstance(status, int) and status < 400:
+            return f"ANSWERED WITHOUT THE PROVIDER? status {status}\n  {what}"
+        return None
+    for seen in received:
+        decision_id = seen["headers"].get("x-agent-authz-decision-id")
+        records = decisions_for(stack, decision_id or "", phase="request")
+        allowed = {(res.get("kind"), res.get("id")) for rec in records for res in rec.get("resources") or []
+                   if res.get("effect") in ("allow", "EFFECT_ALLOW")}
+        allowed_ids = {i for _, i in allowed}
+        parsed = seen["parsed"]
+        if "error" in parsed:
+            continue  # the provider could not parse it: it runs nothing
+        for view_name in ("last", "first"):
+            view = parsed[view_name]
+            unjudged_models = [m for m in view["models"] if ("llm_model", m) not in allowed]
+            unjudged_tools = [t for t in view["tools"] if t not in allowed_ids and t.split(":", 1)[-1] not in allowed_ids]
+            if unjudged_models or unjudged_tools or view["references"]:
+                return (f"UNJUDGED: the provider ({view_name}-wins) reads models {view['models']} tools {view['tools']} "
+                        f"references {view['references']}; judged and allowed {sorted(allowed_ids)}\n  received {seen['body'][:300]!r}\n  {what}")
+    return None
+
+
+def llm_variants(rng: random.Random) -> Iterator[tuple[str, str, list[str]]]:
+    mutations = list(LLM_MUTATIONS)
+    for name in mutations:
+        for dialect in DIALECTS:
+            for base in LLM_BASES:
+                yield dialect, base, [name]
+    while True:
+        yield rng.choice(list(DIALECTS)), rng.choice(list(LLM_BASES)), rng.sample(mutations[1:], rng.randint(2, 3))
+
+
+def test_llm_requests_in_every_spelling(vstack):
+    token, rng = vstack.token_for("alice"), random.Random(SEED)
+    failures, tried = [], 0
+    budget = max(BUDGET, len(LLM_MUTATIONS) * len(DIALECTS) * len(LLM_BASES))
+    for dialect, base, names in itertools.islice(llm_variants(rng), budget):
+        tried += 1
+        failure = send_llm_variant(vstack, token, dialect, base, names, rng)
+        if failure:
+            failures.append(failure)
+    vstack.llm_reset()
+    report("LLM requests", tried, failures)
