@@ -314,7 +314,7 @@ def test_8_strip_without_the_ext_proc_leg_never_lets_the_denied_tool_through(tem
             headers={"authorization": f"Bearer {s.token_for('alice')}"},
             timeout=10,
         )
-        seen = [t for entry in s.llm_received() for t in entry["parsed"]["last"]["tools"]]
+        seen = [t for entry in s.llm_received() for t in entry["provider_view"]["last"]["tools"]]
         assert "delete_repo" not in seen, f"the denied tool reached the provider ({r.status_code})"
         assert r.status_code >= 500, f"a strip no leg applies is refused loudly, got {r.status_code}"
 
@@ -324,7 +324,7 @@ def test_8_with_ext_proc_the_strip_is_confirmed_by_the_leg_that_did_it(clean, to
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
                                    tools=weather_and_delete())
     (seen,) = clean.llm_received()
-    assert seen["parsed"]["last"]["tools"] == ["get_weather"]
+    assert seen["provider_view"]["last"]["tools"] == ["get_weather"]
     assert not any(h.startswith("x-agent-authz-strip") for h in seen["headers"]), seen["headers"]
     decision_id = seen["headers"]["x-agent-authz-decision-id"]
     (strip,) = decisions_for(clean, decision_id, phase="strip")
@@ -367,7 +367,7 @@ def test_9_tools_declared_elsewhere_are_judged_or_refused(clean, tokens, case):
         (record,) = decisions_for(clean, seen["headers"]["x-agent-authz-decision-id"], phase="request")
         judged = {res["id"] for res in record["resources"] if res.get("effect") == "allow"}
         for view in ("last", "first"):
-            visible = seen["parsed"][view]
+            visible = seen["provider_view"][view]
             assert not visible["references"], f"{case}: forwarded with {visible['references']} nobody judged"
             for tool in visible["tools"]:
                 assert tool.split(":", 1)[-1] in judged, f"{case}: the provider sees {tool}, judged {judged}"

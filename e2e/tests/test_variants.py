@@ -472,7 +472,7 @@ def send_llm_variant(stack: Stack, token: str, dialect: str, base: str, names: l
         allowed = {(res.get("kind"), res.get("id")) for rec in records for res in rec.get("resources") or []
                    if res.get("effect") in ("allow", "EFFECT_ALLOW")}
         allowed_ids = {i for _, i in allowed}
-        parsed = seen["parsed"]
+        parsed = seen["provider_view"]
         if "error" in parsed:
             continue  # the provider could not parse it: it runs nothing
         for view_name in ("last", "first"):
