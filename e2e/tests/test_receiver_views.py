@@ -30,6 +30,12 @@ from stack import REPO, Stack
 TOOLS_LIST = '{"jsonrpc":"2.0","id":%s,"method":"tools/list"}'
 
 
+def open_item(item: str):
+    """A bypass whose fix has not landed yet: the test must fail (strict), and fails loudly
+    once the fix lands, until this marker is removed."""
+    return pytest.mark.xfail(strict=True, reason=f"issue 13 item {item}: fix not landed yet")
+
+
 def start(stack: Stack):
     from conftest import require_stack_binaries
 
@@ -241,6 +247,7 @@ def test_5_a_session_belongs_to_the_principal_that_opened_it(raw_stack, raw):
 
 
 # ---------------------------------------------------------------------- 6. metrics
+@open_item("6")
 def test_6_request_text_never_becomes_a_metric_label(raw_stack, raw):
     token = raw_stack.token_for("alice")
     admin = f"http://127.0.0.1:{raw_stack.ports['authz_admin']}/metrics"
@@ -299,6 +306,7 @@ def weather_and_delete() -> list[dict]:
             for n in ("get_weather", "delete_repo")]
 
 
+@open_item("8")
 @pytest.mark.parametrize("template", ["agent-gateway.yaml", "llm-gateway.yaml"])
 def test_8_strip_without_the_ext_proc_leg_never_lets_the_denied_tool_through(template):
     s = Stack(name="no-ext-proc")
@@ -318,6 +326,7 @@ def test_8_strip_without_the_ext_proc_leg_never_lets_the_denied_tool_through(tem
         assert r.status_code >= 500, f"a strip no leg applies is refused loudly, got {r.status_code}"
 
 
+@open_item("8")
 def test_8_with_ext_proc_the_strip_is_confirmed_by_the_leg_that_did_it(clean, tokens):
     client = openai_client(clean.llm_base_url, tokens["alice"])
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
@@ -355,7 +364,8 @@ ELSEWHERE = {
 }
 
 
-@pytest.mark.parametrize("case", list(ELSEWHERE))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=open_item("9")) if c != "responses-stored-prompt-no-model" else c
+                                  for c in ELSEWHERE])
 def test_9_tools_declared_elsewhere_are_judged_or_refused(clean, tokens, case):
     path, body = ELSEWHERE[case]
     before = len(clean.decisions())
@@ -377,6 +387,7 @@ def test_9_tools_declared_elsewhere_are_judged_or_refused(clean, tokens, case):
         assert record["effect"] == "deny", record
 
 
+@open_item("9")
 def test_9_a_model_the_principal_may_not_invoke_cannot_be_fetched(clean, tokens):
     headers = {"authorization": f"Bearer {tokens['alice']}"}
     r = httpx.get(f"{clean.llm_base_url}/models/gpt-4o", headers=headers, timeout=10)

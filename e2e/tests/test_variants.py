@@ -64,6 +64,29 @@ def vstack():
         yield s
 
 
+# Divergences known and not fixed yet: mutation name -> why. Strict, like a strict xfail: a
+# variant of these that stops diverging fails the test until its entry is removed here.
+OPEN: dict[str, str] = {
+    "responses-prompt": "issue 13 item 9: OpenAI Responses stored prompt forwarded unjudged",
+    "anthropic-mcp-servers": "issue 13 item 9: Anthropic mcp_servers tools forwarded unjudged",
+    "bedrock-additional-tools": "issue 13 item 9: Bedrock additionalModelRequestFields.tools forwarded unjudged",
+    "gemini-cached-content": "new (found here): Gemini cached_content may carry tools; forwarded unjudged",
+    "gemini-cached-content-camel": "new (found here): Gemini cachedContent may carry tools; forwarded unjudged",
+}
+
+
+def split_open(failures: list[tuple[list[str], str]], tried_names: set[str]) -> list[str]:
+    """The failures that count: those of no OPEN mutation, and a line for each OPEN mutation
+    that was tried and no longer fails (its entry must go)."""
+    counted = [text for names, text in failures if not any(n in OPEN for n in names)]
+    still_open = {n for names, _ in failures for n in names if n in OPEN}
+    for name in sorted((set(OPEN) & tried_names) - still_open):
+        counted.append(f"FIXED: {name} no longer diverges ({OPEN[name]}): remove it from OPEN")
+    for name in sorted(still_open):
+        print(f"open: {name}: {OPEN[name]}")
+    return counted
+
+
 def report(family: str, tried: int, failures: list[str]) -> None:
     VARIANT_COUNTS[family] = VARIANT_COUNTS.get(family, 0) + tried
     print(f"\n{family}: {tried} variants tried, {len(failures)} failed (seed {SEED})")
@@ -345,14 +368,15 @@ def call_variants(rng: random.Random) -> Iterator[tuple[str, list[str]]]:
 
 def test_mcp_requests_in_every_spelling(vstack):
     raw, token, rng = RawMcp(vstack), vstack.token_for("alice"), random.Random(SEED)
-    failures, tried = [], 0
+    failures, tried, names_tried = [], 0, set()
     budget = max(BUDGET, len(CALL_MUTATIONS) * len(CALL_BASES))
     for base, names in itertools.islice(call_variants(rng), budget):
         tried += 1
+        names_tried.update(names)
         failure = send_call_variant(vstack, raw, token, base, names, rng)
         if failure:
-            failures.append(failure)
-    report("MCP requests", tried, failures)
+            failures.append((names, failure))
+    report("MCP requests", tried, split_open(failures, names_tried))
 
 
 # ====================================================================== family 3: LLM requests
@@ -497,12 +521,13 @@ def llm_variants(rng: random.Random) -> Iterator[tuple[str, str, list[str]]]:
 
 def test_llm_requests_in_every_spelling(vstack):
     token, rng = vstack.token_for("alice"), random.Random(SEED)
-    failures, tried = [], 0
+    failures, tried, names_tried = [], 0, set()
     budget = max(BUDGET, len(LLM_MUTATIONS) * len(DIALECTS) * len(LLM_BASES))
     for dialect, base, names in itertools.islice(llm_variants(rng), budget):
         tried += 1
+        names_tried.update(names)
         failure = send_llm_variant(vstack, token, dialect, base, names, rng)
         if failure:
-            failures.append(failure)
+            failures.append((names, failure))
     vstack.llm_reset()
-    report("LLM requests", tried, failures)
+    report("LLM requests", tried, split_open(failures, names_tried))
