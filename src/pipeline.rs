@@ -330,13 +330,17 @@ impl<E: PolicyEngine> Pipeline<E> {
             })
             .inc();
         // One counter update per distinct (kind, action, effect): a 20-tool request is
-        // usually two of them, not 21.
-        let mut tally: Vec<(&str, &str, &str, u64)> = Vec::new();
+        // usually two of them, not 21. Actions are labelled from a bounded set (a tool's
+        // name is request text: one series per name would grow without end).
+        let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &str, u64)> = Vec::new();
         for r in &record.resources {
-            let labels = (r.kind.as_str(), r.action.as_str(), r.effect.as_str());
-            match tally.iter_mut().find(|t| (t.0, t.1, t.2) == labels) {
+            let action = self.vocabulary.action_label(&r.action);
+            match tally
+                .iter_mut()
+                .find(|t| t.0 == r.kind && t.1 == action && t.2 == r.effect.as_str())
+            {
                 Some(t) => t.3 += 1,
-                None => tally.push((labels.0, labels.1, labels.2, 1)),
+                None => tally.push((r.kind.as_str(), action, r.effect.as_str(), 1)),
             }
         }
         for (kind, action, effect, n) in tally {
@@ -344,7 +348,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 .decisions
                 .get_or_create(&DecisionLabels {
                     kind: kind.to_owned(),
-                    action: action.to_owned(),
+                    action: action.into_owned(),
                     effect: effect.to_owned(),
                 })
                 .inc_by(n);

@@ -165,6 +165,57 @@ impl Vocabulary {
     }
 }
 
+/// MCP methods the specification defines that are judged with the method as the action (the
+/// others map to configured actions): metric labels may name them.
+const SPEC_METHODS: &[&str] = &[
+    "completion/complete",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "roots/list",
+    "sampling/createMessage",
+    "elicitation/create",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "response",
+];
+
+impl Vocabulary {
+    /// The metrics label of an action: the action when the configuration or the MCP
+    /// specification names it, a template with `*` for the name it was filled with
+    /// (`tools/call/*`), or `other`. Never request text, so the set of series is bounded.
+    pub fn action_label<'a>(&self, action: &'a str) -> std::borrow::Cow<'a, str> {
+        let c = &self.config;
+        let exact = [
+            c.model_action.as_str(),
+            c.tool_action.as_str(),
+            c.mcp_connect_action.as_str(),
+            c.mcp_resource_read_action.as_str(),
+        ];
+        if exact.contains(&action) || SPEC_METHODS.contains(&action) {
+            return action.into();
+        }
+        for template in [
+            c.tool_call_action_template(),
+            c.tool_list_action_template(),
+            c.prompt_get_action_template(),
+        ] {
+            let Some((prefix, rest)) = template.split_once('{') else {
+                continue;
+            };
+            let suffix = rest.split_once('}').map_or("", |(_, s)| s);
+            if action.len() >= prefix.len() + suffix.len()
+                && action.starts_with(prefix)
+                && action.ends_with(suffix)
+            {
+                return format!("{prefix}*{suffix}").into();
+            }
+        }
+        "other".into()
+    }
+}
+
 fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
@@ -321,5 +372,18 @@ mod tests {
         );
         assert_eq!(checks[0].action, "tools/call::refund");
         assert_eq!(checks[0].kind, "mcp::support");
+    }
+
+    #[test]
+    fn metric_labels_come_from_a_bounded_set() {
+        let v = Vocabulary::new(&VocabularyConfig::default());
+        let label = |a: &str| v.action_label(a).into_owned();
+        assert_eq!(label("invoke"), "invoke");
+        assert_eq!(label("tools/call/refund"), "tools/call/*");
+        assert_eq!(label("tools/call/x-9f3e"), "tools/call/*");
+        assert_eq!(label("tools/list/anything"), "tools/list/*");
+        assert_eq!(label("completion/complete"), "completion/complete");
+        assert_eq!(label("made/up/method-12345"), "other");
+        assert_eq!(label(&"m".repeat(200_000)), "other");
     }
 }
