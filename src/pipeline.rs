@@ -34,6 +34,10 @@ pub const PRINCIPAL_HEADER: &str = "x-agent-authz-principal";
 pub const DECISION_ID_HEADER: &str = "x-agent-authz-decision-id";
 /// Response header listing denied tools, when `denied_tools_response_header` is on.
 pub const DENIED_TOOLS_HEADER: &str = "x-agent-authz-denied-tools";
+/// Set by ext_authz on a request whose denied tools the ext_proc leg must strip, removed by the
+/// leg when it has: the shipped Envoy configs refuse a request that still carries it at the
+/// router (no leg ran), so a strip decision can never silently go unapplied.
+pub const STRIP_PENDING_HEADER: &str = "x-agent-authz-strip-pending";
 /// The MCP session header, sealed toward clients and unsealed toward servers.
 pub const MCP_SESSION_HEADER: &str = "mcp-session-id";
 /// Envoy marks a body cut at `max_request_bytes` with this header.
@@ -255,7 +259,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         let (outcome, status, reason, refusal, dry_run) = match result {
             Ok(()) => {
                 let verb = match self.denied_tools {
-                    DeniedTools::Strip => "stripped",
+                    DeniedTools::Strip => "to be stripped by ext_proc",
                     DeniedTools::Pass | DeniedTools::Reject => "passed",
                 };
                 let reason = if trace.denied_tools.is_empty() {
@@ -563,6 +567,10 @@ impl<E: PolicyEngine> Pipeline<E> {
         }
         let mut metadata = metadata(trace, "allow", reason);
         if let Some(handoff) = self.handoff(input, trace) {
+            if !handoff.strip_tools.is_empty() {
+                headers.push((STRIP_PENDING_HEADER.to_owned(), trace.decision_id.clone()));
+                remove_headers.retain(|name| name != STRIP_PENDING_HEADER);
+            }
             // An answer the ext_proc leg filters must arrive readable: ask the upstream for it
             // uncompressed (the leg refuses any encoding that is left).
             if handoff.filters_answer() && input.headers.contains_key("accept-encoding") {
@@ -660,6 +668,22 @@ impl<E: PolicyEngine> Pipeline<E> {
         .await
     }
 
+    /// Records that the ext_proc leg removed the denied tools ext_authz named (phase `strip`,
+    /// same decision id): the request record says what must be stripped, this one that it
+    /// was, and by whom.
+    pub fn confirm_strip(&self, handoff: &Handoff, path: &str) {
+        let principal = Principal::from(handoff.principal.clone());
+        let mut record = leg_record(handoff, "strip", path, handoff.format);
+        record.reason = format!(
+            "denied tools stripped by ext_proc: {}",
+            handoff.strip_tools.join(", ")
+        );
+        record.principal = Some(PrincipalRecord::from(principal));
+        record.method = "POST".to_owned();
+        record.denied_tools = handoff.strip_tools.clone();
+        self.audit.write(record);
+    }
+
     /// Asks about every listed item at once and logs what is hidden from the answer.
     async fn hide(
         &self,
@@ -678,42 +702,66 @@ impl<E: PolicyEngine> Pipeline<E> {
             .filter(|v| !v.effect.allows())
             .map(|v| v.check.id.clone())
             .collect();
-        self.audit.write(DecisionRecord {
-            time: now_rfc3339(),
-            phase: "response",
-            decision_id: handoff.decision_id.clone(),
-            request_id: handoff.request_id.clone(),
-            trace_id: None,
-            effect: "allow",
-            dry_run: false,
-            status: 200,
-            reason: if hidden.is_empty() {
-                format!("everything in {listing} is visible")
-            } else {
-                format!("hidden from {listing}: {}", hidden.join(", "))
-            },
-            refusal: None,
-            principal: Some(PrincipalRecord::from(principal)),
-            method: if format == Format::Mcp { "POST" } else { "GET" }.to_owned(),
-            path: path.to_owned(),
-            route: None,
-            format: Some(format.as_str()),
-            resources: decision
-                .verdicts
-                .into_iter()
-                .map(ResourceRecord::from)
-                .collect(),
-            denied_tools: Vec::new(),
-            hidden: hidden.clone(),
-            cerbos_call_ids: decision.call_ids,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        });
+        let mut record = leg_record(handoff, "response", path, Some(format));
+        record.reason = if hidden.is_empty() {
+            format!("everything in {listing} is visible")
+        } else {
+            format!("hidden from {listing}: {}", hidden.join(", "))
+        };
+        record.principal = Some(PrincipalRecord::from(principal));
+        record.method = if format == Format::Mcp { "POST" } else { "GET" }.to_owned();
+        record.resources = decision
+            .verdicts
+            .into_iter()
+            .map(ResourceRecord::from)
+            .collect();
+        record.hidden = hidden.clone();
+        record.cerbos_call_ids = decision.call_ids;
+        record.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.audit.write(record);
         self.metrics.count_removed("hide", hidden.len());
         Ok(hidden)
     }
 
+    /// The decision records written so far (tests use an in-memory log).
+    #[cfg(test)]
+    pub fn audit_lines(&self) -> Vec<Value> {
+        self.audit.lines()
+    }
+
     pub fn max_list_response_bytes(&self) -> usize {
         self.max_list_response_bytes
+    }
+}
+
+/// A record of the ext_proc leg applying the decision `handoff` carries (same decision id).
+fn leg_record(
+    handoff: &Handoff,
+    phase: &'static str,
+    path: &str,
+    format: Option<Format>,
+) -> DecisionRecord {
+    DecisionRecord {
+        time: now_rfc3339(),
+        phase,
+        decision_id: handoff.decision_id.clone(),
+        request_id: handoff.request_id.clone(),
+        trace_id: None,
+        effect: "allow",
+        dry_run: false,
+        status: 200,
+        reason: String::new(),
+        refusal: None,
+        principal: None,
+        method: String::new(),
+        path: path.to_owned(),
+        route: None,
+        format: format.map(Format::as_str),
+        resources: Vec::new(),
+        denied_tools: Vec::new(),
+        hidden: Vec::new(),
+        cerbos_call_ids: Vec::new(),
+        latency_ms: 0.0,
     }
 }
 

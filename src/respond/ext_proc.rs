@@ -38,7 +38,7 @@ use crate::config::Format;
 use crate::decide::PolicyEngine;
 use crate::extract::dialect;
 use crate::handoff::Handoff;
-use crate::pipeline::{MCP_SESSION_HEADER, Pipeline};
+use crate::pipeline::{MCP_SESSION_HEADER, Pipeline, STRIP_PENDING_HEADER};
 use crate::reload::Current;
 use crate::rewrite::{listing, sse};
 
@@ -125,7 +125,7 @@ impl Exchange {
                 self.path = header(&headers, ":path").unwrap_or_default();
                 Ok(reply(Reply::RequestHeaders(HeadersResponse::default())))
             }
-            Phase::RequestBody(body) => self.request_body(body.body, body.end_of_stream),
+            Phase::RequestBody(body) => self.request_body(pipeline, body.body, body.end_of_stream),
             Phase::RequestTrailers(_) => {
                 Ok(reply(Reply::RequestTrailers(TrailersResponse::default())))
             }
@@ -140,8 +140,9 @@ impl Exchange {
         }
     }
 
-    fn request_body(
+    fn request_body<E: PolicyEngine>(
         &mut self,
+        pipeline: &Pipeline<E>,
         body: Bytes,
         end_of_stream: bool,
     ) -> Result<ProcessingResponse, Status> {
@@ -171,7 +172,15 @@ impl Exchange {
         };
         let rewritten = match dialect(format).strip_tools(&body, strip) {
             Ok(Some(rewritten)) => rewritten,
-            Ok(None) => return Ok(reply(Reply::RequestBody(BodyResponse::default()))),
+            // ext_authz read a denied tool in this body that the editor cannot find: the two
+            // readings differ, so the body is not passed on.
+            Ok(None) => {
+                tracing::error!(tools = ?strip, "denied tools not found in the body to strip");
+                return Ok(immediate(
+                    500,
+                    "agent-authz: the denied tools could not be removed from the request body",
+                ));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot strip tools from the request body");
                 return Ok(immediate(
@@ -181,11 +190,19 @@ impl Exchange {
             }
         };
         tracing::debug!(tools = ?strip, "stripped denied tools");
+        if let Some(handoff) = &self.handoff {
+            pipeline.confirm_strip(handoff, &self.path);
+        }
         // With request headers SKIPped Envoy already dropped content-length; otherwise the new
-        // length must be set or Envoy answers 500 for the mismatch.
-        let header_mutation = self.saw_request_headers.then(|| HeaderMutation {
-            set_headers: vec![set_header("content-length", rewritten.len().to_string())],
-            remove_headers: vec![],
+        // length must be set or Envoy answers 500 for the mismatch. The pending-strip marker
+        // goes: the strip is done (a buffered body's reply may change headers).
+        let header_mutation = Some(HeaderMutation {
+            set_headers: if self.saw_request_headers {
+                vec![set_header("content-length", rewritten.len().to_string())]
+            } else {
+                vec![]
+            },
+            remove_headers: vec![STRIP_PENDING_HEADER.to_owned()],
         });
         Ok(reply(Reply::RequestBody(BodyResponse {
             response: Some(CommonResponse {
@@ -637,6 +654,35 @@ mod tests {
             (set.key.as_str(), set.raw_value.as_slice()),
             ("content-length", out.len().to_string().as_bytes())
         );
+        let mutation = b
+            .response
+            .as_ref()
+            .unwrap()
+            .header_mutation
+            .as_ref()
+            .unwrap();
+        assert_eq!(mutation.remove_headers, [STRIP_PENDING_HEADER]);
+        let log = p.audit_lines();
+        let strip = log
+            .iter()
+            .find(|r| r["phase"] == "strip")
+            .expect("strip record");
+        assert_eq!(strip["decision_id"], "d-1");
+        assert_eq!(strip["denied_tools"], json!(["delete_repo"]));
+    }
+
+    #[tokio::test]
+    async fn a_denied_tool_the_editor_cannot_find_fails_closed() {
+        let p = pipeline().await;
+        let (mut x, _) = opened(&p, "/v1/chat/completions", &handoff(&["not_there"], None)).await;
+        let r = x
+            .handle(&p, body(Phase::RequestBody, CHAT, true))
+            .await
+            .unwrap();
+        let Some(Reply::ImmediateResponse(i)) = r.response else {
+            panic!("expected a refusal, got {r:?}")
+        };
+        assert_eq!(i.status.unwrap().code, 500);
     }
 
     #[tokio::test]
