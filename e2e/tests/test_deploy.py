@@ -83,6 +83,8 @@ HEALTH_CHECK = "envoy.filters.http.health_check"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
 ROUTER = "envoy.filters.http.router"
+# Refuses a request whose denied tools were not stripped (no ext_proc leg removed the marker).
+STRIP_GUARD = "envoy.filters.http.rbac"
 EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 EXT_PROC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
@@ -590,8 +592,8 @@ def test_envoy_accepts_the_deployed_config(directory, tmp_path):
     listeners = {l["name"]: l for l in envoy["static_resources"]["listeners"]}
     hcm = listener_hcm(listeners["agent_gateway"])
     filters = http_filters(hcm)
-    assert [f["name"] for f in filters] == [HEALTH_CHECK, EXT_AUTHZ, EXT_PROC, ROUTER], \
-        "/healthz first; then ext_authz decides, then ext_proc applies"
+    assert [f["name"] for f in filters] == [HEALTH_CHECK, EXT_AUTHZ, EXT_PROC, STRIP_GUARD, ROUTER], \
+        "/healthz first; then ext_authz decides, ext_proc applies, the guard checks it did"
     check_ext_proc_leg(filters[1], filters[2], "agent_authz")
     assert hcm["typed_config"]["normalize_path"] is True and hcm["typed_config"]["merge_slashes"] is True
     authz = yaml.safe_load(configmap_file(docs, AUTHZ_KEY)[1])
@@ -798,7 +800,8 @@ def test_istio_envoyfilter_adds_the_ext_proc_leg():
     envoy_filter = gw["EnvoyFilter"]
     assert envoy_filter["apiVersion"] == "networking.istio.io/v1alpha3"
     patches = envoy_filter["spec"]["configPatches"]
-    (insert,) = [p for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    insert, guard = [p for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    assert guard["patch"]["value"]["name"] == STRIP_GUARD, "the strip guard follows ext_proc"
     assert insert["match"]["context"] == "GATEWAY"
     assert insert["match"]["listener"]["filterChain"]["filter"] == {"name": HCM, "subFilter": {"name": ROUTER}}
     assert insert["patch"]["operation"] == "INSERT_BEFORE"
@@ -919,7 +922,8 @@ def test_envoy_accepts_the_istio_gateway_config(tmp_path, envoy):
     gw = gateway_docs()
     bootstrap = istio_gateway_bootstrap(mesh_provider(), gw["EnvoyFilter"], gw["VirtualService"])
     names = [f["name"] for f in listener_hcm(bootstrap["static_resources"]["listeners"][0])["typed_config"]["http_filters"]]
-    assert names == [EXT_AUTHZ, EXT_PROC, ROUTER], "ext_proc must run after Istio's ext_authz"
+    assert names == [EXT_AUTHZ, EXT_PROC, STRIP_GUARD, ROUTER], \
+        "ext_proc must run after Istio's ext_authz, and the strip guard after ext_proc"
     envoy_validate(bootstrap, tmp_path, "istio-gateway.yaml", envoy)
     version = run([str(envoy), "--version"]).stdout
     assert ("/1.36." if envoy == OLDEST_ENVOY else "/1.40.") in version, version
