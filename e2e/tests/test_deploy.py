@@ -1433,3 +1433,33 @@ def test_istio_authz_service_survives_rollouts_and_load():
     for route in gateway_docs()["VirtualService"]["spec"]["http"]:
         if "route" in route:
             assert {"authorization", "cookie"} <= set(route["headers"]["request"]["remove"]), route["name"]
+
+
+# Top-level keys of Istio's gateway chart (manifests/charts/gateway/values.schema.json).
+ISTIO_GATEWAY_CHART_KEYS = {
+    "global", "affinity", "securityContext", "containerSecurityContext", "kind", "annotations", "autoscaling",
+    "env", "strategy", "minReadySeconds", "readinessProbe", "labels", "name", "nodeSelector", "podAnnotations",
+    "replicaCount", "resources", "revision", "compatibilityVersion", "runAsRoot", "unprivilegedPort", "service",
+    "serviceAccount", "rbac", "tolerations", "topologySpreadConstraints", "networkGateway", "imagePullPolicy",
+    "imagePullSecrets", "podDisruptionBudget", "terminationGracePeriodSeconds", "volumes", "volumeMounts",
+    "priorityClassName", "lifecycle",
+}
+
+
+def test_istio_gateway_helm_values_drain_longer_than_an_answer():
+    """The gateway's Helm values: chart keys only; 3+ replicas and a one-at-a-time budget;
+    Envoy's concurrency = its CPU limit; a drain as long as the longest route, inside the grace."""
+    values = yaml.safe_load((REPO / "istio/gateway/helm-values.yaml").read_text())
+    assert set(values) <= ISTIO_GATEWAY_CHART_KEYS, set(values) - ISTIO_GATEWAY_CHART_KEYS
+    assert values["replicaCount"] >= 3 and values["autoscaling"]["minReplicas"] >= 3
+    assert values["podDisruptionBudget"] == {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}
+    proxy = yaml.safe_load(values["podAnnotations"]["proxy.istio.io/config"])
+    assert proxy["concurrency"] == cpu_cores(values["resources"]["limits"]["cpu"])
+    drain = int(proxy["terminationDrainDuration"].rstrip("s"))
+    longest = max(int(r["timeout"].rstrip("s")) for r in gateway_docs()["VirtualService"]["spec"]["http"]
+                  if "timeout" in r)
+    assert drain >= longest
+    assert values["terminationGracePeriodSeconds"] >= drain + 30
+    selector = gateway_docs()["Gateway"]["spec"]["selector"]
+    for constraint in values["topologySpreadConstraints"]:
+        assert constraint["labelSelector"]["matchLabels"] == selector

@@ -19,8 +19,8 @@ from stack import REPO, Stack, http_get
 DRAIN_SCRIPT = REPO / "k8s" / "base" / "config" / "envoy-drain.sh"
 DRAIN_TIME = 2  # --drain-time-s here; the pod uses more (its preStop sets the same number)
 ENDPOINT_GRACE = 1
-STREAM_DELTAS = 12
-STREAM_INTERVAL = 0.5  # the answer streams for ~6 s: past the whole drain sequence
+STREAM_DELTAS = 16
+STREAM_INTERVAL = 0.5  # the answer streams for ~8 s: well past the whole drain sequence
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ the same agent-authz, and agent-gateway-jwt-authn.yaml), so the suite pays ~17 s
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -196,3 +197,18 @@ def test_an_upstream_credential_is_injected_per_route(gateways):
     assert stream(target, headers, body).status == 200
     seen = received(gw, "llm", marker)["headers"]
     assert seen["authorization"] == "Bearer sk-upstream-own-key"
+
+
+def test_overload_manager_and_circuit_breakers_are_live(gateways):
+    """The overload manager's monitors run in the real binary (the fixed-heap one needs
+    tcmalloc), and the agent_authz cluster's circuit breakers are the configured ones."""
+    for gw in {id(g.stack): g for g in gateways.values()}.values():
+        status, body = http_get(f"{gw.stack.envoy_admin_url}/stats?filter=^overload\\.")
+        text = body.decode()
+        assert status == 200
+        for monitor in ("fixed_heap", "global_downstream_max_connections"):
+            assert f"overload.envoy.resource_monitors.{monitor}.failed_updates: 0" in text, (gw.config, text)
+        pressure = float(re.search(r"fixed_heap\.pressure: (\d+)", text).group(1))
+        assert pressure < 90, f"{gw.config}: heap pressure {pressure}% at rest"
+        status, body = http_get(f"{gw.stack.envoy_admin_url}/clusters")
+        assert "agent_authz::default_priority::max_requests::20000" in body.decode()
