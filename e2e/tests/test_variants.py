@@ -298,6 +298,8 @@ CALL_MUTATIONS: dict[str, Mutation] = {
     "version-header-case": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"MCP-PROTOCOL-VERSION": "2025-11-25"}),
     "chunked-upload": lambda t, a: m(call_text(json.dumps(t), args_text(a)), upload="chunked"),
     "gzip-upload": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-encoding": "gzip"}, upload="gzip"),
+    "gzip-upload-upper": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-encoding": "GZIP"}, upload="gzip"),
+    "identity-encoding": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-encoding": "identity"}),
     "utf16": lambda t, a: m(call_text(json.dumps(t), args_text(a)), {"content-type": "application/json; charset=utf-16"},
                             upload="utf16"),
 }
@@ -461,6 +463,11 @@ LLM_MUTATIONS: dict[str, LlmMutation] = {
     "content-type-case": lambda d, b, t: (t, {"content-type": "Application/Json"}, "plain"),
     "chunked-upload": lambda d, b, t: (t, {}, "chunked"),
     "gzip-upload": lambda d, b, t: (t, {"content-encoding": "gzip"}, "gzip"),
+    "gzip-upload-upper": lambda d, b, t: (t, {"content-encoding": "GZip"}, "gzip"),
+    "identity-encoding": lambda d, b, t: (t, {"content-encoding": "identity"}, "plain"),
+    # Path spellings (applied in send_llm_variant): the provider decodes the model id once.
+    "path-percent": lambda d, b, t: (t, {}, "plain"),
+    "path-query": lambda d, b, t: (t, {}, "plain"),
     "stream": lambda d, b, t: (t[:-1] + ',"stream":true}' if d in ("openai_chat", "openai_responses", "anthropic") else t, {}, "plain"),
 }
 
@@ -473,19 +480,24 @@ def send_llm_variant(stack: Stack, token: str, dialect: str, base: str, names: l
     for name in names:
         text, h, u = LLM_MUTATIONS[name](dialect, json.loads(text.lstrip("\ufeff")) if text.strip() else body, text)
         headers, upload = {**headers, **h}, u if u != "plain" else upload
+    path = path_of(model)
+    if "path-percent" in names and model in path:
+        path = path.replace(model, model.replace("-", "%2D"), 1)
+    if "path-query" in names:
+        path += "?alt=sse&model=gpt-4o" if dialect == "gemini" else "?model=gpt-4o"
     stack.llm_reset()
     data = text.encode()
     content: Any = gzip.compress(data) if upload == "gzip" else data
     if upload == "chunked":
         content = chunked(data, rng)
     try:
-        r = httpx.post(f"{stack.envoy_url}{path_of(model)}", content=content,
+        r = httpx.post(f"{stack.envoy_url}{path}", content=content,
                        headers={"authorization": f"Bearer {token}", **headers}, timeout=15)
         status = r.status_code
     except httpx.HTTPError as e:
         status = f"transport error {e!r}"
     received = stack.llm_received()
-    what = f"variant {dialect} {base} + {names}\n  request {path_of(model)} {text[:300]!r} headers {headers}\n  status {status}"
+    what = f"variant {dialect} {base} + {names}\n  request {path} {text[:300]!r} headers {headers}\n  status {status}"
     if not received:
         if isinstance(status, int) and status < 400:
             return f"ANSWERED WITHOUT THE PROVIDER? status {status}\n  {what}"
