@@ -1429,6 +1429,18 @@ def test_istio_authz_service_survives_rollouts_and_load():
     rule = one(docs, "DestinationRule", "agent-authz")
     assert rule["spec"]["host"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     assert rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["http2MaxRequests"] > 1024
+    # NetworkPolicy: 9191 from the gateway's namespace only; DNS to any address (NodeLocal
+    # DNSCache, IPv6); istiod; the IdP over IPv4 and IPv6.
+    policy = one(docs, "NetworkPolicy", "agent-authz")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    (authz_in,) = [r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {9191}]
+    gateway_ns = gateway_docs()["AuthorizationPolicy"]["metadata"]["namespace"]
+    assert authz_in["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": gateway_ns}}}]
+    (dns,) = [r for r in policy["spec"]["egress"] if {p["port"] for p in r["ports"]} == {53}]
+    assert "to" not in dns
+    (idp,) = [r for r in policy["spec"]["egress"] if {p["port"] for p in r["ports"]} == {443}]
+    assert {b["ipBlock"]["cidr"] for b in idp["to"]} == {"0.0.0.0/0", "::/0"}
+    assert any({p["port"] for p in r["ports"]} == {15012} for r in policy["spec"]["egress"]), "istiod"
     # The caller's credentials stay at the gateway.
     for route in gateway_docs()["VirtualService"]["spec"]["http"]:
         if "route" in route:
