@@ -1,6 +1,7 @@
 //! The admin HTTP listener, apart from the gRPC port so probes and scrapes never compete with
 //! Envoy's checks: `/healthz` (the process is alive), `/readyz` (signing keys loaded and Cerbos
-//! answering; 503 otherwise, naming what is missing) and `/metrics` (Prometheus text).
+//! answering; 503 otherwise, naming what is missing) and `/metrics` (Prometheus text), plus
+//! the decision console ([`crate::console`]) when it is on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,15 +12,20 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::console::Ring;
 use crate::decide::PolicyEngine;
 use crate::reload::Current;
 
-pub fn router<E: PolicyEngine>(current: Arc<Current<E>>) -> Router {
-    Router::new()
+pub fn router<E: PolicyEngine>(current: Arc<Current<E>>, console: Option<Arc<Ring>>) -> Router {
+    let admin = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<E>))
         .route("/metrics", get(metrics::<E>))
-        .with_state(current)
+        .with_state(Arc::clone(&current));
+    match console {
+        Some(ring) => admin.merge(crate::console::router(current, ring)),
+        None => admin,
+    }
 }
 
 async fn readyz<E: PolicyEngine>(State(current): State<Arc<Current<E>>>) -> impl IntoResponse {

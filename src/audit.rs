@@ -6,11 +6,13 @@
 //! The raw token never enters a record: [`crate::identity::BearerToken`] is kept out of it.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::console::ring::Ring;
 use crate::decide::{Effect, Verdict};
 use crate::identity::Principal;
 
@@ -43,7 +45,13 @@ pub struct DecisionRecord {
     pub path: String,
     pub route: Option<String>,
     pub format: Option<&'static str>,
+    /// The model an LLM call invokes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub resources: Vec<ResourceRecord>,
+    /// Declared tools the policy allowed (the other half of `denied_tools`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_tools: Vec<String>,
     /// Declared tools the policy denied (reported even when `denied_tools: pass` let them by).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied_tools: Vec<String>,
@@ -82,6 +90,10 @@ pub struct ResourceRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason_rule: Option<String>,
     pub reason: String,
+    /// Derived roles that applied to the principal for this resource (Cerbos'
+    /// `meta.effectiveDerivedRoles`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub derived_roles: Vec<String>,
     /// The attributes sent to Cerbos (for MCP calls: server, tool and the arguments judged).
     pub attr: Map<String, Value>,
 }
@@ -100,6 +112,7 @@ impl From<Verdict> for ResourceRecord {
             policy: v.policy,
             reason_rule,
             reason,
+            derived_roles: v.derived_roles,
             attr: v.check.attr,
         }
     }
@@ -117,7 +130,8 @@ pub fn now_rfc3339() -> String {
 /// written in one system call. The queue is bounded; when it is full (the output stalls),
 /// [`AuditLog::write`] waits rather than drop evidence, so a stalled log slows decisions down
 /// instead of losing them. Dropping the log (shutdown, a reloaded configuration) writes what
-/// is queued before returning.
+/// is queued before returning. The writer then hands each record to the console's ring, when
+/// there is one, so the console sees exactly what the log holds and costs a check nothing.
 pub struct AuditLog {
     /// `None` once dropping (or for the in-memory log of tests).
     queue: Option<std::sync::mpsc::SyncSender<DecisionRecord>>,
@@ -150,7 +164,10 @@ impl Output {
 }
 
 impl AuditLog {
-    pub fn new(config: &crate::config::AuditConfig) -> std::io::Result<AuditLog> {
+    pub fn new(
+        config: &crate::config::AuditConfig,
+        console: Option<Arc<Ring>>,
+    ) -> std::io::Result<AuditLog> {
         let output = match config.output.file() {
             None => Output::Stdout,
             Some(path) => Output::File(
@@ -163,7 +180,7 @@ impl AuditLog {
         let (queue, records) = std::sync::mpsc::sync_channel(QUEUE_RECORDS);
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_records(&records, output))?;
+            .spawn(move || write_records(&records, output, console.as_deref()))?;
         Ok(AuditLog {
             queue: Some(queue),
             thread: Some(thread),
@@ -220,7 +237,11 @@ const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The writer thread: takes every record queued so far, writes them in one batch, repeats
 /// until the log is dropped.
-fn write_records(records: &std::sync::mpsc::Receiver<DecisionRecord>, mut output: Output) {
+fn write_records(
+    records: &std::sync::mpsc::Receiver<DecisionRecord>,
+    mut output: Output,
+    console: Option<&Ring>,
+) {
     let mut batch = Vec::with_capacity(64 * 1024);
     while let Ok(first) = records.recv() {
         let mut next = Some(first);
@@ -232,6 +253,9 @@ fn write_records(records: &std::sync::mpsc::Receiver<DecisionRecord>, mut output
                     batch.truncate(start);
                     tracing::error!(error = %e, "cannot serialise a decision record");
                 }
+            }
+            if let Some(ring) = console {
+                ring.push(record);
             }
             next = if batch.len() < 1024 * 1024 {
                 records.try_recv().ok()
@@ -248,11 +272,11 @@ fn write_records(records: &std::sync::mpsc::Receiver<DecisionRecord>, mut output
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{AuditConfig, AuditOutput};
 
-    fn record(n: usize) -> DecisionRecord {
+    pub(crate) fn record(n: usize) -> DecisionRecord {
         DecisionRecord {
             time: now_rfc3339(),
             phase: "request",
@@ -269,7 +293,9 @@ mod tests {
             path: "/v1/chat/completions".into(),
             route: None,
             format: None,
+            model: None,
             resources: Vec::new(),
+            allowed_tools: Vec::new(),
             denied_tools: Vec::new(),
             hidden: Vec::new(),
             cerbos_call_ids: Vec::new(),
@@ -281,10 +307,13 @@ mod tests {
     fn every_queued_record_is_written_in_order_by_the_time_the_log_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("decisions.jsonl");
-        let log = AuditLog::new(&AuditConfig {
-            output: AuditOutput::File(path.clone()),
-            ..AuditConfig::default()
-        })
+        let log = AuditLog::new(
+            &AuditConfig {
+                output: AuditOutput::File(path.clone()),
+                ..AuditConfig::default()
+            },
+            None,
+        )
         .unwrap();
         for n in 0..500 {
             log.write(record(n));

@@ -77,6 +77,37 @@ pub struct Config {
     /// The decision cache (off by default).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The decision console on the admin listener (`/console`, `/api/v1/`).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console; it needs the admin listener (`admin.address`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Decision records kept in memory for the console; the oldest is dropped past this.
+    #[serde(default = "default_console_retain")]
+    pub retain: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retain: default_console_retain(),
+        }
+    }
+}
+
+fn default_console_retain() -> usize {
+    10_000
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -850,6 +881,9 @@ impl Config {
         }
         if self.server.max_request_bytes == 0 {
             return bad("server.max_request_bytes", "must be greater than 0");
+        }
+        if self.console.enabled && self.console.retain == 0 {
+            return bad("console.retain", "must be greater than 0");
         }
         match (self.identity.source, &self.identity.jwt) {
             (IdentitySource::Jwt, None) => {

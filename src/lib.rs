@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod decide;
 pub mod extract;
 pub mod handoff;

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub tools_removed: Family<RemovedLabels, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub console_dropped: Counter,
+    pub console_stream_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -123,6 +125,18 @@ impl Metrics {
             "Verdicts the decision cache had to ask Cerbos for",
             cache_misses.clone(),
         );
+        let console_dropped = Counter::default();
+        registry.register(
+            "console_records_dropped",
+            "Decision records the console's ring dropped, oldest first, past console.retain",
+            console_dropped.clone(),
+        );
+        let console_stream_skipped = Counter::default();
+        registry.register(
+            "console_stream_skipped",
+            "Live console events a slow viewer fell too far behind to receive",
+            console_stream_skipped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -141,6 +155,8 @@ impl Metrics {
             tools_removed,
             cache_hits,
             cache_misses,
+            console_dropped,
+            console_stream_skipped,
         }
     }
 

@@ -201,8 +201,8 @@ impl<E: PolicyEngine> Pipeline<E> {
         }
     }
 
-    /// Asks the engine, timing the round trip.
-    async fn ask(
+    /// Asks the engine, timing the round trip (also for the console's access checks).
+    pub(crate) async fn ask(
         &self,
         principal: &Principal,
         checks: Vec<crate::decide::ResourceCheck>,
@@ -222,6 +222,11 @@ impl<E: PolicyEngine> Pipeline<E> {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The console identifies its viewers exactly as traffic is identified.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
     }
 
     /// Judges one request. Never fails: every problem becomes a refusal.
@@ -527,7 +532,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             .into_iter()
             .filter(|v| match &v.check.subject {
                 Subject::Tool(name) => tool_blocks(name),
-                Subject::Model(_) | Subject::McpMessage(_) => true,
+                Subject::Model(_) | Subject::McpMessage(_) | Subject::Console => true,
             })
             .cloned()
             .collect();
@@ -757,7 +762,9 @@ fn leg_record(
         path: path.to_owned(),
         route: None,
         format: format.map(Format::as_str),
+        model: None,
         resources: Vec::new(),
+        allowed_tools: Vec::new(),
         denied_tools: Vec::new(),
         hidden: Vec::new(),
         cerbos_call_ids: Vec::new(),
@@ -870,6 +877,20 @@ fn record(
     refusal: Option<&'static str>,
     dry_run: bool,
 ) -> DecisionRecord {
+    let allowed_tools = trace
+        .decision
+        .verdicts
+        .iter()
+        .filter(|v| v.effect.allows())
+        .filter_map(|v| match &v.check.subject {
+            Subject::Tool(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let model = match &trace.request {
+        Some(AgentRequest::Llm(llm)) => Some(llm.model.clone()),
+        _ => None,
+    };
     DecisionRecord {
         time: now_rfc3339(),
         phase: "request",
@@ -886,12 +907,14 @@ fn record(
         path: extract::path_without_query(&input.path).to_owned(),
         route: trace.route.map(|r| r.path_prefix),
         format: trace.format.map(Format::as_str),
+        model,
         resources: trace
             .decision
             .verdicts
             .into_iter()
             .map(ResourceRecord::from)
             .collect(),
+        allowed_tools,
         denied_tools: trace.denied_tools,
         hidden: Vec::new(),
         cerbos_call_ids: trace.decision.call_ids,

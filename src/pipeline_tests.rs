@@ -244,6 +244,9 @@ async fn denied_tools_reject_or_pass_as_configured() {
     };
     assert_eq!(metadata["denied_tools"], "delete_repo");
     assert_eq!(h.log()[0]["denied_tools"], json!(["delete_repo"]));
+    // Both halves of the tool decision, and the model, are on record (the console lists them).
+    assert_eq!(h.log()[0]["allowed_tools"], json!(["get_weather"]));
+    assert_eq!(h.log()[0]["model"], "gpt-4o-mini");
 
     // A denied model still refuses in pass mode, and is named first.
     let (status, body) = denial(
@@ -840,6 +843,7 @@ impl PolicyEngine for WithOutputs {
                     "resource.llm_model.vdefault#tier".into(),
                     json!({"x-authz-tier": "gold", "x-authz-limit": 5, "x-other": "no", "x-authz-bad": "a\nb"}),
                 )],
+                derived_roles: vec![],
             })
             .collect();
         Ok(Decision {

@@ -107,6 +107,11 @@ pub async fn watch<E, F, Fut>(
                 config.admin.address != running.admin.address,
             ),
             (
+                "console",
+                config.console.enabled != running.console.enabled
+                    || config.console.retain != running.console.retain,
+            ),
+            (
                 "tracing",
                 config.tracing.otlp_endpoint != running.tracing.otlp_endpoint,
             ),

@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::console::Ring;
 use crate::decide::cache::CachedEngine;
 use crate::decide::cerbos::CerbosEngine;
 use crate::extract::tool_schemas::ToolSchemas;
@@ -38,6 +39,7 @@ async fn build(
     metrics: &Arc<Metrics>,
     schemas: &Arc<ToolSchemas>,
     keys: &KeyStores,
+    console: &Option<Arc<Ring>>,
 ) -> anyhow::Result<Pipeline<Engine>> {
     let authenticator = Authenticator::start_with(&config.identity, keys).await?;
     let cerbos = CerbosEngine::new(&config.cerbos).map_err(anyhow::Error::msg)?;
@@ -54,7 +56,8 @@ async fn build(
         namespace,
         Arc::clone(metrics),
     );
-    let audit = AuditLog::new(&config.audit).map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
+    let audit = AuditLog::new(&config.audit, console.clone())
+        .map_err(|e| anyhow::anyhow!("audit.output: {e}"))?;
     let mut pipeline = Pipeline::new(config, authenticator, engine, audit, Arc::clone(metrics))
         .with_tool_schemas(Arc::clone(schemas));
     if let Some(path) = &config.mcp.session_keys_file {
@@ -70,8 +73,11 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let schemas = Arc::new(ToolSchemas::default());
     let keys = Arc::new(KeyStores::new(metrics.jwks_refresh_failures.clone()));
+    // The console's records outlive configuration reloads, like the learnt tool schemas.
+    let console = (config.console.enabled && config.admin.address.is_some())
+        .then(|| Arc::new(Ring::new(config.console.retain, &metrics)));
     let current = Arc::new(Current::new(
-        build(&config, &metrics, &schemas, &keys).await?,
+        build(&config, &metrics, &schemas, &keys, &console).await?,
     ));
     let max_message = config
         .server
@@ -88,6 +94,7 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let reload_metrics = Arc::clone(&metrics);
         let reload_schemas = Arc::clone(&schemas);
         let reload_keys = Arc::clone(&keys);
+        let reload_console = console.clone();
         tokio::spawn(crate::reload::watch(
             path,
             config.clone(),
@@ -97,7 +104,8 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 let metrics = Arc::clone(&reload_metrics);
                 let schemas = Arc::clone(&reload_schemas);
                 let keys = Arc::clone(&reload_keys);
-                async move { build(&new, &metrics, &schemas, &keys).await }
+                let console = reload_console.clone();
+                async move { build(&new, &metrics, &schemas, &keys, &console).await }
             },
         ));
     }
@@ -116,7 +124,7 @@ pub async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .map_err(|e| anyhow::anyhow!("admin.address {address}: {e}"))?;
-            let router = crate::admin::router(Arc::clone(&current));
+            let router = crate::admin::router(Arc::clone(&current), console);
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 router,

@@ -22,6 +22,7 @@ struct Cached {
     effect: Effect,
     policy: Option<String>,
     outputs: Vec<(String, Value)>,
+    derived_roles: Vec<String>,
 }
 
 /// One cache key. Its two halves are two JSON documents, so distinct questions can never
@@ -153,6 +154,7 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
                     effect: hit.effect,
                     policy: hit.policy,
                     outputs: hit.outputs,
+                    derived_roles: hit.derived_roles,
                 })),
                 None => {
                     slots.push(None);
@@ -180,6 +182,7 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
                             effect: verdict.effect,
                             policy: verdict.policy.clone(),
                             outputs: verdict.outputs.clone(),
+                            derived_roles: verdict.derived_roles.clone(),
                         },
                     );
                     *slot = Some(verdict);

@@ -192,7 +192,7 @@ fn verdicts(
     checks
         .iter()
         .zip(response.results)
-        .map(|(check, result)| {
+        .map(|(check, mut result)| {
             let (id, kind) = result
                 .resource
                 .as_ref()
@@ -209,6 +209,11 @@ fn verdicts(
                 Some(_) => Effect::Deny,
             };
             let policy = result.matched_policy(&check.action).map(str::to_owned);
+            let derived_roles = result
+                .meta
+                .as_mut()
+                .map(|m| std::mem::take(&mut m.effective_derived_roles))
+                .unwrap_or_default();
             let outputs = result
                 .outputs
                 .into_iter()
@@ -219,6 +224,7 @@ fn verdicts(
                 effect,
                 policy,
                 outputs,
+                derived_roles,
             })
         })
         .collect()
@@ -265,11 +271,45 @@ fn from_pb(value: PbValue) -> Value {
 mod tests {
     use serde_json::json;
 
+    use super::super::Subject;
+    use super::super::cerbos_answer::{ActionEffect, Meta, Resource, ResultEntry};
     use super::*;
 
     #[test]
     fn json_round_trips_through_protobuf_values() {
         let v = json!({"a": [1.5, "x", true, null, {"b": 2.0}]});
         assert_eq!(from_pb(to_pb(&v)), v);
+    }
+
+    #[test]
+    fn derived_roles_cerbos_names_reach_the_verdict() {
+        let check = ResourceCheck {
+            kind: "mcp_server".into(),
+            id: "refund".into(),
+            action: "tools/call/refund".into(),
+            attr: Map::new(),
+            subject: Subject::McpMessage(0),
+        };
+        let answer = CheckResourcesAnswer {
+            cerbos_call_id: "c1".into(),
+            results: vec![ResultEntry {
+                resource: Some(Resource {
+                    id: "refund".into(),
+                    kind: "mcp_server".into(),
+                }),
+                actions: vec![ActionEffect {
+                    action: "tools/call/refund".into(),
+                    effect: PbEffect::Allow as i32,
+                }],
+                meta: Some(Meta {
+                    actions: vec![],
+                    effective_derived_roles: vec!["ticket_owner".into()],
+                }),
+                outputs: vec![],
+            }],
+        };
+        let verdicts = verdicts(&[check], answer).unwrap();
+        assert_eq!(verdicts[0].effect, Effect::Allow);
+        assert_eq!(verdicts[0].derived_roles, ["ticket_owner"]);
     }
 }

@@ -6,7 +6,7 @@
 //! single cost of a check in agent-authz (callgrind). The messages below mirror the wire format
 //! (same field numbers) for the fields agent-authz uses. A protobuf map is, on the wire, a
 //! repeated entry message, so the maps decode into vectors of entries; fields not listed
-//! (`validation_errors`, `effective_derived_roles`, the resource's version and scope) are
+//! (`validation_errors`, the resource's version and scope) are
 //! skipped without being built.
 
 use cerbos::genpb::cerbos::engine::v1::OutputEntry;
@@ -83,6 +83,8 @@ pub struct Meta {
     /// `map<string, EffectMeta> actions`.
     #[prost(message, repeated, tag = "1")]
     pub actions: Vec<ActionMeta>,
+    #[prost(string, repeated, tag = "2")]
+    pub effective_derived_roles: Vec<String>,
 }
 
 /// One entry of `Meta.actions`.
@@ -165,5 +167,9 @@ mod tests {
         );
         assert_eq!(entry.matched_policy("list"), None);
         assert_eq!(entry.outputs, full.results[0].outputs);
+        assert_eq!(
+            entry.meta.as_ref().unwrap().effective_derived_roles,
+            ["owner"]
+        );
     }
 }

@@ -35,6 +35,8 @@ pub enum Subject {
     Tool(String),
     /// The MCP message at this index of the exchange (a batch has several).
     McpMessage(usize),
+    /// The decision console itself (a viewer's access check, [`crate::console`]).
+    Console,
 }
 
 /// Cerbos' effect for one check.
@@ -71,6 +73,9 @@ pub struct Verdict {
     pub policy: Option<String>,
     /// Rule outputs (`src` is `policy#rule`), for plain-language reasons.
     pub outputs: Vec<(String, Value)>,
+    /// Derived roles that applied for this resource (`meta.effectiveDerivedRoles`), for the
+    /// decision record: they explain why a role-less rule matched.
+    pub derived_roles: Vec<String>,
 }
 
 impl Verdict {
@@ -174,6 +179,7 @@ impl Decision {
                 check,
                 policy: policy.map(str::to_owned),
                 outputs: vec![],
+                derived_roles: vec![],
             })
             .collect();
         Decision {
@@ -239,6 +245,7 @@ mod tests {
             effect,
             policy: Some(policy.into()),
             outputs,
+            derived_roles: vec![],
         }
     }
 

@@ -314,6 +314,7 @@ pub fn denial_sentence(principal: &str, verdicts: &[Verdict]) -> String {
                 Subject::Model(m) => format!("invoke model {m}"),
                 Subject::Tool(t) => format!("use tool {t}"),
                 Subject::McpMessage(_) => mcp_request_in_words(&v.check),
+                Subject::Console => format!("{} on {}", v.check.action, v.check.id),
             };
             format!("{principal} may not {what} ({})", v.reason())
         })
@@ -367,6 +368,7 @@ mod tests {
             effect: Effect::Deny,
             policy: Some("resource.k.vdefault".into()),
             outputs: vec![],
+            derived_roles: vec![],
         }
     }
 
