@@ -1,6 +1,6 @@
 """The class behind issue 13: agent-authz's view of a message and the receiver's view diverged.
 
-A generator of legal variants of three plain exchanges, sent through the real stack (Envoy,
+A generator of legal variants of four plain exchanges, sent through the real stack (Envoy,
 agent-authz, Cerbos), judged by what the receiver parsed:
 
   answers   tools/list answers from e2e/upstreams/mcp_raw.py in every wire shape it can write
@@ -17,6 +17,9 @@ agent-authz, Cerbos), judged by what the receiver parsed:
             compression). Oracle: every model and tool the provider would read
             (e2e/upstreams/provider_view.py, under either duplicate-key rule) was judged and
             allowed, under the same decision id; nothing it would fetch from elsewhere.
+  sessions  another principal presenting alice's Mcp-Session-Id in every shape (sealed, the
+            server's own id, two headers, comma-joined, re-cased, re-tagged). Oracle: the
+            session ids the server received; bob's own session is the control.
 
 Every variant either gets the verdict of its plain form or is refused; none gets through
 unjudged. Each family's failures are collected and reported together (the request, what the
@@ -543,3 +546,65 @@ def test_llm_requests_in_every_spelling(vstack):
             failures.append((names, failure))
     vstack.llm_reset()
     report("LLM requests", tried, split_open(failures, names_tried))
+
+
+# ====================================================================== family 4: MCP sessions
+INITIALIZE = ('{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+              '"capabilities":{},"clientInfo":{"name":"variants","version":"1"}}}')
+
+
+def session_shapes(alice: str, bob: str, alice_minted: str) -> dict[str, list[tuple[str, str]]]:
+    """Ways bob could present alice's session (bob also holds his own, `bob`)."""
+    return {
+        "alice-sealed": [("mcp-session-id", alice)],
+        "alice-minted": [("mcp-session-id", alice_minted)],
+        "header-case": [("MCP-SESSION-ID", alice)],
+        "two-headers-own-first": [("mcp-session-id", bob), ("mcp-session-id", alice)],
+        "two-headers-alice-first": [("mcp-session-id", alice), ("mcp-session-id", bob)],
+        "joined": [("mcp-session-id", f"{bob}, {alice}")],
+        "joined-alice-first": [("mcp-session-id", f"{alice},{bob}")],
+        "upper": [("mcp-session-id", alice.upper())],
+        "tag-of-bob-id-of-alice": [("mcp-session-id", bob.rsplit(".", 1)[0] + "." + alice_minted)],
+        "tag-of-alice-id-of-bob": [("mcp-session-id", alice.rsplit(".", 1)[0] + "." + bob.rsplit(".", 1)[-1])],
+        "truncated": [("mcp-session-id", alice[:-1])],
+        "padded-tag": [("mcp-session-id", alice.replace(".", "=.", 1))],
+    }
+
+
+def test_mcp_sessions_in_every_presentation(vstack):
+    """Every way another principal could present alice's session: the server never receives
+    alice's session id on bob's behalf, and bob's own session still works (the control)."""
+    raw = RawMcp(vstack)
+    raw.reset()
+    alice_token, bob_token = vstack.token_for("alice"), vstack.token_for("bob")
+    opened = {}
+    for who, token in (("alice", alice_token), ("bob", bob_token)):
+        r = httpx.post(vstack.mcp_url, content=INITIALIZE.encode(), headers=mcp_headers(token), timeout=10)
+        assert r.status_code == 200, r.text[:300]
+        opened[who] = (r.headers["mcp-session-id"], raw.parsed()[-1]["minted_session"])
+    (alice, alice_minted), (bob, bob_minted) = opened["alice"], opened["bob"]
+    failures, tried = [], 0
+    listing = b'{"jsonrpc":"2.0","id":5,"method":"tools/list"}'
+    shapes = {"control-bob-own": [("mcp-session-id", bob)], **session_shapes(alice, bob, alice_minted)}
+    for (shape, session_headers), method in itertools.product(shapes.items(), ("POST", "GET", "DELETE")):
+        if shape == "control-bob-own" and method == "DELETE":
+            continue  # keep bob's session for the other shapes
+        tried += 1
+        before = len(raw.parsed())
+        headers = [*[(k, v) for k, v in mcp_headers(bob_token).items()], *session_headers]
+        try:
+            r = httpx.request(method, vstack.mcp_url, headers=headers, content=listing if method == "POST" else None,
+                              timeout=10)
+            status = r.status_code
+        except httpx.HTTPError as e:
+            status = f"transport error {e!r}"
+        reached = raw.parsed()[before:]
+        seen = [e["headers"].get("mcp-session-id") for e in reached]
+        what = f"bob {method} with {shape}: status {status}, the server saw sessions {seen}"
+        if any(alice_minted in (s or "") for s in seen):
+            failures.append(f"SESSION HIJACK: {what}")
+        elif shape == "control-bob-own" and (status != 200 or seen != [bob_minted]):
+            failures.append(f"CONTROL FAILED (bob's own session must work): {what}")
+        elif shape != "control-bob-own" and reached and any(s != bob_minted for s in seen):
+            failures.append(f"FORWARDED a session id bob does not own: {what}")
+    report("MCP sessions", tried, failures)
