@@ -183,7 +183,9 @@ pub struct AuditConfig {
     pub output: AuditOutput,
     /// Paths replaced by `"****"` before anything leaves agent-authz (decision log, Envoy
     /// metadata, Cerbos request): `arguments.<path>` (MCP call and prompt arguments) or
-    /// `claims.<name>` (principal attributes). A policy cannot decide on a masked field.
+    /// `claims.<path>` (principal attributes). Steps are keys (`"quoted"` when they hold dots)
+    /// and array steps `[*]` / `[n]` (see [`crate::redact`]); a path that does not parse is a
+    /// start-up error. A policy cannot decide on a masked field.
     #[serde(default)]
     pub mask: Vec<String>,
     /// Paths removed from the log, same syntax as `mask`.
@@ -975,15 +977,24 @@ impl Config {
             ("audit.mask", &self.audit.mask),
             ("audit.drop", &self.audit.drop),
         ] {
-            if let Some(bad_path) = paths.iter().find(|p| {
-                !(p.strip_prefix("arguments.").is_some_and(|r| !r.is_empty())
-                    || p.strip_prefix("claims.").is_some_and(|r| !r.is_empty()))
-            }) {
-                return Err((
-                    key.to_owned(),
-                    format!("{bad_path:?} must start with arguments. or claims."),
-                ));
+            for (i, path) in paths.iter().enumerate() {
+                crate::redact::parse_path(path).map_err(|e| (format!("{key}[{i}]"), e))?;
             }
+        }
+        let redacts_claims = self
+            .audit
+            .mask
+            .iter()
+            .chain(&self.audit.drop)
+            .any(|p| p.starts_with("claims."));
+        if self.identity.principal.pass_token_to_cerbos && redacts_claims {
+            // The raw token carries every claim: Cerbos would record in its audit log
+            // (auxData.jwt) exactly what audit.mask / audit.drop hide everywhere else.
+            return bad(
+                "identity.principal.pass_token_to_cerbos",
+                "cannot be combined with claims.* paths in audit.mask / audit.drop: the raw token \
+                 sent as auxData.jwt carries the claims they hide (Cerbos would log them)",
+            );
         }
         for (key, value) in [
             ("vocabulary.model_kind", &self.vocabulary.model_kind),
@@ -1165,7 +1176,7 @@ routes:
             (
                 "routes:",
                 "audit: {mask: [card_number]}\nroutes:",
-                "audit.mask",
+                "audit.mask[0]",
             ),
             (
                 "jwks: {file: /tmp/jwks.json}",
@@ -1182,6 +1193,37 @@ routes:
             let text = MINIMAL.replace(from, to);
             let (got, msg) = Config::parse(&text).unwrap_err();
             assert_eq!(got, key, "{to}: {msg}");
+        }
+    }
+
+    #[test]
+    fn redaction_paths_are_parsed_at_load() {
+        let with = |audit: &str| Config::parse(&format!("{MINIMAL}audit: {audit}\n"));
+        assert!(with(r#"{mask: ['arguments.items[*].pan', 'arguments."card.number"']}"#).is_ok());
+        for (audit, key) in [
+            (
+                "{mask: [arguments.ok, 'arguments.items[x].pan']}",
+                "audit.mask[1]",
+            ),
+            ("{drop: ['arguments.\"open']}", "audit.drop[0]"),
+            ("{drop: ['claims..email']}", "audit.drop[0]"),
+        ] {
+            let (got, msg) = with(audit).unwrap_err();
+            assert_eq!(got, key, "{audit}: {msg}");
+        }
+    }
+
+    #[test]
+    fn the_raw_token_cannot_go_to_cerbos_while_claims_are_redacted() {
+        let passing = MINIMAL.replace(
+            "identity:\n",
+            "identity:\n  principal: {pass_token_to_cerbos: true}\n",
+        );
+        assert!(Config::parse(&passing).is_ok());
+        assert!(Config::parse(&format!("{passing}audit: {{mask: [arguments.card]}}\n")).is_ok());
+        for audit in ["{mask: [claims.email]}", "{drop: [claims.phone]}"] {
+            let (key, msg) = Config::parse(&format!("{passing}audit: {audit}\n")).unwrap_err();
+            assert_eq!(key, "identity.principal.pass_token_to_cerbos", "{msg}");
         }
     }
 

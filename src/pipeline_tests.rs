@@ -551,6 +551,27 @@ async fn tools_list_requests_hand_over_what_the_answer_filter_needs() {
 }
 
 #[tokio::test]
+async fn dry_run_still_denies_unclassified_routes() {
+    let h = Harness::new("dry_run: true\n").await;
+    let outcome = h
+        .pipeline
+        .check(input("/v2/unlisted", chat("gpt-4o-mini", &[]), alice()))
+        .await;
+    let Outcome::Deny { denial, .. } = outcome else {
+        panic!("an unclassified route is a config gap, not a policy on trial")
+    };
+    assert_eq!(denial.status, 403);
+    let line = &h.log()[0];
+    assert_eq!(
+        (
+            line["refusal"].as_str(),
+            line["dry_run"].as_bool().unwrap_or(false)
+        ),
+        (Some("unclassified_route"), false)
+    );
+}
+
+#[tokio::test]
 async fn dry_run_logs_the_denial_and_lets_the_request_through() {
     let h = Harness::new("dry_run: true\n").await;
     let outcome = h
@@ -592,7 +613,7 @@ async fn dry_run_logs_the_denial_and_lets_the_request_through() {
 #[tokio::test]
 async fn redaction_happens_before_anything_leaves() {
     let h = Harness::new(
-        "audit: {mask: [arguments.card.number, claims.email], drop: [arguments.cvv, claims.phone]}\n",
+        "audit: {mask: [arguments.card.number, claims.email, 'arguments.items[*].pan', 'arguments.\"a.b\"'], drop: [arguments.cvv, claims.phone]}\n",
     )
     .await;
     let mut identity = alice();
@@ -602,6 +623,8 @@ async fn redaction_happens_before_anything_leaves() {
     let mut body = refund(1, "T-100", 10);
     body["params"]["arguments"]["card"] = json!({"number": "4111111111111111", "brand": "visa"});
     body["params"]["arguments"]["cvv"] = json!("123");
+    body["params"]["arguments"]["items"] = json!([{"pan": "5500005555555559", "sku": 1}]);
+    body["params"]["arguments"]["a.b"] = json!("dotted-secret");
     let outcome = h.pipeline.check(input("/mcp", body, identity)).await;
 
     // The decision log.
@@ -614,12 +637,18 @@ async fn redaction_happens_before_anything_leaves() {
     // What Cerbos was sent.
     let sent = h.pipeline.engine.seen.lock().unwrap()[0].attr.clone();
     assert_eq!(sent["arguments"]["card"]["number"], "****");
+    assert_eq!(
+        sent["arguments"]["items"],
+        json!([{"pan": "****", "sku": 1}])
+    );
     // Envoy's metadata (and so its access log).
     let Outcome::Allow { metadata, .. } = outcome else {
         panic!("refund within limits")
     };
     let everywhere = format!("{line} {} {metadata:?}", Value::Object(sent));
     for secret in [
+        "5500005555555559",
+        "dotted-secret",
         "4111111111111111",
         "\"123\"",
         "alice@example.com",
