@@ -209,6 +209,45 @@ async fn configuration_changes_apply_without_restart_and_bad_ones_are_refused() 
 }
 
 #[tokio::test]
+async fn a_configuration_file_caught_mid_write_is_not_applied() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent-authz.yaml");
+    let port = free_port();
+    std::fs::write(&path, reload_config(port, "deny")).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let _service = Service::start(&path, Stdio::from(log));
+    assert!(
+        eventually(port, 7).await,
+        "running with unclassified_routes: deny"
+    );
+
+    // A writer that is slower than the 100 ms poll: the first part alone parses (it lacks
+    // the last line), and must not be applied on its own.
+    let full = reload_config(port, "allow");
+    let (first, rest) = full.split_at(full.find("unclassified_routes").unwrap());
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    file.write_all(rest.as_bytes()).unwrap();
+    file.flush().unwrap();
+    drop(file);
+    assert!(eventually(port, 0).await, "the complete file applies");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert_eq!(
+        stderr.matches("configuration reloaded").count(),
+        1,
+        "only the complete file was applied: {stderr}"
+    );
+    assert!(
+        stderr.contains("configuration file is still changing"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn alive_not_ready_and_denying_while_cerbos_is_down_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (grpc, admin) = (free_port(), free_port());
