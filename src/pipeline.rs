@@ -284,10 +284,9 @@ impl<E: PolicyEngine> Pipeline<E> {
                 )
             }
             // Dry-run rolls out policy: only policy denials are waived, never identity,
-            // parsing or PDP failures.
-            Err(refusal @ (Refusal::PolicyDenied(_) | Refusal::UnclassifiedRoute(_)))
-                if dry_run =>
-            {
+            // parsing or PDP failures, nor an unclassified route (`unclassified_routes: deny`
+            // is a configuration decision, not a policy being tried out).
+            Err(refusal @ Refusal::PolicyDenied(_)) if dry_run => {
                 let reason = format!("dry-run, would deny: {}", refusal.reason(&principal_id));
                 (
                     self.allow(&input, &trace, &reason),
