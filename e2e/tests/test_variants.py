@@ -90,9 +90,19 @@ def split_open(failures: list[tuple[list[str], str]], tried_names: set[str]) -> 
     return counted
 
 
+# How the variants ended, per family ("forwarded" / "refused"), so a run shows the oracle was
+# exercised both ways.
+OUTCOMES: dict[str, dict[str, int]] = {}
+
+
+def outcome(family: str, forwarded: bool) -> None:
+    counts = OUTCOMES.setdefault(family, {"forwarded": 0, "refused": 0})
+    counts["forwarded" if forwarded else "refused"] += 1
+
+
 def report(family: str, tried: int, failures: list[str]) -> None:
     VARIANT_COUNTS[family] = VARIANT_COUNTS.get(family, 0) + tried
-    print(f"\n{family}: {tried} variants tried, {len(failures)} failed (seed {SEED})")
+    print(f"\n{family}: {tried} variants tried {OUTCOMES.get(family, {})}, {len(failures)} failed (seed {SEED})")
     if failures:
         shown = "\n\n".join(failures[:MAX_REPORTED])
         more = f"\n\n... and {len(failures) - MAX_REPORTED} more" if len(failures) > MAX_REPORTED else ""
@@ -201,6 +211,7 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
     except httpx.HTTPError as e:  # a broken stream: the client got no list
         names, status = None, f"transport error {e!r}"
     parsed = raw.parsed()
+    outcome("tools/list answers", names is not None)
     what = f"variant {json.dumps(v)}\n  request {body[:200]}\n  server parsed {[m.get('method') for e in parsed for m in e['messages']]}"
     if names is not None and "delete_repo" in names:
         return f"BYPASS: the client decoded {sorted(names)} (status {status})\n  {what}"
@@ -283,6 +294,11 @@ CALL_MUTATIONS: dict[str, Mutation] = {
     "amount-decimal": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=f"{a.get('amount_cents', 0)}.0"))),
     "amount-E": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=f"{a.get('amount_cents', 0) / 10:g}E1"))),
     "amount-string": lambda t, a: m(call_text(json.dumps(t), args_text(a, amount=json.dumps(str(a.get("amount_cents", 0)))))),
+    "id-null": lambda t, a: m(call_text(json.dumps(t), args_text(a), id_text="null")),
+    "with-result": lambda t, a: m(call_text(json.dumps(t), args_text(a))[:-1] + ',"result":{}}'),
+    "with-error": lambda t, a: m(call_text(json.dumps(t), args_text(a))[:-1] + ',"error":{"code":1,"message":"x"}}'),
+    "result-first": lambda t, a: m('{"result":{},' + call_text(json.dumps(t), args_text(a))[1:]),
+    "no-jsonrpc": lambda t, a: m(call_text(json.dumps(t), args_text(a)).replace('"jsonrpc":"2.0",', "", 1)),
     "id-big": lambda t, a: m(call_text(json.dumps(t), args_text(a), id_text="9007199254740993")),
     "id-long-string": lambda t, a: m(call_text(json.dumps(t), args_text(a), id_text='"' + "i" * 5000 + '"')),
     "meta-extra": lambda t, a: m(call_text(json.dumps(t), args_text(a), extra=',"_meta":{"progressToken":1}')),
@@ -343,6 +359,7 @@ def send_call_variant(stack: Stack, raw: RawMcp, token: str, base: str, names: l
         status = f"transport error {e!r}"
     parsed = raw.parsed()
     executed = [c for e in parsed for c in e["executed"]]
+    outcome("MCP requests", bool(parsed))
     what = f"variant {base} + {names}\n  request {body[:300]!r} headers {headers}\n  status {status}"
     for entry in parsed:
         if entry["executed"] and entry["messages"] != entry.get("messages_first_wins"):
@@ -403,6 +420,9 @@ DIALECTS: dict[str, tuple[Callable[[str], str], Callable[[str, list[str]], dict]
     "gemini": (lambda model: f"/v1beta/models/{model}:generateContent",
                lambda model, tools: {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
                                      "tools": [{"functionDeclarations": [{"name": t} for t in tools]}]}),
+    "bedrock_invoke": (lambda model: f"/model/{model}/invoke",
+                       lambda model, tools: {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10, "messages": HELLO,
+                                             "tools": [{"name": t, "input_schema": {"type": "object"}} for t in tools]}),
     "bedrock": (lambda model: f"/model/{model}/converse",
                 lambda model, tools: {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
                                       "toolConfig": {"tools": [{"toolSpec": {"name": t, "inputSchema": {"json": {"type": "object"}}}} for t in tools]}}),
@@ -455,9 +475,11 @@ LLM_MUTATIONS: dict[str, LlmMutation] = {
     "chat-legacy-functions": lambda d, b, t: (t[:-1] + ',"functions":[{"name":"delete_repo","parameters":{}}]}' if d == "openai_chat" else t, {}, "plain"),
     "responses-mcp-tool": lambda d, b, t: (replace_once(t, '"tools":[', '"tools":[{"type":"mcp","server_label":"support","server_url":"https://mcp.example.com","allowed_tools":["delete_repo"]},')
                                            if d == "openai_responses" else t, {}, "plain"),
+    "responses-mcp-tool-names": lambda d, b, t: (replace_once(t, '"tools":[', '"tools":[{"type":"mcp","server_label":"support","server_url":"https://mcp.example.com","allowed_tools":{"tool_names":["delete_repo"]}},')
+                                                 if d == "openai_responses" else t, {}, "plain"),
     "responses-prompt": lambda d, b, t: (t[:-1] + ',"prompt":{"id":"pmpt_abc"}}' if d == "openai_responses" else t, {}, "plain"),
     "anthropic-mcp-servers": lambda d, b, t: (t[:-1] + ',"mcp_servers":[{"type":"url","url":"https://mcp.example.com","name":"support","tool_configuration":{"allowed_tools":["delete_repo"]}}]}'
-                                              if d == "anthropic" else t, {}, "plain"),
+                                              if d in ("anthropic", "bedrock_invoke") else t, {}, "plain"),
     "bedrock-additional-tools": lambda d, b, t: (t[:-1] + ',"additionalModelRequestFields":{"tools":[{"type":"bash_20250124","name":"bash"}]}}'
                                                  if d == "bedrock" else t, {}, "plain"),
     "bom": lambda d, b, t: ("\ufeff" + t, {}, "plain"),
@@ -471,7 +493,9 @@ LLM_MUTATIONS: dict[str, LlmMutation] = {
     # Path spellings (applied in send_llm_variant): the provider decodes the model id once.
     "path-percent": lambda d, b, t: (t, {}, "plain"),
     "path-query": lambda d, b, t: (t, {}, "plain"),
+    "path-gemini-v1": lambda d, b, t: (t, {}, "plain"),
     "stream": lambda d, b, t: (t[:-1] + ',"stream":true}' if d in ("openai_chat", "openai_responses", "anthropic") else t, {}, "plain"),
+    "bedrock-invoke-stream-path": lambda d, b, t: (t, {}, "plain"),
 }
 
 
@@ -486,6 +510,10 @@ def send_llm_variant(stack: Stack, token: str, dialect: str, base: str, names: l
     path = path_of(model)
     if "path-percent" in names and model in path:
         path = path.replace(model, model.replace("-", "%2D"), 1)
+    if "bedrock-invoke-stream-path" in names and dialect == "bedrock_invoke":
+        path = path.replace("/invoke", "/invoke-with-response-stream")
+    if "path-gemini-v1" in names and dialect == "gemini":
+        path = path.replace("/v1beta/", "/v1/", 1)
     if "path-query" in names:
         path += "?alt=sse&model=gpt-4o" if dialect == "gemini" else "?model=gpt-4o"
     stack.llm_reset()
@@ -500,6 +528,7 @@ def send_llm_variant(stack: Stack, token: str, dialect: str, base: str, names: l
     except httpx.HTTPError as e:
         status = f"transport error {e!r}"
     received = stack.llm_received()
+    outcome("LLM requests", bool(received))
     what = f"variant {dialect} {base} + {names}\n  request {path} {text[:300]!r} headers {headers}\n  status {status}"
     if not received:
         if isinstance(status, int) and status < 400:
