@@ -637,3 +637,42 @@ def test_mcp_sessions_in_every_presentation(vstack):
         elif shape != "control-bob-own" and reached and any(s != bob_minted for s in seen):
             failures.append(f"FORWARDED a session id bob does not own: {what}")
     report("MCP sessions", tried, failures)
+
+
+# ====================================================================== family 5: model lists
+MODEL_SHAPES = ["plain", "escaped", "dup_id", "dup_data", "pretty"]
+
+
+def first_wins_pairs(pairs):
+    out = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def test_model_lists_in_every_spelling(vstack):
+    """GET /v1/models answers spelt differently: the ids a client decodes (either duplicate-key
+    rule) are models alice may invoke, or the answer is refused."""
+    token = vstack.token_for("alice")
+    failures, tried = [], 0
+    for shape, encoding in itertools.product(MODEL_SHAPES, ("identity", "gzip")):
+        tried += 1
+        vstack.llm_reset()
+        httpx.post(f"{vstack.llm_direct_url}/_mode",
+                   json={"models_json": shape, "gzip_models": encoding == "gzip"}, timeout=5).raise_for_status()
+        r = httpx.get(f"{vstack.llm_base_url}/models", headers={"authorization": f"Bearer {token}"}, timeout=10)
+        what = f"model list {shape} {encoding}: status {r.status_code} body {r.text[:200]!r}"
+        decoded: set[str] = set()
+        if r.status_code == 200:
+            try:
+                for reading in (json.loads(r.text), json.loads(r.text, object_pairs_hook=first_wins_pairs)):
+                    decoded |= {m.get("id") for m in reading.get("data", []) if isinstance(m, dict)}
+            except ValueError:
+                decoded = set()
+        outcome("model lists", r.status_code == 200)
+        if decoded - {"gpt-4o-mini"}:
+            failures.append(f"BYPASS: the client decoded {sorted(decoded)}\n  {what}")
+        elif shape in ("plain", "escaped", "pretty") and encoding == "identity" and decoded != {"gpt-4o-mini"}:
+            failures.append(f"REFUSED a legal list (decoded {sorted(decoded)})\n  {what}")
+    vstack.llm_reset()
+    report("model lists", tried, failures)

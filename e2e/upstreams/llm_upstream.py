@@ -17,7 +17,8 @@ and stream flag as that provider reads them; `provider_view`: every model, tool 
 reference a provider's lenient parser would read, under either duplicate-key rule, see
 provider_view.py) and can be read back at GET /_received (a JSON list) and cleared with
 POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzip-compressed
-whatever the request's Accept-Encoding says (a compressing proxy in front of the provider).
+whatever the request's Accept-Encoding says (a compressing proxy in front of the provider);
+{"models_json": shape} spells the model list differently (see _model_list_text).
 The tests talk to this port directly for those three.
 """
 
@@ -104,6 +105,26 @@ def parse(path: str, body: dict) -> dict | None:
                     "tools": _names(specs, lambda t: (t.get("toolSpec") or {}).get("name"))}
         return anthropic(model, op == "invoke-with-response-stream") | {"dialect": "bedrock_invoke"}
     return None
+
+
+def _model_list_text(shape: str) -> str:
+    """The model list in another legal (or ambiguous) spelling, for the differential tests:
+    "escaped" (ids as JSON unicode escapes), "dup_id" (each model object names gpt-4o-mini,
+    then its own id), "dup_data" (`data` twice: the first model only, then all), "pretty"."""
+    def model(m: str, id_text: str | None = None) -> str:
+        return '{"id":' + (id_text or json.dumps(m)) + ',"object":"model","created":0,"owned_by":"demo"}'
+
+    if shape == "escaped":
+        items = [model(m, '"' + "".join(f"\\u{ord(c):04x}" for c in m) + '"') for m in MODELS]
+    elif shape == "dup_id":
+        items = [model(m, '"gpt-4o-mini","id":' + json.dumps(m)) for m in MODELS]
+    else:
+        items = [model(m) for m in MODELS]
+    if shape == "dup_data":
+        return '{"object":"list","data":[' + items[0] + '],"data":[' + ",".join(items) + "]}"
+    if shape == "pretty":
+        return json.dumps(json.loads('{"object":"list","data":[' + ",".join(items) + "]}"), indent=4)
+    return '{"object":"list","data":[' + ",".join(items) + "]}"
 
 
 def _responses_answer(model: str) -> dict:
@@ -211,6 +232,18 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_raw_json(self, text: str, *, compress: bool = False) -> None:
+        body = text.encode()
+        if compress:
+            body = gzip.compress(body)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if compress:
+            self.send_header("content-encoding", "gzip")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _stream(self, content_type: str, chunks) -> None:
         """Sends each chunk as it is produced; the connection closes at the end."""
         self.send_response(200)
@@ -246,6 +279,9 @@ class Handler(BaseHTTPRequestHandler):
         self._record(b"")
         path = self.path.split("?")[0]
         compress = bool(_mode.get("gzip_models"))
+        if path == "/v1/models" and _mode.get("models_json"):
+            self._send_raw_json(_model_list_text(_mode["models_json"]), compress=compress)
+            return
         if path == "/v1/models":
             self._send_json(
                 200,
