@@ -160,7 +160,10 @@ def test_filters_narrow_the_list_and_live_in_the_url(auditor, stack, driven, con
     page.fill("input[name=mcp_tool]", "refund")
     page.click("#filters button[type=submit]")
     page.wait_for_url("**/console?effect=deny&mcp_tool=refund")
-    page.wait_for_function("document.querySelectorAll('#decisions tbody tr.allow, #decisions tbody tr.stripped').length === 0")
+    # Polled by Playwright's selector engine: the page's content security policy forbids eval.
+    from playwright.sync_api import expect
+
+    expect(page.locator("#decisions tbody tr.allow, #decisions tbody tr.stripped")).to_have_count(0)
     filtered = rows(page)
     assert 1 <= len(filtered) < everything
     assert all("refund" in r for r in filtered)
