@@ -75,6 +75,8 @@ OPEN: dict[str, str] = {
     "bedrock-additional-tools": "issue 13 item 9: Bedrock additionalModelRequestFields.tools forwarded unjudged",
     "gemini-cached-content": "new (found here): Gemini cached_content may carry tools; forwarded unjudged",
     "gemini-cached-content-camel": "new (found here): Gemini cachedContent may carry tools; forwarded unjudged",
+    "get-stream": "new (found here): a tools/list answer on a GET stream without Last-Event-ID (the 2024-11-05 "
+                  "HTTP+SSE transport delivers every answer there) reaches the client unfiltered",
 }
 
 
@@ -144,6 +146,7 @@ CANONICAL_IDS = {"small", "2^53+1", "neg-big", "2^64+1", "string", "long-string"
 SSE_FLAGS = ["priming", "comments", "id_retry_only", "multiline", "bom", "event_name"]
 LINE_ENDS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
 WRAPS = ["single", "batch", "batch-after-ping"]
+GET_WRAPS = ["get-stream", "get-stream-resumed"]  # the answer arrives on a GET stream
 LIST_SHAPES = ["plain", "escaped", "utf8", "dup_name", "dup_tools"]
 
 
@@ -157,6 +160,7 @@ def answer_variants(rng: random.Random) -> Iterator[dict]:
         + [{"id": k, "id_echo": e} for k in ("2^53+1", "1E2", "-0", "1e400", "neg-big") for e in ("python", "js")]
         + [{"wrap": w} for w in WRAPS[1:]] + [{"wrap": w, "answer": "json"} for w in WRAPS[1:]]
         + [{"answer": "json"}]
+        + [{"wrap": w} for w in GET_WRAPS] + [{"wrap": w, "flags": ["priming"]} for w in GET_WRAPS]
         + [{"flags": [f]} for f in SSE_FLAGS] + [{"line_end": e} for e in ("crlf", "cr")]
         + [{"flags": ["priming"], "line_end": e} for e in ("crlf", "cr")]
         + [{"encoding": e, "answer": a} for e in ("gzip", "deflate") for a in ("sse", "json")]
@@ -172,7 +176,7 @@ def answer_variants(rng: random.Random) -> Iterator[dict]:
         yield {
             "id": rng.choice(list(ANSWER_IDS)),
             "id_echo": rng.choice(["exact", "exact", "python", "js"]),
-            "wrap": rng.choice(WRAPS),
+            "wrap": rng.choice(WRAPS + GET_WRAPS),
             "answer": rng.choice(["sse", "sse", "json"]),
             "flags": rng.sample(SSE_FLAGS, rng.randint(0, len(SSE_FLAGS))),
             "line_end": rng.choice(list(LINE_ENDS)),
@@ -195,6 +199,9 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
             **{flag: True for flag in v["flags"]}}
     if "event_name" in v["flags"]:
         mode["event_name"] = "message"
+    if v["wrap"] in GET_WRAPS:
+        mode["get_list"] = True
+        mode["answer"] = "sse"  # a GET stream is always SSE
     raw.reset(**mode)
     listing = '{"jsonrpc":"2.0","id":%s,"method":"tools/list"}' % ANSWER_IDS[v["id"]]
     version = "2025-11-25"
@@ -205,7 +212,12 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
     else:
         body = listing
     try:
-        r = httpx.post(stack.mcp_url, content=body.encode(), headers=mcp_headers(token, version), timeout=15)
+        if v["wrap"] in GET_WRAPS:
+            body = "(GET)"
+            resume = {"last-event-id": "ev-0"} if v["wrap"] == "get-stream-resumed" else {}
+            r = httpx.get(stack.mcp_url, headers=mcp_headers(token, version, **resume), timeout=15)
+        else:
+            r = httpx.post(stack.mcp_url, content=body.encode(), headers=mcp_headers(token, version), timeout=15)
         names = decoded_tool_names(r)
         status = r.status_code
     except httpx.HTTPError as e:  # a broken stream: the client got no list
@@ -219,7 +231,7 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
         return f"WRONG LIST: the client decoded {sorted(names)} (status {status})\n  {what}"
     if names is None and must_be_filtered(v):
         return f"REFUSED a legal answer: status {status}, no list decoded\n  {what}"
-    if names is not None:
+    if names is not None and v["wrap"] not in GET_WRAPS:
         decision_id = parsed[0]["headers"].get("x-agent-authz-decision-id") if parsed else None
         if not decision_id or not decisions_for(stack, decision_id, phase="response"):
             return f"UNJUDGED: a list reached the client without a response-phase decision ({decision_id})\n  {what}"
@@ -228,14 +240,15 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
 
 def test_tools_list_answers_in_every_wire_shape(vstack):
     raw, token, rng = RawMcp(vstack), vstack.token_for("alice"), random.Random(SEED)
-    failures, tried = [], 0
+    failures, tried, names_tried = [], 0, set()
     for v in itertools.islice(answer_variants(rng), BUDGET):
         tried += 1
+        names_tried.add(v["wrap"])
         failure = send_answer_variant(vstack, raw, token, v)
         if failure:
-            failures.append(failure)
+            failures.append(([v["wrap"]], failure))
     raw.reset()
-    report("tools/list answers", tried, failures)
+    report("tools/list answers", tried, split_open(failures, names_tried))
 
 
 # ====================================================================== family 2: MCP requests

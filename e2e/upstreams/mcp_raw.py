@@ -38,6 +38,7 @@ Test-only endpoints (the tests call this port directly):
               a last-wins client reads the hidden one) | "dup_tools" (`tools` twice: an empty
               list, then the full one)
     batch_sse: "events" (default: one event per answer) | "array" (one event holding the array)
+    get_list: true: the GET stream carries a tools/list answer (as a replay after Last-Event-ID)
 """
 
 from __future__ import annotations
@@ -359,6 +360,8 @@ class Handler(BaseHTTPRequestHandler):
         request = json.dumps({"jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage",
                               "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "private to the session owner"}}],
                                          "maxTokens": 10}})
+        if _mode.get("get_list"):  # a replayed (or misdirected) tools/list answer on the GET stream
+            request = answer_text(RawNumber("1"), result_text=tools_list_text())
         self._send(200, self._sse([request]), "text/event-stream", {"cache-control": "no-cache"})
 
     def do_DELETE(self) -> None:
