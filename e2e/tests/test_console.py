@@ -199,7 +199,8 @@ def test_the_live_view_shows_a_new_decision_within_two_seconds(auditor, stack, c
 
 def test_the_overview_charts_the_decisions(auditor, driven, console_url, shots):
     page = auditor
-    page.goto(f"{console_url}?view=overview")
+    # Scoped to alice through the filter (the suite's other decisions share this stack).
+    page.goto(f"{console_url}?view=overview&principal=alice")
     page.wait_for_selector("#overview-body svg")
     charts = page.locator("#overview-body .chart")
     assert charts.count() == 6
@@ -208,6 +209,21 @@ def test_the_overview_charts_the_decisions(auditor, driven, console_url, shots):
     models = page.locator(".chart", has_text="Top denied models").locator("svg").get_attribute("aria-label")
     assert "gpt-4o" in models
     page.screenshot(path=str(shots / "console-overview.png"), full_page=True)
+
+
+def test_the_console_works_from_the_keyboard(auditor, driven, console_url):
+    page = auditor
+    page.goto(console_url)
+    page.wait_for_selector("#decisions tbody tr")
+    page.keyboard.press("Tab")
+    assert page.locator(":focus").inner_text() == "Skip to content"
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    assert page.locator(":focus").get_attribute("name") == "principal"  # the first filter
+    page.locator("#decisions tbody tr a").first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#detail-body article")
+    assert "decision=" in page.url
 
 
 def test_the_list_is_usable_on_a_phone(browser, stack, console_url, driven, shots):
