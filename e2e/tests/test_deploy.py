@@ -435,6 +435,13 @@ def test_gateway_pod_drains_before_it_stops(directory):
     assert configmap_file(docs, "envoy-drain.sh")[1] == (REPO / "k8s/base/config/envoy-drain.sh").read_text()
     env, args = env_of(envoy_c), envoy_c["args"]
     assert arg_after(args, "--drain-time-s") == env["DRAIN_TIME_SECONDS"]
+    # The script's defaults reach this Envoy's admin and count this listener's requests.
+    script = (REPO / "k8s/base/config/envoy-drain.sh").read_text()
+    admin_port = envoy["admin"]["address"]["socket_address"]["port_value"]
+    assert f'ENVOY_ADMIN_PORT:-{admin_port}}}' in script and "ENVOY_ADMIN_PORT" not in env
+    (gateway,) = [l for l in envoy["static_resources"]["listeners"] if l["name"] == "agent_gateway"]
+    stat_prefix = listener_hcm(gateway)["typed_config"]["stat_prefix"]
+    assert f'ENVOY_STAT_PREFIX:-{stat_prefix}}}' in script and "ENVOY_STAT_PREFIX" not in env
     assert arg_after(args, "--drain-strategy") == "immediate"
     grace = int(env["DRAIN_ENDPOINT_GRACE_SECONDS"])
     max_wait = int(env["DRAIN_MAX_WAIT_SECONDS"])
