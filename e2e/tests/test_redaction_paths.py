@@ -2,8 +2,9 @@
 
 `audit.mask` / `audit.drop` reach into arrays (`items[*].pan`, and a key step meeting an array
 applies to each element) and name keys holding dots (`"card.number"`). The masked values appear
-nowhere agent-authz sends data: its decision log, its diagnostics at RUST_LOG=debug, Envoy's
-logs (metadata), Cerbos' audit log (what Cerbos received) and the error message the client gets.
+nowhere agent-authz sends data: its decision log, the decision console, its diagnostics at
+RUST_LOG=debug, Envoy's logs (metadata), Cerbos' audit log (what Cerbos received) and the error
+message the client gets.
 A path that does not parse is refused at start.
 """
 
@@ -103,7 +104,17 @@ def test_array_and_quoted_paths_are_redacted_everywhere(redacting):
     assert cerbos_input["resource"]["attr"]["arguments"]["items"][0] == {"pan": "****", "sku": "A-1"}
     assert cerbos_input["principal"]["attr"]["https://example.com/email"] == "****"
 
+    # The decision console (the admin listener's API), as an auditor reads it.
+    console = f"http://127.0.0.1:{redacting.ports['authz_admin']}/api/v1"
+    auditor = {"authorization": f"Bearer {redacting.mint_token('audrey', ['auditor'])}"}
+    listed = httpx.get(f"{console}/decisions", params={"principal": "alice"}, headers=auditor, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert any(d["decision_id"] == deny["decision_id"] for d in listed.json()["decisions"]), listed.text
+    one = httpx.get(f"{console}/decisions/{deny['decision_id']}", headers=auditor, timeout=10)
+    assert one.status_code == 200, one.text
+
     places = {
+        "the decision console": listed.text + one.text,
         "the client's error message": denied.text,
         "the decision log": redacting.procs["agent_authz"].stdout_log.read_text(),
         "agent-authz diagnostics (RUST_LOG=debug)": redacting.log_path("agent_authz").read_text(),
