@@ -70,6 +70,10 @@ def test_mcp_route_rejects_a_bad_token_with_401(clean, case):
     assert body["id"] in (1, None)
     assert isinstance(body["error"]["code"], int)
     assert body["error"]["message"]
+    # the same data shape as a policy denial's, so a client reads both the same way
+    data = body["error"]["data"]
+    assert set(data) == {"refusal", "action", "resource", "reason"}, data
+    assert data["refusal"] == "unauthenticated" and data["reason"], data
     assert clean.mcp_received()[requests_before:] == []
     assert clean.mcp_executions()[executions_before:] == []
     assert clean.llm_received() == []

@@ -50,6 +50,18 @@ def test_unreadable_or_ambiguous_chat_bodies_are_refused(clean, tokens, case):
     assert clean.llm_received() == []
 
 
+def test_a_duplicate_key_is_called_ambiguous_not_invalid(clean, tokens):
+    """It is valid JSON, refused because parsers disagree on which duplicate wins: say that."""
+    r = chat_post(clean, tokens["root"], BAD_CHAT_BODIES["duplicate model key"])
+    message = r.json()["error"]["message"]
+    assert r.status_code == 400 and 'duplicate key "model"' in message, message
+    assert "ambiguous" in message and "not valid JSON" not in message, message
+    r = mcp_post(clean, tokens["root"], b'{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list"}')
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == -32600, (r.status_code, error)
+    assert "ambiguous" in error["message"] and 'duplicate key "id"' in error["message"], error
+
+
 def test_compressed_bodies_are_refused_not_judged_as_empty(clean, tokens):
     body = gzip.compress(json.dumps({**CHAT, "model": "gpt-4o", "tools": [{"type": "function", "function": {"name": "delete_repo"}}]}).encode())
     r = chat_post(clean, tokens["alice"], body, **{"content-encoding": "gzip"})
