@@ -502,16 +502,17 @@ impl<E: PolicyEngine> Pipeline<E> {
     /// denied tool that `tool_choice` forces is refused in strip mode unless
     /// `forced_denied_tool: auto`.
     fn judge(&self, trace: &mut Trace) -> Result<(), Refusal> {
-        let forced: &[String] = match &trace.request {
-            Some(AgentRequest::Llm(llm)) => &llm.forced_tools,
-            _ => &[],
+        let (forced, declared): (&[String], &[extract::DeclaredTool]) = match &trace.request {
+            Some(AgentRequest::Llm(llm)) => (&llm.forced_tools, &llm.tools),
+            _ => (&[], &[]),
         };
-        let tool_blocks = |name: &str| match self.denied_tools {
+        let tool_blocks = |key: &str| match self.denied_tools {
             DeniedTools::Reject => true,
             DeniedTools::Pass => false,
             DeniedTools::Strip => {
-                self.forced_denied_tool == ForcedDeniedTool::Reject
-                    && forced.iter().any(|f| f == name)
+                (self.forced_denied_tool == ForcedDeniedTool::Reject
+                    && forced.iter().any(|f| f == key))
+                    || declared.iter().any(|t| !t.strippable && t.has_key(key))
             }
         };
         let denied: Vec<_> = trace

@@ -958,3 +958,31 @@ async fn mcp_sessions_open_only_for_the_principal_they_were_sealed_for() {
     assert_eq!(h.engine_calls(), calls, "refused before Cerbos is asked");
     assert_eq!(h.log().last().unwrap()["refusal"], "unknown_session");
 }
+
+#[tokio::test]
+async fn a_denied_tool_no_leg_can_strip_refuses_the_request_in_strip_mode() {
+    let route = "  - {path_prefix: /v1/messages, format: anthropic_messages}\n";
+    let h = Harness::new(&format!("{route}denied_tools: strip\n")).await;
+    let body = |tools: Value| {
+        json!({"model": "gpt-4o-mini", "max_tokens": 1, "messages": [],
+               "tools": [{"name": "get_weather", "input_schema": {}}], "mcp_servers": tools})
+    };
+    // A connector server whose tools the principal may not call: refused, not stripped.
+    let (status, _) = denial(
+        &h.pipeline
+            .check(input(
+                "/v1/messages",
+                body(json!([{"type": "url", "url": "https://x", "name": "crm"}])),
+                alice(),
+            ))
+            .await,
+    );
+    assert_eq!(status, 403);
+    // Without it the request passes.
+    assert!(matches!(
+        h.pipeline
+            .check(input("/v1/messages", body(json!([])), alice()))
+            .await,
+        Outcome::Allow { .. }
+    ));
+}

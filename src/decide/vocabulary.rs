@@ -269,11 +269,7 @@ mod tests {
             model: "gpt-4o".into(),
             tools: vec![
                 DeclaredTool::new("get_weather", "function"),
-                DeclaredTool {
-                    name: "search".into(),
-                    kind: "mcp".into(),
-                    server: Some("github".into()),
-                },
+                DeclaredTool::remote("search", "github"),
             ],
             forced_tools: vec![],
             stream: false,

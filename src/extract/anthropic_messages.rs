@@ -1,7 +1,7 @@
 //! Anthropic Messages (`POST /v1/messages`): `model`, custom `tools[].name`, server tools by
 //! their fixed name (attribute `type` carries the versioned type, e.g. `web_search_20250305`),
-//! MCP toolsets (`mcp_toolset`, judged as their server's tools), and
-//! `tool_choice {type: auto|any|tool|none, name}`.
+//! MCP toolsets (`mcp_toolset`, judged as their server's tools), the MCP connector's
+//! `mcp_servers` (see [`connector_tools`]), and `tool_choice {type: auto|any|tool|none, name}`.
 //!
 //! Stripping removes denied entries from `tools[]`; an MCP toolset with any denied tool is
 //! removed whole (its per-tool `configs` are not narrowed). A `tool_choice` naming a stripped
@@ -18,7 +18,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// What extraction reads: tool schemas and descriptions are never judged.
 pub const READING: Reading<'static> = Reading {
-    members: &["model", "tools", "tool_choice", "stream"],
+    members: &["model", "tools", "tool_choice", "stream", "mcp_servers"],
     unread: &["input_schema", "description"],
 };
 
@@ -45,6 +45,9 @@ pub fn read(
 ) -> Result<LlmRequest, ExtractError> {
     let mut tools = Tools::default();
     llm::add_declared(&mut tools, body, "tools", declared)?;
+    for tool in connector_tools(body, &tools)? {
+        tools.add(tool);
+    }
     let forced_tools = body
         .get("tool_choice")
         .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool"))
@@ -93,8 +96,52 @@ pub fn strip(body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditErro
     edits.apply(body).map(Some)
 }
 
+/// The tools the MCP connector's `mcp_servers[]` make callable by the model without an
+/// `mcp_toolset` naming them (the 2025-04-04 beta: `tool_configuration.allowed_tools`, or every
+/// tool of the server unless `enabled: false`). Servers a toolset names are judged through it.
+/// The body editor does not narrow these, so a denied one refuses the request.
+fn connector_tools(
+    body: &serde_json::Map<String, Value>,
+    declared: &Tools,
+) -> Result<Vec<DeclaredTool>, ExtractError> {
+    let mut out = Vec::new();
+    for (i, server) in llm::array(body, "mcp_servers")?.iter().enumerate() {
+        let at = |why: &str| llm::invalid(&format!("mcp_servers[{i}]: {why}"));
+        let name = server
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| at("missing name"))?;
+        if declared.0.iter().any(|t| t.server.as_deref() == Some(name)) {
+            continue;
+        }
+        let config = server.get("tool_configuration");
+        if config
+            .and_then(|c| c.get("enabled"))
+            .and_then(Value::as_bool)
+            == Some(false)
+        {
+            continue;
+        }
+        match config.and_then(|c| c.get("allowed_tools")) {
+            None | Some(Value::Null) => out.push(DeclaredTool::remote("*", name).unstrippable()),
+            Some(Value::Array(allowed)) => {
+                for tool in allowed {
+                    let tool = tool
+                        .as_str()
+                        .filter(|t| !t.is_empty())
+                        .ok_or_else(|| at("allowed_tools holds a non-name"))?;
+                    out.push(DeclaredTool::remote(tool, name).unstrippable());
+                }
+            }
+            Some(_) => return Err(at("allowed_tools must be a list of tool names")),
+        }
+    }
+    Ok(out)
+}
+
 /// The tools one `tools[]` entry declares.
-fn declared(entry: &Value) -> Result<Vec<DeclaredTool>, String> {
+pub fn declared(entry: &Value) -> Result<Vec<DeclaredTool>, String> {
     let kind = entry
         .get("type")
         .and_then(Value::as_str)
@@ -199,5 +246,33 @@ mod tests {
             strip(toolset, &["github/*"]).unwrap(),
             r#"{"model":"m","tools":[{"name":"a"}]}"#
         );
+    }
+
+    #[test]
+    fn connector_servers_are_judged_and_cannot_be_stripped() {
+        let r = extract(json!({
+            "model": "m", "max_tokens": 1, "messages": [],
+            "mcp_servers": [
+                {"type": "url", "url": "https://a.example/mcp", "name": "crm",
+                 "tool_configuration": {"allowed_tools": ["get_invoice", "issue_credit"]}},
+                {"type": "url", "url": "https://b.example/mcp", "name": "wiki"},
+                {"type": "url", "url": "https://c.example/mcp", "name": "off",
+                 "tool_configuration": {"enabled": false}},
+                {"type": "url", "url": "https://d.example/mcp", "name": "github"}
+            ],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "github"}]
+        }))
+        .unwrap();
+        let keys: Vec<_> = r.tools.iter().map(|t| (t.key(), t.strippable)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("github/*".into(), true),
+                ("crm/get_invoice".into(), false),
+                ("crm/issue_credit".into(), false),
+                ("wiki/*".into(), false)
+            ]
+        );
+        assert!(extract(json!({"model": "m", "mcp_servers": [{"url": "u"}]})).is_err());
     }
 }

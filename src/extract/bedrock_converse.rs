@@ -30,8 +30,8 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 /// What Converse extraction reads (the model is in the path): tool schemas and descriptions
 /// are never judged. `tools` is read only to refuse it (it is not a Converse field).
 const READING: Reading<'static> = Reading {
-    members: &["toolConfig", "tools"],
-    unread: &["inputSchema", "description"],
+    members: &["toolConfig", "tools", "additionalModelRequestFields"],
+    unread: &["inputSchema", "input_schema", "description"],
 };
 
 /// The top-level members through which the providers Bedrock serves declare tools
@@ -123,12 +123,49 @@ fn converse(
             forced_tools.push(name.to_owned());
         }
     }
+    for tool in additional_tools(body)? {
+        tools.add(tool);
+    }
     Ok(LlmRequest {
         model,
         tools: tools.0,
         forced_tools,
         stream,
     })
+}
+
+/// Tools passed to the model through `additionalModelRequestFields` (how Anthropic's
+/// computer-use and other typed tools reach Claude on Converse): `tools[]` entries are read as
+/// Anthropic declarations and judged; the body editor does not cut them, so a denied one
+/// refuses the request. Any other tool member there is refused: it would reach the model
+/// unjudged.
+fn additional_tools(body: &Map<String, Value>) -> Result<Vec<DeclaredTool>, ExtractError> {
+    let Some(extra) = body.get("additionalModelRequestFields") else {
+        return Ok(Vec::new());
+    };
+    let Some(extra) = extra.as_object() else {
+        return Err(llm::invalid(
+            "additionalModelRequestFields must be an object",
+        ));
+    };
+    if let Some(member) = TOOL_MEMBERS
+        .iter()
+        .chain(["mcp_servers"].iter())
+        .find(|m| **m != "tools" && extra.contains_key(**m))
+    {
+        return Err(llm::invalid(&format!(
+            "additionalModelRequestFields.{member} is not read by agent-authz: declare tools in \
+             toolConfig.tools (or additionalModelRequestFields.tools)"
+        )));
+    }
+    let mut tools = Tools::default();
+    llm::add_declared(&mut tools, extra, "tools", anthropic_messages::declared)
+        .map_err(|e| llm::invalid(&format!("additionalModelRequestFields.{e}")))?;
+    Ok(tools
+        .0
+        .into_iter()
+        .map(DeclaredTool::unstrippable)
+        .collect())
 }
 
 /// InvokeModel: an Anthropic body is read as Anthropic Messages; any other provider's body is
@@ -321,6 +358,13 @@ mod tests {
         test_support::read(&BedrockConverse, path, &body)
     }
 
+    fn converse_of(body: Value) -> Result<LlmRequest, ExtractError> {
+        extract(
+            "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse",
+            body,
+        )
+    }
+
     #[test]
     fn model_from_the_path_and_tool_specs() {
         let r = extract(
@@ -445,5 +489,27 @@ mod tests {
             test_support::strip(&BedrockConverse, anthropic, &["b"]).unwrap(),
             r#"{"anthropic_version":"bedrock-2023-05-31","tools":[{"name":"a","input_schema":{}}]}"#
         );
+    }
+
+    #[test]
+    fn tools_in_additional_model_request_fields_are_judged_not_passed() {
+        let r = converse_of(json!({
+            "messages": [],
+            "toolConfig": {"tools": [{"toolSpec": {"name": "lookup", "inputSchema": {"json": {}}}}]},
+            "additionalModelRequestFields": {
+                "tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 1024}],
+                "anthropic_beta": ["computer-use-2025-01-24"]
+            }
+        }))
+        .unwrap();
+        let keys: Vec<_> = r.tools.iter().map(|t| (t.key(), t.strippable)).collect();
+        assert_eq!(keys, [("lookup".into(), true), ("computer".into(), false)]);
+        for refused in [
+            json!({"messages": [], "additionalModelRequestFields": {"tool_choice": {"type": "any"}}}),
+            json!({"messages": [], "additionalModelRequestFields": {"mcp_servers": []}}),
+            json!({"messages": [], "additionalModelRequestFields": "tools"}),
+        ] {
+            assert!(converse_of(refused).is_err());
+        }
     }
 }

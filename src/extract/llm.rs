@@ -68,10 +68,13 @@ pub fn add_declared<I: IntoIterator<Item = DeclaredTool>>(
 pub struct Tools(pub Vec<DeclaredTool>);
 
 impl Tools {
+    /// Adds a declaration; a tool declared twice is kept once, unstrippable if either
+    /// declaration is (removing one copy would leave the other).
     pub fn add(&mut self, tool: DeclaredTool) {
         let key = tool.key();
-        if !self.0.iter().any(|t| t.has_key(&key)) {
-            self.0.push(tool);
+        match self.0.iter_mut().find(|t| t.has_key(&key)) {
+            Some(known) => known.strippable &= tool.strippable,
+            None => self.0.push(tool),
         }
     }
 }

@@ -66,6 +66,10 @@ pub struct DeclaredTool {
     /// Anthropic `mcp_toolset`): the server label. Judged as that server's `tools/call`.
     /// `name` is then `*` when the declaration allows every tool of the server.
     pub server: Option<String>,
+    /// Whether the stripping leg can remove the declaration. Tools declared where the body
+    /// editor does not cut (Anthropic `mcp_servers`, Bedrock `additionalModelRequestFields`)
+    /// are not: a denied one refuses the request even in strip mode.
+    pub strippable: bool,
 }
 
 impl DeclaredTool {
@@ -74,6 +78,7 @@ impl DeclaredTool {
             name: name.to_owned(),
             kind: kind.to_owned(),
             server: None,
+            strippable: true,
         }
     }
 
@@ -83,6 +88,15 @@ impl DeclaredTool {
             name: name.to_owned(),
             kind: "mcp".to_owned(),
             server: Some(server.to_owned()),
+            strippable: true,
+        }
+    }
+
+    /// The same declaration, marked as one the stripping leg cannot remove.
+    pub fn unstrippable(self) -> Self {
+        Self {
+            strippable: false,
+            ..self
         }
     }
 

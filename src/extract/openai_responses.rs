@@ -20,7 +20,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// What extraction reads: function schemas and descriptions are never judged.
 const READING: Reading<'static> = Reading {
-    members: &["model", "tools", "tool_choice", "stream"],
+    members: &["model", "tools", "tool_choice", "stream", "prompt"],
     unread: &["parameters", "description"],
 };
 
@@ -30,6 +30,13 @@ pub struct OpenaiResponses;
 impl RequestFormat for OpenaiResponses {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let body = &llm::fields(request, &READING)?;
+        // A stored prompt may carry its own model and tools, which the body does not show.
+        if body.get("prompt").is_some_and(|p| !p.is_null()) {
+            return Err(llm::invalid(
+                "stored prompts (`prompt`) are refused: they may declare a model and tools \
+                 agent-authz cannot see; send model and tools in the request",
+            ));
+        }
         let model = llm::model(body)?;
         let mut tools = Tools::default();
         llm::add_declared(&mut tools, body, "tools", declared)?;
