@@ -20,7 +20,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 /// never judged. (An entry-level member of one of these names still counts as a built-in tool:
 /// unread members stay, as `null`.)
 const READING: Reading<'static> = Reading {
-    members: &["tools", "toolConfig"],
+    members: &["tools", "toolConfig", "cachedContent", "cached_content"],
     unread: &[
         "parameters",
         "parametersJsonSchema",
@@ -37,6 +37,17 @@ impl RequestFormat for Gemini {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let (model, method) = model_from_path(request.path)?;
         let body = &llm::fields(request, &READING)?;
+        // A cached content may hold its own tools and tool config, which the body does not
+        // show (Google's parser reads proto3 JSON: both spellings).
+        if ["cachedContent", "cached_content"]
+            .iter()
+            .any(|k| body.get(*k).is_some_and(|v| !v.is_null()))
+        {
+            return Err(llm::invalid(
+                "cachedContent is refused: a cached content may declare tools agent-authz \
+                 cannot see; send the tools in the request",
+            ));
+        }
         let mut tools = Tools::default();
         llm::add_declared(&mut tools, body, "tools", declared)?;
         let allowed = body
