@@ -30,12 +30,6 @@ from stack import REPO, Stack
 TOOLS_LIST = '{"jsonrpc":"2.0","id":%s,"method":"tools/list"}'
 
 
-def open_item(item: str):
-    """A bypass whose fix has not landed yet: the test must fail (strict), and fails loudly
-    once the fix lands, until this marker is removed."""
-    return pytest.mark.xfail(strict=True, reason=f"issue 13 item {item}: fix not landed yet")
-
-
 def start(stack: Stack):
     from conftest import require_stack_binaries
 
@@ -366,8 +360,7 @@ ELSEWHERE = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=open_item("9")) if c != "responses-stored-prompt-no-model" else c
-                                  for c in ELSEWHERE])
+@pytest.mark.parametrize("case", list(ELSEWHERE))
 def test_9_tools_declared_elsewhere_are_judged_or_refused(clean, tokens, case):
     path, body = ELSEWHERE[case]
     before = len(clean.decisions())
@@ -389,7 +382,6 @@ def test_9_tools_declared_elsewhere_are_judged_or_refused(clean, tokens, case):
         assert record["effect"] == "deny", record
 
 
-@open_item("9")
 def test_9_a_model_the_principal_may_not_invoke_cannot_be_fetched(clean, tokens):
     headers = {"authorization": f"Bearer {tokens['alice']}"}
     r = httpx.get(f"{clean.llm_base_url}/models/gpt-4o", headers=headers, timeout=10)

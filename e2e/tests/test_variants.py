@@ -70,11 +70,6 @@ def vstack():
 # Divergences known and not fixed yet: mutation name -> why. Strict, like a strict xfail: a
 # variant of these that stops diverging fails the test until its entry is removed here.
 OPEN: dict[str, str] = {
-    "responses-prompt": "issue 13 item 9: OpenAI Responses stored prompt forwarded unjudged",
-    "anthropic-mcp-servers": "issue 13 item 9: Anthropic mcp_servers tools forwarded unjudged",
-    "bedrock-additional-tools": "issue 13 item 9: Bedrock additionalModelRequestFields.tools forwarded unjudged",
-    "gemini-cached-content": "new (found here): Gemini cached_content may carry tools; forwarded unjudged",
-    "gemini-cached-content-camel": "new (found here): Gemini cachedContent may carry tools; forwarded unjudged",
     "get-stream": "new (found here): a tools/list answer on a GET stream without Last-Event-ID (the 2024-11-05 "
                   "HTTP+SSE transport delivers every answer there) reaches the client unfiltered",
 }
