@@ -240,6 +240,24 @@ def test_5_a_session_belongs_to_the_principal_that_opened_it(raw_stack, raw):
     assert raw.parsed()[-1]["method"] == "DELETE" and raw.parsed()[-1]["headers"]["mcp-session-id"] == minted
 
 
+def test_5_the_sdk_server_never_runs_another_principals_call_in_a_session(stack):
+    """The same through the official SDK server: bob's tools/call in alice's session is refused
+    before the server, which executes nothing; alice's own call in it runs."""
+    alice, bob = stack.token_for("alice"), stack.token_for("bob")
+    session = open_session(stack, alice)
+    call = ('{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"lookup_ticket",'
+            '"arguments":{"ticket_id":"T-100"}}}')
+    executed, received = len(stack.mcp_executions()), len(stack.mcp_received())
+    r = post_raw(stack, call, mcp_headers(bob, **{"mcp-session-id": session}))
+    assert r.status_code == 404, r.text[:300]
+    assert "error" in r.json()
+    assert len(stack.mcp_received()) == received, "bob's request reached the server"
+    assert len(stack.mcp_executions()) == executed
+    r = post_raw(stack, call, mcp_headers(alice, **{"mcp-session-id": session}))
+    assert r.status_code == 200, r.text[:300]
+    assert stack.mcp_executions()[executed:] == [{"tool": "lookup_ticket", "arguments": {"ticket_id": "T-100"}}]
+
+
 # ---------------------------------------------------------------------- 6. metrics
 def test_6_request_text_never_becomes_a_metric_label(raw_stack, raw):
     token = raw_stack.token_for("alice")
