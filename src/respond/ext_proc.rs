@@ -59,11 +59,14 @@ pub fn process<E: PolicyEngine>(
         let mut exchange = Exchange::default();
         while let Ok(Some(message)) = inbound.message().await {
             let reply = exchange.handle(&pipeline, message).await;
-            let stop = reply.is_err();
+            let stop = reply.is_err() || exchange.finished;
             if tx.send(reply).await.is_err() || stop {
                 break;
             }
         }
+        // Ending the stream (OK) tells Envoy the rest of the exchange needs no processing: an
+        // MCP GET stream open for hours, or a completion streaming for minutes, then holds no
+        // ext_proc stream (each counts against the agent_authz cluster's circuit breaker).
     });
     Response::new(ReceiverStream::new(rx))
 }
@@ -75,6 +78,31 @@ struct Exchange {
     saw_request_headers: bool,
     path: String,
     response: ResponseFilter,
+    /// Nothing left to do: the stream can end after this reply.
+    finished: bool,
+}
+
+/// Which message of the exchange was answered, for [`Exchange::done_after`].
+#[derive(Clone, Copy)]
+enum Step {
+    RequestHeaders,
+    RequestBodyEnd,
+    ResponseHeaders,
+    ResponseBodyEnd,
+    Other,
+}
+
+impl Step {
+    fn of(phase: &Phase) -> Step {
+        match phase {
+            Phase::RequestHeaders(_) => Step::RequestHeaders,
+            Phase::RequestBody(b) if b.end_of_stream => Step::RequestBodyEnd,
+            Phase::ResponseHeaders(h) if h.end_of_stream => Step::ResponseBodyEnd,
+            Phase::ResponseHeaders(_) => Step::ResponseHeaders,
+            Phase::ResponseBody(b) if b.end_of_stream => Step::ResponseBodyEnd,
+            _ => Step::Other,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -119,6 +147,35 @@ impl Exchange {
                 "agent-authz: no authorization decision for this request",
             ));
         }
+        let step = Step::of(&phase);
+        let reply = self.dispatch(pipeline, phase).await;
+        self.finished = self.done_after(step);
+        reply
+    }
+
+    /// Whether the exchange needs no further message after `step`: the request body only
+    /// when tools must be stripped; the response only on MCP routes (session ids to seal, a
+    /// listing to filter) or for a model listing; the response body only while it is filtered.
+    fn done_after(&self, step: Step) -> bool {
+        let Some(handoff) = &self.handoff else {
+            return true;
+        };
+        let needs_body = !handoff.strip_tools.is_empty();
+        let needs_response = handoff.format == Some(Format::Mcp) || handoff.filters_answer();
+        match step {
+            Step::RequestHeaders => !needs_body && !needs_response,
+            Step::RequestBodyEnd => !needs_response,
+            Step::ResponseHeaders => matches!(self.response, ResponseFilter::Pass),
+            Step::ResponseBodyEnd => true,
+            Step::Other => false,
+        }
+    }
+
+    async fn dispatch<E: PolicyEngine>(
+        &mut self,
+        pipeline: &Pipeline<E>,
+        phase: Phase,
+    ) -> Result<ProcessingResponse, Status> {
         match phase {
             Phase::RequestHeaders(headers) => {
                 self.saw_request_headers = true;
@@ -887,5 +944,34 @@ mod tests {
             panic!("expected a refusal, got {r:?}")
         };
         assert_eq!(i.status.unwrap().code, 502);
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_as_soon_as_nothing_is_left_to_do() {
+        let p = pipeline().await;
+        // An LLM request with nothing to strip: done once its headers are answered.
+        let (x, _) = opened(&p, "/v1/chat/completions", &handoff(&[], None)).await;
+        assert!(x.finished);
+        // With tools to strip: the body is still to come.
+        let (x, _) = opened(&p, "/v1/chat/completions", &handoff(&["delete_repo"], None)).await;
+        assert!(!x.finished);
+        // MCP: the answer's headers may carry a session id to seal; after them, an answer
+        // that is not filtered (a GET stream open for hours) needs nothing more.
+        let mut mcp = handoff(&[], None);
+        mcp.format = Some(Format::Mcp);
+        let (mut x, _) = opened(&p, "/mcp", &mcp).await;
+        assert!(!x.finished);
+        let answer = [(":status", "200"), ("content-type", "text/event-stream")];
+        x.handle(&p, headers(Phase::ResponseHeaders, &answer, None))
+            .await
+            .unwrap();
+        assert!(x.finished);
+        // A tools/list answer is filtered to its end.
+        let mut x = list_exchange(&p, "text/event-stream").await;
+        assert!(!x.finished);
+        x.handle(&p, body(Phase::ResponseBody, b"data: {}\n\n", true))
+            .await
+            .unwrap();
+        assert!(x.finished);
     }
 }
