@@ -80,16 +80,19 @@ def sse_event_data(body: bytes) -> list[str]:
 
 
 def decoded_messages(response: httpx.Response) -> list[Any]:
-    """The JSON-RPC messages a client reads from an answer (httpx has already undone any
-    content-encoding it knows, as the SDK clients' httpx does)."""
-    content_type = response.headers.get("content-type", "")
+    """The JSON-RPC messages a client reads from an answer, choosing the reader by content type
+    as the SDK clients do (lower-cased prefix; any other type is not read). httpx has already
+    undone any content-encoding it knows, as the SDK clients' httpx does."""
+    content_type = response.headers.get("content-type", "").lower()
     body = response.content
     if not body:
         return []
     if content_type.startswith("text/event-stream"):
         texts = sse_event_data(body)
-    else:
+    elif content_type.startswith("application/json"):
         texts = [body.decode("utf-8")]
+    else:
+        return []
     out: list[Any] = []
     for text in texts:
         message = json.loads(text)

@@ -143,11 +143,13 @@ LINE_ENDS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
 WRAPS = ["single", "batch", "batch-after-ping", "single-2026-07-28"]
 GET_WRAPS = ["get-stream", "get-stream-resumed"]  # the answer arrives on a GET stream
 LIST_SHAPES = ["plain", "escaped", "utf8", "dup_name", "dup_tools"]
+# Content-Type spellings of the answer ("{}" is the usual type); clients compare it lower-cased.
+CONTENT_TYPES = ["{}", "{}; charset=utf-8", "{};charset=UTF-8", "UPPER", "Capitalised"]
 
 
 def answer_variants(rng: random.Random) -> Iterator[dict]:
     plain = {"id": "small", "id_echo": "exact", "wrap": "single", "answer": "sse", "flags": [], "line_end": "lf",
-             "encoding": "identity", "list_json": "plain", "split": []}
+             "encoding": "identity", "list_json": "plain", "split": [], "content_type": "{}"}
     yield plain
     # Every value of every dimension alone.
     singles = (
@@ -159,6 +161,7 @@ def answer_variants(rng: random.Random) -> Iterator[dict]:
         + [{"flags": [f]} for f in SSE_FLAGS] + [{"line_end": e} for e in ("crlf", "cr")]
         + [{"flags": ["priming"], "line_end": e} for e in ("crlf", "cr")]
         + [{"encoding": e, "answer": a} for e in ("gzip", "deflate") for a in ("sse", "json")]
+        + [{"content_type": c, "answer": a} for c in CONTENT_TYPES[1:] for a in ("sse", "json")]
         + [{"list_json": s} for s in LIST_SHAPES[1:]] + [{"list_json": s, "answer": "json"} for s in LIST_SHAPES[1:]]
         + [{"split": [k]} for k in (1, 2, 3, 5, 6, 7, 40, 60, 200, 500)]
         + [{"flags": ["bom"], "split": [1]}, {"flags": ["bom"], "split": [2]}, {"line_end": "crlf", "split": [15]}]
@@ -178,6 +181,7 @@ def answer_variants(rng: random.Random) -> Iterator[dict]:
             "encoding": rng.choice(["identity", "identity", "identity", "gzip", "deflate"]),
             "list_json": rng.choice(LIST_SHAPES),
             "split": sorted(rng.sample(range(1, 1200), rng.randint(0, 3))),
+            "content_type": rng.choice(CONTENT_TYPES),
         }
 
 
@@ -194,6 +198,8 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
             **{flag: True for flag in v["flags"]}}
     if "event_name" in v["flags"]:
         mode["event_name"] = "message"
+    usual = "application/json" if v["answer"] == "json" and v["wrap"] not in GET_WRAPS else "text/event-stream"
+    mode["content_type"] = {"UPPER": usual.upper(), "Capitalised": usual.title()}.get(v["content_type"], v["content_type"])
     if v["wrap"] in GET_WRAPS:
         mode["get_list"] = True
         mode["answer"] = "sse"  # a GET stream is always SSE

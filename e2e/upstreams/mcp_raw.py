@@ -38,6 +38,8 @@ Test-only endpoints (the tests call this port directly):
               a last-wins client reads the hidden one) | "dup_tools" (`tools` twice: an empty
               list, then the full one)
     batch_sse: "events" (default: one event per answer) | "array" (one event holding the array)
+    content_type: the answer's Content-Type spelt another way; "{}" stands for the usual one
+              (e.g. "{}; charset=utf-8"), anything else replaces it (e.g. "Text/Event-Stream")
     get_list: true: the GET stream carries a tools/list answer (as a replay after Last-Event-ID)
 """
 
@@ -172,6 +174,8 @@ class Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, content_type: str | None, headers: dict | None = None,
               *, encode: bool = True) -> None:
         encoding = _mode.get("encoding", "identity") if encode else "identity"
+        if encode and content_type and _mode.get("content_type"):
+            content_type = _mode["content_type"].replace("{}", content_type)
         if encoding == "gzip":
             body = gzip.compress(body)
         elif encoding == "deflate":
