@@ -56,6 +56,10 @@ pub struct ToolsListHandoff {
     pub request_ids: Vec<String>,
     pub server: String,
     pub kind: String,
+    /// An MCP GET stream opened without `Last-Event-ID`: filtered only if its first event
+    /// shows the 2024-11-05 HTTP+SSE transport (which answers every request on it).
+    #[serde(default)]
+    pub probe_transport: bool,
 }
 
 impl Handoff {

@@ -600,17 +600,20 @@ impl<E: PolicyEngine> Pipeline<E> {
             Vec::new()
         };
         // Answers that may carry a tools/list result: to a request or batch holding one, and
-        // a resumed stream (GET with Last-Event-ID), which may replay an earlier answer.
+        // every GET stream: a resumed one (Last-Event-ID) may replay an earlier answer, and
+        // the 2024-11-05 HTTP+SSE transport answers every request on its GET stream (the leg
+        // tells it by the stream's first event).
         let tools_list = match (&trace.request, &trace.route) {
-            (Some(AgentRequest::Mcp(mcp)), Some(route))
-                if mcp.messages.iter().any(|m| m.method == "tools/list")
-                    || (mcp.messages.iter().any(|m| m.method == "GET")
-                        && input.headers.contains_key("last-event-id")) =>
-            {
-                Some(ToolsListHandoff {
-                    request_ids: extract::mcp::tools_list_ids(&input.body),
-                    server: route.mcp_server.clone().unwrap_or_default(),
-                    kind: self.vocabulary.mcp_kind(route),
+            (Some(AgentRequest::Mcp(mcp)), Some(route)) => {
+                let get = mcp.messages.iter().any(|m| m.method == "GET");
+                let resumed = get && input.headers.contains_key("last-event-id");
+                (get || mcp.messages.iter().any(|m| m.method == "tools/list")).then(|| {
+                    ToolsListHandoff {
+                        request_ids: extract::mcp::tools_list_ids(&input.body),
+                        server: route.mcp_server.clone().unwrap_or_default(),
+                        kind: self.vocabulary.mcp_kind(route),
+                        probe_transport: get && !resumed,
+                    }
                 })
             }
             _ => None,

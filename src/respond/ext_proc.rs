@@ -88,6 +88,7 @@ enum Step {
     RequestHeaders,
     RequestBodyEnd,
     ResponseHeaders,
+    ResponseBody,
     ResponseBodyEnd,
     Other,
 }
@@ -100,6 +101,7 @@ impl Step {
             Phase::ResponseHeaders(h) if h.end_of_stream => Step::ResponseBodyEnd,
             Phase::ResponseHeaders(_) => Step::ResponseHeaders,
             Phase::ResponseBody(b) if b.end_of_stream => Step::ResponseBodyEnd,
+            Phase::ResponseBody(_) => Step::ResponseBody,
             _ => Step::Other,
         }
     }
@@ -114,6 +116,12 @@ enum ResponseFilter {
     Json(Vec<u8>),
     /// A `text/event-stream` answer, rewritten event by event.
     Sse(sse::EventSplitter),
+    /// An MCP GET stream, held until its first event shows the transport: the 2024-11-05
+    /// HTTP+SSE transport opens with an `endpoint` event and delivers every answer (tools/list
+    /// results included) on this stream, so it is filtered like [`ResponseFilter::Sse`]; a
+    /// Streamable HTTP stream carries no answers (resumptions aside, which are filtered from
+    /// the start) and is released.
+    Probe(sse::EventSplitter),
 }
 
 impl Exchange {
@@ -165,7 +173,9 @@ impl Exchange {
         match step {
             Step::RequestHeaders => !needs_body && !needs_response,
             Step::RequestBodyEnd => !needs_response,
-            Step::ResponseHeaders => matches!(self.response, ResponseFilter::Pass),
+            Step::ResponseHeaders | Step::ResponseBody => {
+                matches!(self.response, ResponseFilter::Pass)
+            }
             Step::ResponseBodyEnd => true,
             Step::Other => false,
         }
@@ -302,7 +312,12 @@ impl Exchange {
         ) {
             (true, ct) if ct.starts_with("application/json") => ResponseFilter::Json(Vec::new()),
             (true, ct) if ct.starts_with("text/event-stream") => {
-                ResponseFilter::Sse(sse::EventSplitter::new(pipeline.max_list_response_bytes()))
+                let splitter = sse::EventSplitter::new(pipeline.max_list_response_bytes());
+                if self.probes_transport() {
+                    ResponseFilter::Probe(splitter)
+                } else {
+                    ResponseFilter::Sse(splitter)
+                }
             }
             _ => ResponseFilter::Pass,
         };
@@ -347,6 +362,28 @@ impl Exchange {
     ) -> Result<ProcessingResponse, Status> {
         let limit = pipeline.max_list_response_bytes();
         let mut hidden = Vec::new();
+        let unreadable = |e: sse::SseError| Status::resource_exhausted(e.to_string());
+        if let ResponseFilter::Probe(splitter) = &mut self.response {
+            let mut events = splitter.push(&chunk).map_err(unreadable)?;
+            if end_of_stream {
+                events.push(splitter.finish());
+            }
+            let Some(first) = events.first() else {
+                return Ok(body_reply(None));
+            };
+            if first.event_type() != "endpoint" {
+                // Streamable HTTP: nothing to filter; release what was held and let go.
+                let mut raw: Vec<u8> = events.into_iter().flat_map(|e| e.raw).collect();
+                raw.extend(splitter.finish().raw);
+                self.response = ResponseFilter::Pass;
+                return Ok(body_reply(Some(raw)));
+            }
+            if let ResponseFilter::Probe(splitter) = std::mem::take(&mut self.response) {
+                self.response = ResponseFilter::Sse(splitter);
+            }
+            let output = self.filter_events(pipeline, events, &mut hidden).await?;
+            return Ok(with_hidden(body_reply(Some(output)), &hidden));
+        }
         let output = match &mut self.response {
             ResponseFilter::Pass => return Ok(reply(Reply::ResponseBody(BodyResponse::default()))),
             ResponseFilter::Json(buffer) => {
@@ -363,51 +400,77 @@ impl Exchange {
                 self.filter_message(pipeline, message, &mut hidden).await?
             }
             ResponseFilter::Sse(splitter) => {
-                let unreadable = |e: sse::SseError| Status::resource_exhausted(e.to_string());
                 let mut events = splitter.push(&chunk).map_err(unreadable)?;
                 if end_of_stream {
                     events.push(splitter.finish());
                 }
-                let mut output = Vec::new();
-                for event in events {
-                    match event.message().map_err(unreadable)? {
-                        Some(data) => {
-                            let filtered = self
-                                .filter_message(pipeline, data.clone(), &mut hidden)
-                                .await?;
-                            if filtered == data {
-                                output.extend_from_slice(&event.raw);
-                            } else {
-                                output.extend_from_slice(&event.with_message(&filtered));
-                            }
-                        }
-                        None => output.extend_from_slice(&event.raw),
-                    }
-                }
-                output
+                self.filter_events(pipeline, events, &mut hidden).await?
             }
+            // Handled above.
+            ResponseFilter::Probe(_) => Vec::new(),
         };
-        let mut response = body_reply(Some(output));
-        if !hidden.is_empty() {
-            response.dynamic_metadata = Some(Struct {
-                fields: HashMap::from([(
-                    METADATA_NAMESPACE.to_owned(),
-                    PbValue {
-                        kind: Some(Kind::StructValue(Struct {
-                            fields: HashMap::from([(
-                                "hidden".to_owned(),
-                                PbValue {
-                                    kind: Some(Kind::StringValue(hidden.join(","))),
-                                },
-                            )]),
-                        })),
-                    },
-                )]),
-            });
-        }
-        Ok(response)
+        Ok(with_hidden(body_reply(Some(output)), &hidden))
     }
 
+    /// Whether this exchange is an MCP GET stream whose transport its first event tells.
+    fn probes_transport(&self) -> bool {
+        self.handoff
+            .as_ref()
+            .and_then(|h| h.tools_list.as_ref())
+            .is_some_and(|l| l.probe_transport)
+    }
+
+    /// The events, each carrying a listing filtered (see [`Self::filter_message`]).
+    async fn filter_events<E: PolicyEngine>(
+        &self,
+        pipeline: &Pipeline<E>,
+        events: Vec<sse::Event>,
+        hidden: &mut Vec<String>,
+    ) -> Result<Vec<u8>, Status> {
+        let mut output = Vec::new();
+        for event in events {
+            let message = event
+                .message()
+                .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            match message {
+                Some(data) => {
+                    let filtered = self.filter_message(pipeline, data.clone(), hidden).await?;
+                    if filtered == data {
+                        output.extend_from_slice(&event.raw);
+                    } else {
+                        output.extend_from_slice(&event.with_message(&filtered));
+                    }
+                }
+                None => output.extend_from_slice(&event.raw),
+            }
+        }
+        Ok(output)
+    }
+}
+
+/// Reports the hidden tools in the `agent_authz` metadata namespace (for the access log).
+fn with_hidden(mut response: ProcessingResponse, hidden: &[String]) -> ProcessingResponse {
+    if !hidden.is_empty() {
+        response.dynamic_metadata = Some(Struct {
+            fields: HashMap::from([(
+                METADATA_NAMESPACE.to_owned(),
+                PbValue {
+                    kind: Some(Kind::StructValue(Struct {
+                        fields: HashMap::from([(
+                            "hidden".to_owned(),
+                            PbValue {
+                                kind: Some(Kind::StringValue(hidden.join(","))),
+                            },
+                        )]),
+                    })),
+                },
+            )]),
+        });
+    }
+    response
+}
+
+impl Exchange {
     /// Filters one JSON-RPC message if it is the `tools/list` answer; returns it unchanged
     /// otherwise. Fails closed: an answer that cannot be judged is not passed on.
     async fn filter_message<E: PolicyEngine>(
@@ -587,6 +650,7 @@ mod tests {
                 request_ids: vec![id.to_string()],
                 server: "support".into(),
                 kind: "mcp_server".into(),
+                probe_transport: false,
             }),
         }
     }
@@ -973,5 +1037,82 @@ mod tests {
             .await
             .unwrap();
         assert!(x.finished);
+    }
+
+    /// An MCP GET stream (no Last-Event-ID) answered with SSE.
+    async fn get_stream(p: &Pipeline<HideDeleteRepo>) -> Exchange {
+        let mut h = handoff(&[], Some(json!(null)));
+        h.format = Some(Format::Mcp);
+        if let Some(list) = &mut h.tools_list {
+            list.request_ids.clear();
+            list.probe_transport = true;
+        }
+        let (mut x, _) = opened(p, "/mcp", &h).await;
+        let answer = [(":status", "200"), ("content-type", "text/event-stream")];
+        x.handle(p, headers(Phase::ResponseHeaders, &answer, None))
+            .await
+            .unwrap();
+        x
+    }
+
+    #[tokio::test]
+    async fn a_streamable_get_stream_is_released_after_its_first_event() {
+        let p = pipeline().await;
+        let mut x = get_stream(&p).await;
+        assert!(
+            !x.finished,
+            "held until the first event shows the transport"
+        );
+        let r = x
+            .handle(
+                &p,
+                body(Phase::ResponseBody, b"id: 1\nretry: 5000\ndata:", false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            mutated_body(&r).unwrap(),
+            b"",
+            "a partial first event is held"
+        );
+        let r = x
+            .handle(&p, body(Phase::ResponseBody, b"\n\nevent: mess", false))
+            .await
+            .unwrap();
+        assert_eq!(
+            mutated_body(&r).unwrap(),
+            b"id: 1\nretry: 5000\ndata:\n\nevent: mess",
+            "released whole, the next event's start too"
+        );
+        assert!(x.finished, "nothing more to do: the ext_proc stream ends");
+    }
+
+    #[tokio::test]
+    async fn the_http_sse_transport_stream_is_filtered_throughout() {
+        let p = pipeline().await;
+        let mut x = get_stream(&p).await;
+        let r = x
+            .handle(
+                &p,
+                body(
+                    Phase::ResponseBody,
+                    b"event: endpoint\ndata: /messages?sessionId=1\n\n",
+                    false,
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            mutated_body(&r).unwrap(),
+            b"event: endpoint\ndata: /messages?sessionId=1\n\n"
+        );
+        assert!(!x.finished);
+        let answer = [&b"event: message\ndata: "[..], LIST, b"\n\n"].concat();
+        let r = x
+            .handle(&p, body(Phase::ResponseBody, &answer, false))
+            .await
+            .unwrap();
+        let want = [&b"event: message\ndata: "[..], FILTERED, b"\n\n"].concat();
+        assert_eq!(mutated_body(&r).unwrap(), want);
     }
 }

@@ -186,6 +186,23 @@ impl Event {
         Ok(data.filter(|d| !d.iter().all(u8::is_ascii_whitespace)))
     }
 
+    /// The event's type as a client dispatches it: its last `event` field, `message` when it
+    /// has none (or an empty one).
+    pub fn event_type(&self) -> String {
+        let fields = self.raw.get(self.fields_start..).unwrap_or_default();
+        let mut kind = String::new();
+        for (line, _) in lines(fields) {
+            if let Some((b"event", value)) = field(line) {
+                kind = String::from_utf8_lossy(value).into_owned();
+            }
+        }
+        if kind.is_empty() {
+            "message".to_owned()
+        } else {
+            kind
+        }
+    }
+
     /// The event with its data replaced by `new_data` (written as one `data:` line per line
     /// of it, where the first `data` line stood); every other line is kept byte for byte.
     pub fn with_message(&self, new_data: &[u8]) -> Vec<u8> {
@@ -326,5 +343,15 @@ mod tests {
         assert_eq!(s.push(b"data: 1\n\n").unwrap().len(), 1);
         assert_eq!(s.push(b"data: 2").unwrap().len(), 0);
         assert_eq!(s.finish().raw, b"data: 2");
+    }
+
+    #[test]
+    fn the_event_type_is_the_last_event_field() {
+        let events = split_all(
+            b"data: x\n\nevent: a\nevent: endpoint\ndata: /m\n\nevent:\n\n",
+            &[],
+        );
+        let kinds: Vec<_> = events.iter().map(Event::event_type).collect();
+        assert_eq!(kinds, ["message", "endpoint", "message"]);
     }
 }
