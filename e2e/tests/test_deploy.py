@@ -21,6 +21,7 @@ Under CI (env CI set) a missing tool fails; elsewhere the test is skipped, loudl
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import http.server
@@ -1292,6 +1293,11 @@ def test_the_gateway_pod_works_on_loopback(tmp_path):
         authz["admin"]["address"] = f"127.0.0.1:{p['authz_admin']}"
         authz["cerbos"]["address"] = f"http://127.0.0.1:{p['cerbos_grpc']}"
         authz["identity"]["jwt"]["jwks"]["url"] = f"http://127.0.0.1:{jwks_port}/.well-known/jwks.json"
+        # The session-keys Secret, where the pod mounts it.
+        keys = Path(in_pod(authz["mcp"]["session_keys_file"]))
+        keys.parent.mkdir(parents=True)
+        keys.write_text(base64.b64encode(os.urandom(48)).decode() + "\n")
+        authz["mcp"]["session_keys_file"] = str(keys)
         Path(in_pod(authz_dir)).mkdir(parents=True)
         Path(in_pod(f"{authz_dir}/{AUTHZ_KEY}")).write_text(yaml.safe_dump(authz))
         procs.start("agent-authz", [str(exe)] + args_in_pod(authz_c["args"], authz_dir))
