@@ -1129,6 +1129,8 @@ routes:
         assert!(!c.dry_run);
         assert_eq!(c.audit.output.file(), None);
         assert_eq!(c.admin.address.unwrap().to_string(), "127.0.0.1:9192");
+        assert!(c.console.enabled);
+        assert_eq!(c.console.retain, 10_000);
     }
 
     #[test]
@@ -1183,6 +1185,8 @@ routes:
                 "jwks: {url: 'http://idp.example/jwks.json'}",
                 "identity.jwt.jwks.url",
             ),
+            ("routes:", "console: {retain: 0}\nroutes:", "console.retain"),
+            ("routes:", "console: {retian: 5}\nroutes:", "console.retian"),
             (
                 "jwks: {file: /tmp/jwks.json}",
                 "jwks: {url: 'http://127.0.0.1.evil.example/jwks.json'}",
