@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -253,3 +254,58 @@ def test_a_principal_without_view_sees_nothing(browser, stack, tokens, console_u
     page.screenshot(path=str(shots / "console-refused.png"))
     page.context.close()
 
+
+
+@pytest.fixture(scope="module")
+def derived_stack():
+    """A stack whose mcp_server policy lets support call lookup_ticket through a derived role
+    (`ticket_reader`), so Cerbos reports it in meta.effectiveDerivedRoles."""
+    import yaml
+
+    from conftest import require_stack_binaries
+    from stack import REPO, Stack
+
+    require_stack_binaries()
+    stack = Stack(name="console-derived", copy_policies=True)
+    shutil.copytree(REPO / "policies", stack.policies_dir)
+    (stack.policies_dir / "console_e2e_derived_roles.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "api.cerbos.dev/v1",
+        "derivedRoles": {"name": "console_e2e", "definitions": [{
+            "name": "ticket_reader", "parentRoles": ["support"],
+            "condition": {"match": {"expr": 'R.attr.tool_name == "lookup_ticket"'}}}]},
+    }))
+    path = stack.policies_dir / "mcp_server.yaml"
+    policy = yaml.safe_load(path.read_text())
+    policy["resourcePolicy"]["importDerivedRoles"] = ["console_e2e"]
+    policy["resourcePolicy"]["rules"] = [
+        r for r in policy["resourcePolicy"]["rules"] if r["name"] != "support-lookup-ticket"
+    ] + [{"name": "ticket-readers-look-up", "actions": ["tools/call/lookup_ticket"], "effect": "EFFECT_ALLOW",
+          "derivedRoles": ["ticket_reader"]}]
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    with stack:
+        yield stack
+
+
+def test_the_derived_roles_cerbos_applied_are_on_record_and_on_the_page(browser, derived_stack, shots):
+    s = derived_stack
+    before = len(s.decisions())
+
+    async def look_up():
+        async with mcp_client(s.mcp_url, s.token_for("alice")) as client:
+            return await client.call_tool("lookup_ticket", {"ticket_id": "T-100"})
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, look_up()).result()
+    decision = s.wait_for_decision(
+        lambda d: any(x["action"] == "tools/call/lookup_ticket" for x in d.get("resources", [])), after=before)
+    assert decision["effect"] == "allow"
+    (resource,) = decision["resources"]
+    assert resource["derived_roles"] == ["ticket_reader"]
+
+    console = f"http://127.0.0.1:{s.ports['authz_admin']}/console"
+    page = sign_in(browser, f"{console}?decision={decision['decision_id']}", s.mint_token("audrey", ["auditor"]),
+                   viewport={"width": 1280, "height": 900})
+    page.wait_for_selector("#detail-body article")
+    facts = page.locator("#detail-body dl.facts", has_text="derived roles").first.inner_text()
+    assert "ticket_reader" in facts
+    page.context.close()
