@@ -53,21 +53,23 @@ def mcp_headers(token: str, version: str = "2025-11-25", **extra: str) -> dict[s
 
 # ---------------------------------------------------------------------- what a client decodes
 def sse_event_data(body: bytes) -> list[str]:
-    """The data of every event an SSE parser dispatches (the WHATWG event-stream rules: a BOM
-    is dropped, CRLF / CR / LF end lines, `data` lines join with LF, comments and unknown
-    fields are ignored, an incomplete last event is discarded). Events with empty data carry
-    no JSON-RPC message (MCP clients skip them), so they are left out."""
+    """The data of every `message` event an SSE parser dispatches (the WHATWG event-stream
+    rules: a BOM is dropped, CRLF / CR / LF end lines, `data` lines join with LF, comments and
+    unknown fields are ignored, an incomplete last event is discarded). MCP clients read
+    JSON-RPC from `message` events (the default type) with data; other events (the 2024-11-05
+    transport's `endpoint`) and empty data carry none, so they are left out."""
     text = body.decode("utf-8")
     if text.startswith("\ufeff"):
         text = text[1:]
     lines = re.split(r"\r\n|\r|\n", text)
     out: list[str] = []
     data: list[str] | None = None
+    event = ""
     for line in lines[:-1]:  # the piece after the last line end is not a complete line
         if line == "":
-            if data is not None and "\n".join(data) != "":
+            if data is not None and "\n".join(data) != "" and event in ("", "message"):
                 out.append("\n".join(data))
-            data = None
+            data, event = None, ""
             continue
         if line.startswith(":"):
             continue
@@ -76,6 +78,8 @@ def sse_event_data(body: bytes) -> list[str]:
             value = value[1:]
         if field == "data":
             data = (data or []) + [value]
+        elif field == "event":
+            event = value
     return out
 
 

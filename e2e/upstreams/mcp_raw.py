@@ -41,6 +41,8 @@ Test-only endpoints (the tests call this port directly):
     content_type: the answer's Content-Type spelt another way; "{}" stands for the usual one
               (e.g. "{}; charset=utf-8"), anything else replaces it (e.g. "Text/Event-Stream")
     get_list: true: the GET stream carries a tools/list answer (as a replay after Last-Event-ID)
+    legacy_sse: true: the GET stream opens with an `endpoint` event, as the 2024-11-05 HTTP+SSE
+              transport does (which then answers every request on that stream)
 """
 
 from __future__ import annotations
@@ -222,11 +224,17 @@ class Handler(BaseHTTPRequestHandler):
             _parsed.append(entry)
 
     # ------------------------------------------------------------------ SSE framing
-    def _sse(self, messages: list[str]) -> bytes:
+    def _sse(self, messages: list[str], *, endpoint: bool = False) -> bytes:
         eol = _mode.get("line_end", "\n")
         out = []
         if _mode.get("bom"):
             out.append("\ufeff")
+        if endpoint:  # the 2024-11-05 HTTP+SSE transport opens its stream with the POST endpoint
+            if _mode.get("comments"):
+                out.append(f": hello{eol}")
+            if _mode.get("id_retry_only"):
+                out.append(f"retry: 3000{eol}{eol}")
+            out.append(f"event: endpoint{eol}data: /mcp?session_id=legacy-1{eol}{eol}")
         if _mode.get("priming"):
             out.append(f"id: prime-{uuid.uuid4().hex[:8]}{eol}retry: 5000{eol}data: {eol}{eol}")
         for n, message in enumerate(messages):
@@ -366,7 +374,8 @@ class Handler(BaseHTTPRequestHandler):
                                          "maxTokens": 10}})
         if _mode.get("get_list"):  # a replayed (or misdirected) tools/list answer on the GET stream
             request = answer_text(RawNumber("1"), result_text=tools_list_text())
-        self._send(200, self._sse([request]), "text/event-stream", {"cache-control": "no-cache"})
+        stream = self._sse([request], endpoint=bool(_mode.get("legacy_sse")))
+        self._send(200, stream, "text/event-stream", {"cache-control": "no-cache"})
 
     def do_DELETE(self) -> None:
         entry = self._entry(self._read_body())
