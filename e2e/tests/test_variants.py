@@ -76,6 +76,11 @@ OPEN: dict[str, str] = {
     "legacy-sse-retry-first": "found here (new): a 2024-11-05 HTTP+SSE stream that opens with a retry-only block "
                               "(`retry: 3000` and a blank line, which dispatches no event) before its `endpoint` "
                               "event is released as Streamable HTTP, so its tools/list answers pass unfiltered",
+    **{f"legacy-sse-{kind}-first": f"found here (new): a 2024-11-05 HTTP+SSE stream that writes {text!r} (which "
+                                   "MCP clients skip) before its `endpoint` event is released as Streamable HTTP, "
+                                   "so its tools/list answers pass unfiltered"
+       for kind, text in (("id-only", "id: 7\n\n"), ("ping-event", "event: ping\ndata: {}\n\n"),
+                          ("empty-data", "data:\n\n"), ("comment-and-retry", ": hi\n\nretry: 10\n\n"))},
 }
 
 
@@ -148,6 +153,9 @@ WRAPS = ["single", "batch", "batch-after-ping", "single-2026-07-28"]
 # The answer arrives on a GET stream: resumed (Last-Event-ID), on the 2024-11-05 HTTP+SSE
 # transport's stream (opened by an `endpoint` event), or on a Streamable HTTP GET stream.
 GET_WRAPS = ["get-stream", "get-stream-resumed", "get-stream-legacy-sse"]
+# What a 2024-11-05 HTTP+SSE server may write before its `endpoint` event (clients skip each).
+LEGACY_PRELUDES = {"none": "", "id-only": "id: 7\n\n", "ping-event": "event: ping\ndata: {}\n\n",
+                   "empty-data": "data:\n\n", "comment-and-retry": ": hi\n\nretry: 10\n\n"}
 LIST_SHAPES = ["plain", "escaped", "utf8", "dup_name", "dup_tools"]
 # Content-Type spellings of the answer ("{}" is the usual type); clients compare it lower-cased.
 CONTENT_TYPES = ["{}", "{}; charset=utf-8", "{};charset=UTF-8", "UPPER", "Capitalised"]
@@ -155,7 +163,7 @@ CONTENT_TYPES = ["{}", "{}; charset=utf-8", "{};charset=UTF-8", "UPPER", "Capita
 
 def answer_variants(rng: random.Random) -> Iterator[dict]:
     plain = {"id": "small", "id_echo": "exact", "wrap": "single", "answer": "sse", "flags": [], "line_end": "lf",
-             "encoding": "identity", "list_json": "plain", "split": [], "content_type": "{}"}
+             "encoding": "identity", "list_json": "plain", "split": [], "content_type": "{}", "prelude": "none"}
     yield plain
     # Every value of every dimension alone.
     singles = (
@@ -164,6 +172,7 @@ def answer_variants(rng: random.Random) -> Iterator[dict]:
         + [{"wrap": w} for w in WRAPS[1:]] + [{"wrap": w, "answer": "json"} for w in WRAPS[1:]]
         + [{"answer": "json"}]
         + [{"wrap": w} for w in GET_WRAPS] + [{"wrap": w, "flags": ["priming"]} for w in GET_WRAPS]
+        + [{"wrap": "get-stream-legacy-sse", "prelude": p} for p in list(LEGACY_PRELUDES)[1:]]
         + [{"wrap": "get-stream-legacy-sse", **more} for more in (
             {"flags": ["comments"]}, {"flags": ["id_retry_only"]}, {"flags": ["bom"]}, {"line_end": "crlf"},
             {"line_end": "cr"}, {"split": [3]}, {"split": [10]}, {"split": [20]}, {"split": [40]})]
@@ -191,6 +200,7 @@ def answer_variants(rng: random.Random) -> Iterator[dict]:
             "list_json": rng.choice(LIST_SHAPES),
             "split": sorted(rng.sample(range(1, 1200), rng.randint(0, 3))),
             "content_type": rng.choice(CONTENT_TYPES),
+            "prelude": rng.choice(list(LEGACY_PRELUDES)),
         }
 
 
@@ -200,6 +210,8 @@ def answer_names(v: dict) -> list[str]:
     names = [v["wrap"]]
     if v["wrap"] == "get-stream-legacy-sse" and "id_retry_only" in v["flags"]:
         names.append("legacy-sse-retry-first")
+    if v["wrap"] == "get-stream-legacy-sse" and v["prelude"] != "none":
+        names.append(f"legacy-sse-{v['prelude']}-first")
     return names
 
 
@@ -222,6 +234,7 @@ def send_answer_variant(stack: Stack, raw: RawMcp, token: str, v: dict) -> str |
         mode["get_list"] = True
         mode["answer"] = "sse"  # a GET stream is always SSE
         mode["legacy_sse"] = v["wrap"] == "get-stream-legacy-sse"
+        mode["legacy_prelude"] = LEGACY_PRELUDES[v["prelude"]]
     raw.reset(**mode)
     listing = '{"jsonrpc":"2.0","id":%s,"method":"tools/list"}' % ANSWER_IDS[v["id"]]
     version, extra_headers = "2025-11-25", {}

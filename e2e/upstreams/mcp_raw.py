@@ -43,6 +43,7 @@ Test-only endpoints (the tests call this port directly):
     get_list: true: the GET stream carries a tools/list answer (as a replay after Last-Event-ID)
     legacy_sse: true: the GET stream opens with an `endpoint` event, as the 2024-11-05 HTTP+SSE
               transport does (which then answers every request on that stream)
+    legacy_prelude: SSE text written before that `endpoint` event (e.g. "id: 7\n\n")
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ class Handler(BaseHTTPRequestHandler):
                 out.append(f": hello{eol}")
             if _mode.get("id_retry_only"):
                 out.append(f"retry: 3000{eol}{eol}")
+            out.append(_mode.get("legacy_prelude", "").replace("\n", eol))
             out.append(f"event: endpoint{eol}data: /mcp?session_id=legacy-1{eol}{eol}")
         if _mode.get("priming"):
             out.append(f"id: prime-{uuid.uuid4().hex[:8]}{eol}retry: 5000{eol}data: {eol}{eol}")
