@@ -76,6 +76,9 @@ OPEN: dict[str, str] = {
     "legacy-sse-retry-first": "found here (new): a 2024-11-05 HTTP+SSE stream that opens with a retry-only block "
                               "(`retry: 3000` and a blank line, which dispatches no event) before its `endpoint` "
                               "event is released as Streamable HTTP, so its tools/list answers pass unfiltered",
+    "legacy-endpoint-session": "found here (new): the 2024-11-05 HTTP+SSE transport's session id travels in the "
+                               "endpoint URL (?session_id=), not Mcp-Session-Id; it is neither sealed nor bound, so "
+                               "another principal's POSTs to that URL run in the owner's session",
     **{f"legacy-sse-{kind}-first": f"found here (new): a 2024-11-05 HTTP+SSE stream that writes {text!r} (which "
                                    "MCP clients skip) before its `endpoint` event is released as Streamable HTTP, "
                                    "so its tools/list answers pass unfiltered"
@@ -696,7 +699,28 @@ def test_mcp_sessions_in_every_presentation(vstack):
             failures.append(f"CONTROL FAILED (bob's own session must work): {what}")
         elif shape != "control-bob-own" and reached and any(s != bob_minted for s in seen):
             failures.append(f"FORWARDED a session id bob does not own: {what}")
-    report("MCP sessions", tried, failures)
+    failures = [([], f) for f in failures]
+
+    # The 2024-11-05 HTTP+SSE transport names its session in the endpoint URL of its GET stream.
+    raw.reset(legacy_sse=True)
+    r = httpx.get(vstack.mcp_url, headers=mcp_headers(alice_token), timeout=10)
+    assert r.status_code == 200, r.text[:300]
+    endpoint = [line.split(":", 1)[1].strip() for line in r.text.splitlines() if line.startswith("data:") and "session_id" in line]
+    assert endpoint, f"no endpoint event reached alice: {r.text[:300]!r}"
+    legacy_minted = raw.parsed()[-1]["minted_session"]
+    call = b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"lookup_ticket","arguments":{"ticket_id":"T-200"}}}'
+    for who, token in (("alice", alice_token), ("bob", bob_token)):
+        tried += 1
+        before = len(raw.parsed())
+        r = httpx.post(f"{vstack.envoy_url}{endpoint[0]}", content=call, headers=mcp_headers(token), timeout=10)
+        seen = [e.get("legacy_session") for e in raw.parsed()[before:]]
+        what = f"{who} POST to alice's endpoint URL {endpoint[0]}: status {r.status_code}, the server saw sessions {seen}"
+        if who == "bob" and legacy_minted in seen:
+            failures.append((["legacy-endpoint-session"], f"SESSION HIJACK: {what}"))
+        if who == "alice" and seen != [legacy_minted]:
+            failures.append(([], f"CONTROL FAILED (alice's own legacy session must work): {what}"))
+    raw.reset()
+    report("MCP sessions", tried, split_open(failures, {"legacy-endpoint-session"}))
 
 
 # ====================================================================== family 5: model lists

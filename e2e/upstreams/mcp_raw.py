@@ -42,7 +42,8 @@ Test-only endpoints (the tests call this port directly):
               (e.g. "{}; charset=utf-8"), anything else replaces it (e.g. "Text/Event-Stream")
     get_list: true: the GET stream carries a tools/list answer (as a replay after Last-Event-ID)
     legacy_sse: true: the GET stream opens with an `endpoint` event, as the 2024-11-05 HTTP+SSE
-              transport does (which then answers every request on that stream)
+              transport does (which then answers every request on that stream); it names a new
+              session (`/mcp?session_id=legacy-...`), which POSTs to that URL then belong to
     legacy_prelude: SSE text written before that `endpoint` event (e.g. "id: 7\n\n")
 """
 
@@ -57,6 +58,7 @@ import time
 import uuid
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 TOOLS = [
     {"name": "refund", "description": "Refund a customer on a support ticket.",
@@ -225,7 +227,7 @@ class Handler(BaseHTTPRequestHandler):
             _parsed.append(entry)
 
     # ------------------------------------------------------------------ SSE framing
-    def _sse(self, messages: list[str], *, endpoint: bool = False) -> bytes:
+    def _sse(self, messages: list[str], *, endpoint: str | None = None) -> bytes:
         eol = _mode.get("line_end", "\n")
         out = []
         if _mode.get("bom"):
@@ -236,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
             if _mode.get("id_retry_only"):
                 out.append(f"retry: 3000{eol}{eol}")
             out.append(_mode.get("legacy_prelude", "").replace("\n", eol))
-            out.append(f"event: endpoint{eol}data: /mcp?session_id=legacy-1{eol}{eol}")
+            out.append(f"event: endpoint{eol}data: /mcp?session_id={endpoint}{eol}{eol}")
         if _mode.get("priming"):
             out.append(f"id: prime-{uuid.uuid4().hex[:8]}{eol}retry: 5000{eol}data: {eol}{eol}")
         for n, message in enumerate(messages):
@@ -310,6 +312,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _session_ok(self, entry: dict) -> bool:
         session = self.headers.get("mcp-session-id")
+        query = parse_qs(urlsplit(self.path).query).get("session_id")
+        if query:  # the 2024-11-05 HTTP+SSE transport names its session in the endpoint URL
+            session = query[0]
+            entry["legacy_session"] = session
         if session is None:
             return True
         with _lock:
@@ -335,7 +341,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, dict(_mode))
             return
         entry = self._entry(body)
-        if self.path.split("?")[0] != "/mcp":
+        if urlsplit(self.path).path != "/mcp":
             self._store(entry)
             self._send_json(404, {"error": "no route"})
             return
@@ -368,7 +374,7 @@ class Handler(BaseHTTPRequestHandler):
         entry = self._entry(b"")
         if not self._session_ok(entry):
             return
-        self._store(entry)
+        self._store(entry)  # (minted_session is filled in below, on the stored entry)
         # The server's own requests to the client (here a sampling request carrying the session
         # owner's data), then the stream ends.
         request = json.dumps({"jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage",
@@ -376,7 +382,13 @@ class Handler(BaseHTTPRequestHandler):
                                          "maxTokens": 10}})
         if _mode.get("get_list"):  # a replayed (or misdirected) tools/list answer on the GET stream
             request = answer_text(RawNumber("1"), result_text=tools_list_text())
-        stream = self._sse([request], endpoint=bool(_mode.get("legacy_sse")))
+        legacy = None
+        if _mode.get("legacy_sse"):
+            legacy = f"legacy-{uuid.uuid4().hex}"
+            entry["minted_session"] = legacy
+            with _lock:
+                _sessions.add(legacy)
+        stream = self._sse([request], endpoint=legacy)
         self._send(200, stream, "text/event-stream", {"cache-control": "no-cache"})
 
     def do_DELETE(self) -> None:
