@@ -137,6 +137,8 @@ def default_authz_config() -> dict:
             "principal": {"id_claim": "sub", "roles_claim": "roles"},
         },
         "cerbos": {"address": "http://127.0.0.1:3593", "timeout": "500ms"},
+        # The fallback table: the shipped envoy/ configs name each route's format in
+        # context_extensions, which take precedence.
         "routes": [
             {"path_prefix": "/v1/chat/completions", "format": "openai_chat"},
             {"path_prefix": "/v1/responses", "format": "openai_responses"},
@@ -147,6 +149,8 @@ def default_authz_config() -> dict:
             {"path_prefix": "/mcp", "format": "mcp", "mcp_server": MCP_SERVER_NAME},
         ],
         "unclassified_routes": "deny",
+        # Azure deployments and the models they serve (the e2e tests' deployments).
+        "azure_openai": {"deployments": {"prod-gpt": "gpt-4o-mini", "big-gpt": "gpt-4o"}},
         # Envoy runs the ext_proc leg: denied tools are stripped, tools/list answers filtered.
         "denied_tools": "strip",
     }

@@ -80,6 +80,18 @@ pub struct Config {
     /// The decision console on the admin listener (`/console`, `/api/v1/`).
     #[serde(default)]
     pub console: ConsoleConfig,
+    #[serde(default)]
+    pub azure_openai: AzureOpenaiConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureOpenaiConfig {
+    /// Deployment name → the model it serves. Azure deployment names are arbitrary, so a
+    /// policy about models is written against the mapped names; an unmapped deployment is
+    /// judged under its own name.
+    #[serde(default)]
+    pub deployments: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -575,17 +587,30 @@ fn default_unavailable_status() -> u16 {
     503
 }
 
+/// One route of agent-authz's own table, matched the way Envoy matches its routes: exactly one
+/// of `path` (exact), `path_prefix` (alias `prefix`) and `safe_regex`, optionally restricted to
+/// `methods`. Envoy's per-route `context_extensions` take precedence over this table (see
+/// `extract::routing`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The route's name in logs and in the `route` attribute; defaults to its match.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The exact request path (query string excluded).
+    #[serde(default)]
+    pub path: Option<String>,
     /// Request path prefix (query string excluded), matched on segment boundaries.
-    pub path_prefix: String,
+    #[serde(default, alias = "prefix")]
+    pub path_prefix: Option<String>,
+    /// A regular expression the whole path must match (RE2 syntax, as Envoy's `safe_regex`).
+    #[serde(default)]
+    pub safe_regex: Option<RouteRegex>,
+    /// The HTTP methods the route matches (upper case); every method when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
     /// The body format spoken on this route.
     pub format: Format,
-    /// A request header whose value (a format name) overrides `format`, for gateways that
-    /// serve several dialects on one path; absent header: `format`.
-    #[serde(default)]
-    pub format_header: Option<String>,
     /// MCP only: the server name sent as `attr.server` (and as the id of session-level checks).
     #[serde(default)]
     pub mcp_server: Option<String>,
@@ -595,6 +620,84 @@ pub struct RouteConfig {
     /// Dry-run for this route only (see the top-level `dry_run`).
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// A `safe_regex` route match, compiled when the configuration is read (a bad expression is a
+/// configuration error) and anchored at both ends, as Envoy matches the whole path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RouteRegex {
+    pub source: String,
+    pub regex: regex::Regex,
+}
+
+impl TryFrom<String> for RouteRegex {
+    type Error = String;
+
+    fn try_from(source: String) -> Result<Self, String> {
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("safe_regex {source:?}: {e}"))?;
+        Ok(Self { source, regex })
+    }
+}
+
+impl RouteConfig {
+    /// A route of `format` with no match (Envoy's context extensions name it) and no options.
+    pub fn new(format: Format) -> Self {
+        Self {
+            name: None,
+            path: None,
+            path_prefix: None,
+            safe_regex: None,
+            methods: Vec::new(),
+            format,
+            mcp_server: None,
+            resource_kind: None,
+            dry_run: false,
+        }
+    }
+
+    /// A route of `format` matching the path prefix `prefix`.
+    pub fn prefix(prefix: &str, format: Format) -> Self {
+        Self {
+            path_prefix: Some(prefix.to_owned()),
+            ..Self::new(format)
+        }
+    }
+
+    /// What names this route in logs and the `route` attribute: its name, else its match.
+    pub fn label(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.path.as_deref())
+            .or(self.path_prefix.as_deref())
+            .or(self.safe_regex.as_ref().map(|r| r.source.as_str()))
+            .unwrap_or("")
+    }
+
+    /// The rules every route obeys, wherever it was defined (this table or Envoy's context
+    /// extensions); `Err((field, why))`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.format == Format::Mcp && self.mcp_server.as_deref().unwrap_or("").is_empty() {
+            return Err((
+                "mcp_server",
+                "required for format mcp (it names the server in Cerbos requests)".to_owned(),
+            ));
+        }
+        if self.format != Format::Mcp {
+            for (key, set) in [
+                ("mcp_server", self.mcp_server.is_some()),
+                ("resource_kind", self.resource_kind.is_some()),
+            ] {
+                if set {
+                    return Err((key, "only valid for format mcp".to_owned()));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Request formats agent-authz can read.
@@ -613,18 +716,25 @@ pub enum Format {
     Gemini,
     /// Amazon Bedrock Converse / ConverseStream (model from the path).
     BedrockConverse,
+    /// Azure OpenAI Chat Completions (`/openai/deployments/{d}/chat/completions`: the
+    /// deployment is the model; `/openai/v1/chat/completions`: the body's).
+    AzureOpenaiChat,
+    /// Azure OpenAI Responses (`/openai/responses`, `/openai/deployments/{d}/responses`).
+    AzureOpenaiResponses,
     /// MCP Streamable HTTP (JSON-RPC 2.0).
     Mcp,
 }
 
 impl Format {
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 9] = [
         Format::OpenaiChat,
         Format::OpenaiResponses,
         Format::OpenaiModels,
         Format::AnthropicMessages,
         Format::Gemini,
         Format::BedrockConverse,
+        Format::AzureOpenaiChat,
+        Format::AzureOpenaiResponses,
         Format::Mcp,
     ];
 
@@ -636,6 +746,8 @@ impl Format {
             Format::AnthropicMessages => "anthropic_messages",
             Format::Gemini => "gemini",
             Format::BedrockConverse => "bedrock_converse",
+            Format::AzureOpenaiChat => "azure_openai_chat",
+            Format::AzureOpenaiResponses => "azure_openai_responses",
             Format::Mcp => "mcp",
         }
     }
@@ -933,45 +1045,38 @@ impl Config {
         )?;
         validate_status("mcp.denied_http_status", self.mcp.denied_http_status, 200)?;
         for (i, route) in self.routes.iter().enumerate() {
-            if !route.path_prefix.starts_with('/') {
+            let matches = [
+                ("path", route.path.as_deref()),
+                ("path_prefix", route.path_prefix.as_deref()),
+                (
+                    "safe_regex",
+                    route.safe_regex.as_ref().map(|r| r.source.as_str()),
+                ),
+            ];
+            if matches.iter().filter(|(_, m)| m.is_some()).count() != 1 {
                 return Err((
-                    format!("routes[{i}].path_prefix"),
-                    "must start with /".to_owned(),
+                    format!("routes[{i}]"),
+                    "needs exactly one of path, path_prefix, safe_regex".to_owned(),
                 ));
             }
-            if let Some(header) = &route.format_header {
-                if header.is_empty() || header.chars().any(|c| c.is_ascii_uppercase()) {
-                    return Err((
-                        format!("routes[{i}].format_header"),
-                        "must be a lower-case header name".to_owned(),
-                    ));
-                }
-                if route.format == Format::Mcp {
-                    return Err((
-                        format!("routes[{i}].format_header"),
-                        "not valid for format mcp".to_owned(),
-                    ));
+            for (key, value) in &matches[..2] {
+                if value.is_some_and(|v| !v.starts_with('/')) {
+                    return Err((format!("routes[{i}].{key}"), "must start with /".to_owned()));
                 }
             }
-            if route.format == Format::Mcp && route.mcp_server.as_deref().unwrap_or("").is_empty() {
+            if let Some(method) = route
+                .methods
+                .iter()
+                .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
                 return Err((
-                    format!("routes[{i}].mcp_server"),
-                    "required for format mcp (it names the server in Cerbos requests)".to_owned(),
+                    format!("routes[{i}].methods"),
+                    format!("{method:?} is not an upper-case HTTP method"),
                 ));
             }
-            if route.format != Format::Mcp {
-                for (key, set) in [
-                    ("mcp_server", route.mcp_server.is_some()),
-                    ("resource_kind", route.resource_kind.is_some()),
-                ] {
-                    if set {
-                        return Err((
-                            format!("routes[{i}].{key}"),
-                            "only valid for format mcp".to_owned(),
-                        ));
-                    }
-                }
-            }
+            route
+                .check()
+                .map_err(|(key, why)| (format!("routes[{i}].{key}"), why))?;
         }
         for (key, paths) in [
             ("audit.mask", &self.audit.mask),

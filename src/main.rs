@@ -88,7 +88,7 @@ fn classify(config: &Config, paths: &[String]) -> ExitCode {
     let router = Router::new(&config.routes);
     let mut all_classified = true;
     for path in paths {
-        match router.classify(path_without_query(path)) {
+        match router.classify(None, path_without_query(path)) {
             Some(route) => {
                 let server = route
                     .mcp_server
@@ -97,7 +97,7 @@ fn classify(config: &Config, paths: &[String]) -> ExitCode {
                     .unwrap_or_default();
                 println!(
                     "{path} route={} format={}{server}",
-                    route.path_prefix,
+                    route.label(),
                     route.format.as_str()
                 );
             }

@@ -17,7 +17,7 @@ use crate::decide::vocabulary::Vocabulary;
 use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
 use crate::extract::tool_schemas::ToolSchemas;
 use crate::extract::{
-    self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
+    self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router, routing,
 };
 use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
 use crate::identity::session::SessionSeal;
@@ -56,6 +56,9 @@ pub struct CheckInput {
     pub metadata: HashMap<String, Value>,
     /// The mTLS peer identity Envoy verified (a SPIFFE id in a mesh); empty without mTLS.
     pub source_principal: String,
+    /// The route's `ExtAuthzPerRoute.check_settings.context_extensions` (Envoy configuration,
+    /// never request data): they name the route's format (see `extract::routing`).
+    pub context_extensions: HashMap<String, String>,
 }
 
 pub struct Pipeline<E> {
@@ -73,6 +76,7 @@ pub struct Pipeline<E> {
     max_checks: usize,
     in_flight: tokio::sync::Semaphore,
     tool_schemas: Arc<ToolSchemas>,
+    azure_deployments: HashMap<String, String>,
     protected_prefixes: Vec<String>,
     answers: AnswerSettings,
     dry_run: bool,
@@ -90,7 +94,7 @@ struct Trace {
     request_id: String,
     principal: Option<Principal>,
     route: Option<RouteConfig>,
-    /// The format the body was read in (the route's, or its format header's).
+    /// The format the body was read in (the route's).
     format: Option<Format>,
     request: Option<AgentRequest>,
     decision: Decision,
@@ -122,6 +126,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             max_checks: config.server.max_checks_per_request,
             in_flight: tokio::sync::Semaphore::new(config.server.max_concurrent_checks),
             tool_schemas: Arc::default(),
+            azure_deployments: config.azure_openai.deployments.clone(),
             protected_prefixes: config.identity.protected_header_prefixes.clone(),
             answers: AnswerSettings {
                 pdp_unavailable_status: config.cerbos.unavailable_status,
@@ -369,10 +374,17 @@ impl<E: PolicyEngine> Pipeline<E> {
 
     async fn run(&self, input: &CheckInput, trace: &mut Trace) -> (Result<(), Refusal>, Dialect) {
         let path = extract::path_without_query(&input.path);
-        let route = self.router.classify(path).cloned();
+        // Envoy's route (its context extensions) decides; else agent-authz's own table.
+        let route = match routing::from_context_extensions(&input.context_extensions) {
+            Some(Ok(route)) => Some(route),
+            Some(Err(why)) => {
+                let dialect = Dialect::Llm(Format::OpenaiChat);
+                return (Err(Refusal::RouteMisconfigured(why)), dialect);
+            }
+            None => self.router.classify(Some(&input.method), path).cloned(),
+        };
         trace.route = route.clone();
-        // The route's format until the body is read (a format header may still change it), so
-        // early refusals are counted and answered under the route's dialect.
+        // Early refusals are counted and answered under the route's dialect.
         trace.format = route.as_ref().map(|r| r.format);
         let mut dialect = match route.as_ref().map(|r| r.format) {
             Some(Format::Mcp) => Dialect::Mcp {
@@ -409,18 +421,19 @@ impl<E: PolicyEngine> Pipeline<E> {
                 }
             };
         };
-        let format = match route_format(&route, &input.headers) {
-            Ok(format) => format,
-            Err(e) => return (Err(Refusal::BadRequest(e)), dialect),
-        };
-        trace.format = Some(format);
-        if format != Format::Mcp {
-            dialect = Dialect::Llm(format);
-        }
-        let request = match self.read_body(format, input, path) {
+        // The route alone names the format: a client never chooses how its body is judged.
+        let format = route.format;
+        let mut request = match self.read_body(format, input, path) {
             Ok(request) => request,
             Err(e) => return (Err(Refusal::BadRequest(e)), dialect),
         };
+        // An Azure deployment is judged as the model it serves, when the config says which.
+        if let (Format::AzureOpenaiChat | Format::AzureOpenaiResponses, AgentRequest::Llm(llm)) =
+            (format, &mut request)
+            && let Some(model) = self.azure_deployments.get(&llm.model)
+        {
+            llm.model = model.clone();
+        }
         if let AgentRequest::Mcp(mcp) = &request {
             dialect = Dialect::Mcp {
                 ids: mcp.messages.iter().map(|m| m.id.clone()).collect(),
@@ -626,7 +639,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             strip_tools,
             tools_list,
             models_list: match (&trace.request, &trace.route) {
-                (Some(AgentRequest::ModelList), Some(route)) => Some(route.path_prefix.clone()),
+                (Some(AgentRequest::ModelList), Some(route)) => Some(route.label().to_owned()),
                 _ => None,
             },
         })
@@ -775,23 +788,6 @@ fn leg_record(
     }
 }
 
-/// The format to read a request in: the route's, unless the route names a header that picks
-/// one (for gateways serving several dialects on one path). An unknown name is refused.
-fn route_format(
-    route: &RouteConfig,
-    headers: &HashMap<String, String>,
-) -> Result<Format, ExtractError> {
-    let Some(header) = &route.format_header else {
-        return Ok(route.format);
-    };
-    match headers.get(header.as_str()) {
-        None => Ok(route.format),
-        Some(name) => Format::from_name(name.trim()).ok_or_else(|| {
-            ExtractError::InvalidRequest(format!("{header}: unknown request format {name:?}"))
-        }),
-    }
-}
-
 /// An MCP refusal decided before the body was read (identity, path) still echoes the JSON-RPC
 /// id when the body has a readable one, so the client can match the error to its request.
 fn with_request_ids(dialect: Dialect, body: &[u8]) -> Dialect {
@@ -908,7 +904,7 @@ fn record(
         principal: trace.principal.map(PrincipalRecord::from),
         method: input.method.clone(),
         path: extract::path_without_query(&input.path).to_owned(),
-        route: trace.route.map(|r| r.path_prefix),
+        route: trace.route.map(|r| r.label().to_owned()),
         format: trace.format.map(Format::as_str),
         model,
         resources: trace

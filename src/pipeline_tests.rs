@@ -125,6 +125,7 @@ fn input(path: &str, body: Value, metadata: HashMap<String, Value>) -> CheckInpu
         body: Bytes::from(body.to_string()),
         metadata,
         source_principal: String::new(),
+        context_extensions: HashMap::new(),
     }
 }
 
@@ -383,6 +384,49 @@ async fn unclassified_routes_follow_config() {
         "allowed unclassified routes still need an identity"
     );
     assert_eq!(h.engine_calls(), 0);
+}
+
+#[tokio::test]
+async fn envoy_context_extensions_name_the_route_and_the_client_cannot() {
+    let h = Harness::new("").await;
+    // Envoy's route says Gemini: the body is read as Gemini, the model from the path, although
+    // the path matches no route of agent-authz's own table.
+    let mut req = input(
+        "/v1/models/gemini-2.5-flash:generateContent",
+        json!({"contents": []}),
+        alice(),
+    );
+    req.context_extensions = HashMap::from([
+        ("format".to_owned(), "gemini".to_owned()),
+        ("route".to_owned(), "gemini".to_owned()),
+    ]);
+    let (status, body) = denial(&h.pipeline.check(req).await);
+    assert_eq!(status, 403);
+    assert_eq!(
+        body["error"]["status"], "PERMISSION_DENIED",
+        "Gemini's shape"
+    );
+    let log = h.log();
+    assert_eq!(
+        (log[0]["route"].as_str(), log[0]["format"].as_str()),
+        (Some("gemini"), Some("gemini"))
+    );
+    assert_eq!(log[0]["resources"][0]["id"], "gemini-2.5-flash");
+    // A route naming a format that does not exist is Envoy misconfigured: 500, nothing asked.
+    let mut req = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+    req.context_extensions = HashMap::from([("format".to_owned(), "openai-chat".to_owned())]);
+    let (status, body) = denial(&h.pipeline.check(req).await);
+    assert_eq!(status, 500);
+    assert_eq!(body["error"]["code"], "route_misconfigured");
+    // A header naming a format changes nothing: the chat body is judged as chat.
+    let mut req = input("/v1/chat/completions", chat("gpt-4o", &[]), alice());
+    req.headers.insert("x-llm-format".into(), "mcp".into());
+    let (status, body) = denial(&h.pipeline.check(req).await);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("model_denied"))
+    );
+    assert_eq!(h.engine_calls(), 2);
 }
 
 #[tokio::test]

@@ -113,24 +113,13 @@ fn alice() -> Principal {
 }
 
 fn chat_route() -> RouteConfig {
-    RouteConfig {
-        path_prefix: "/v1/chat/completions".into(),
-        format: Format::OpenaiChat,
-        mcp_server: None,
-        resource_kind: None,
-        format_header: None,
-        dry_run: false,
-    }
+    RouteConfig::prefix("/v1/chat/completions", Format::OpenaiChat)
 }
 
 fn mcp_route() -> RouteConfig {
     RouteConfig {
-        path_prefix: "/mcp".into(),
-        format: Format::Mcp,
         mcp_server: Some("support".into()),
-        resource_kind: None,
-        format_header: None,
-        dry_run: false,
+        ..RouteConfig::prefix("/mcp", Format::Mcp)
     }
 }
 

@@ -186,7 +186,7 @@ def test_an_upstream_credential_is_injected_per_route(gateways):
     (listener,) = config["static_resources"]["listeners"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     (vhost,) = hcm["route_config"]["virtual_hosts"]
-    (llm,) = [r for r in vhost["routes"] if r["name"] == "llm"]
+    (llm,) = [r for r in vhost["routes"] if r["name"] == "openai_chat"]
     llm["request_headers_to_add"] = [{"header": {"key": "authorization", "value": "Bearer %ENVIRONMENT(LLM_API_KEY)%"},
                                       "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
     url = gw.stack.start_extra_envoy("edge-injected", yaml.safe_dump(config, sort_keys=False),

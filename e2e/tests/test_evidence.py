@@ -148,7 +148,7 @@ def test_metrics_count_the_traffic_sent(masked):
     def delta(name: str, **labels: str) -> float:
         return counter(after, name, **labels) - counter(before, name, **labels)
 
-    route = {"route": "/v1/chat/completions", "format": "openai_chat"}
+    route = {"route": "openai_chat", "format": "openai_chat"}  # the Envoy route's name
     assert delta("agent_authz_checks_total", effect="allow", **route) == 2
     assert delta("agent_authz_checks_total", effect="deny", refusal="policy_denied", **route) == 3
     assert delta("agent_authz_checks_total", effect="deny", refusal="unauthenticated", **route) == 1

@@ -1,7 +1,8 @@
 """Every shipped Envoy (or Istio) route table and the agent-authz configuration written for it
-agree: each route Envoy sends through ext_authz to an upstream is classified by agent-authz
-(else every request on it is a 403 "no route is configured"), and each agent-authz route is
-reachable through Envoy (else it is stale).
+agree: each route Envoy sends through ext_authz to an upstream either names its format in its
+ext_authz `context_extensions` (validated by tests/envoy_routes.rs) or is classified by
+agent-authz's own table (else every request on it is a 403 "no route is configured"), and each
+agent-authz route is reachable through Envoy (else it is stale).
 
 The classification is the binary's own (`agent-authz classify`, the matcher `serve` uses), not
 a re-implementation here. Pairs:
@@ -41,9 +42,10 @@ def ids(pair: tuple[Path, Path]) -> str:
 
 
 # --------------------------------------------------------------------- reading route tables
-def envoy_matches(config: dict) -> list[dict]:
+def envoy_matches(config: dict, *, named: bool = False) -> list[dict]:
     """The `match` of every route that goes through ext_authz to an upstream: in a connection
-    manager running ext_authz, not disabled per route, not a direct_response."""
+    manager running ext_authz, not disabled per route, not a direct_response; those whose
+    context_extensions name their format when `named`, else the others."""
     out = []
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
@@ -58,7 +60,9 @@ def envoy_matches(config: dict) -> list[dict]:
                         per_route = route.get("typed_per_filter_config", {}).get(EXT_AUTHZ, {})
                         if per_route.get("disabled") or "direct_response" in route:
                             continue
-                        out.append(route["match"])
+                        context = per_route.get("check_settings", {}).get("context_extensions", {})
+                        if ("format" in context) == named:
+                            out.append(route["match"])
     return out
 
 
@@ -116,6 +120,8 @@ def classify(authz_file: Path, paths: list[str]) -> tuple[int, dict[str, str]]:
 
 def unclassified(authz_file: Path, matches: list[dict]) -> list[str]:
     paths = paths_to_classify(matches, authz_prefixes(authz_file))
+    if not paths:
+        return []
     code, lines = classify(authz_file, sorted(set(paths)))
     missing = [f"{p}: {what}" for p, what in lines.items() if not what.startswith("route=")]
     assert (code == 0) == (not missing), lines
@@ -155,8 +161,12 @@ def test_agent_authz_config_is_valid(pair):
 @pytest.mark.parametrize("pair", ENVOY_PAIRS, ids=ids)
 def test_every_route_envoy_sends_is_classified(pair):
     envoy, authz = pair
-    matches = envoy_matches(yaml.safe_load(envoy.read_text()))
-    assert matches, f"{envoy.relative_to(REPO)}: no route goes through ext_authz"
+    config = yaml.safe_load(envoy.read_text())
+    matches = envoy_matches(config)
+    named = envoy_matches(config, named=True)
+    assert matches or named, f"{envoy.relative_to(REPO)}: no route goes through ext_authz"
+    if envoy.parent == REPO / "envoy":
+        assert named and not matches, "shipped envoy/ configs name every route's format"
     assert unclassified(authz, matches) == []
     assert unreachable(authz, matches) == []
 
@@ -168,13 +178,17 @@ def test_every_route_the_istio_gateway_sends_is_classified():
     assert unreachable(ISTIO_AUTHZ, matches) == []
 
 
-def test_the_check_catches_a_config_written_for_another_gateway():
-    """The mismatch this test exists for: the pod's agent-authz config (chat and MCP only)
-    behind the standalone agent-gateway.yaml, which also routes /v1/models, Gemini, Bedrock."""
-    matches = envoy_matches(yaml.safe_load((REPO / "envoy/agent-gateway.yaml").read_text()))
-    missing = unclassified(REPO / "k8s/base/config/agent-authz.yaml", matches)
-    assert any(m.startswith("/v1/models:") for m in missing), missing
-    assert any(m.startswith("/model/:") for m in missing), missing
-    # and the other way round: the standalone config's routes the pod's Envoy never sends
+def test_the_check_catches_a_config_written_for_another_gateway(tmp_path):
+    """The mismatch this test exists for: the pod's Envoy (chat and MCP, classified by
+    agent-authz's table) behind an agent-authz config that only knows chat."""
     pod = envoy_matches(yaml.safe_load((REPO / "k8s/base/config/envoy.yaml").read_text()))
-    assert "/v1/models" in unreachable(REPO / "envoy/agent-authz/agent-gateway.yaml", pod)
+    config = yaml.safe_load((REPO / "k8s/base/config/agent-authz.yaml").read_text())
+    config["routes"] = [r for r in config["routes"] if r["format"] != "mcp"]
+    chat_only = tmp_path / "agent-authz.yaml"
+    chat_only.write_text(yaml.safe_dump(config))
+    missing = unclassified(chat_only, pod)
+    assert any(m.startswith("/mcp:") for m in missing), missing
+    # and the other way round: a route of the table the Envoy never sends
+    config["routes"].append({"path_prefix": "/v1/embeddings", "format": "openai_chat"})
+    chat_only.write_text(yaml.safe_dump(config))
+    assert "/v1/embeddings" in unreachable(chat_only, pod)

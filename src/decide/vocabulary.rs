@@ -43,7 +43,7 @@ impl Vocabulary {
             kind: self.config.model_kind.clone(),
             id: request.model.clone(),
             action: self.config.model_action.clone(),
-            attr: object(json!({"route": route.path_prefix, "format": format})),
+            attr: object(json!({"route": route.label(), "format": format})),
             subject: Subject::Model(request.model.clone()),
         }];
         checks.extend(request.tools.iter().map(|tool| match &tool.server {
@@ -231,12 +231,9 @@ mod tests {
 
     fn mcp_route(kind: Option<&str>) -> RouteConfig {
         RouteConfig {
-            path_prefix: "/mcp".into(),
-            format: Format::Mcp,
             mcp_server: Some("support".into()),
             resource_kind: kind.map(str::to_owned),
-            format_header: None,
-            dry_run: false,
+            ..RouteConfig::prefix("/mcp", Format::Mcp)
         }
     }
 
@@ -257,14 +254,7 @@ mod tests {
 
     #[test]
     fn llm_requests_check_the_model_and_every_tool() {
-        let route = RouteConfig {
-            path_prefix: "/v1/chat/completions".into(),
-            format: Format::OpenaiChat,
-            mcp_server: None,
-            resource_kind: None,
-            format_header: None,
-            dry_run: false,
-        };
+        let route = RouteConfig::prefix("/v1/chat/completions", Format::OpenaiChat);
         let request = AgentRequest::Llm(LlmRequest {
             model: "gpt-4o".into(),
             tools: vec![

@@ -6,6 +6,7 @@
 //! because a request judged on one reading and forwarded with another is a bypass.
 
 pub mod anthropic_messages;
+pub mod azure_openai;
 pub mod bedrock_converse;
 pub mod gemini;
 mod llm;
@@ -13,6 +14,7 @@ pub mod mcp;
 pub mod openai_chat;
 pub mod openai_models;
 pub mod openai_responses;
+pub mod routing;
 mod strict_json;
 pub mod tool_schemas;
 
@@ -20,8 +22,9 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::config::{Format, RouteConfig};
+use crate::config::Format;
 use crate::rewrite::json_edit::EditError;
+pub use routing::Router;
 pub use strict_json::Reading;
 
 /// The parts of an HTTP request extraction reads.
@@ -143,6 +146,8 @@ pub fn dialect(format: Format) -> &'static dyn RequestFormat {
         Format::AnthropicMessages => &anthropic_messages::AnthropicMessages,
         Format::Gemini => &gemini::Gemini,
         Format::BedrockConverse => &bedrock_converse::BedrockConverse,
+        Format::AzureOpenaiChat => &azure_openai::AzureChat,
+        Format::AzureOpenaiResponses => &azure_openai::AzureResponses,
         Format::Mcp => &mcp::Mcp,
     }
 }
@@ -215,34 +220,6 @@ pub enum ExtractError {
     },
     #[error("HTTP method {0} is not used by MCP Streamable HTTP")]
     McpMethodNotAllowed(String),
-}
-
-/// The configured routes, compiled for matching.
-#[derive(Debug, Clone)]
-pub struct Router {
-    routes: Vec<RouteConfig>,
-}
-
-impl Router {
-    pub fn new(routes: &[RouteConfig]) -> Self {
-        Self {
-            routes: routes.to_vec(),
-        }
-    }
-
-    /// The first route whose prefix matches `path` on a segment boundary.
-    pub fn classify(&self, path: &str) -> Option<&RouteConfig> {
-        self.routes
-            .iter()
-            .find(|r| prefix_matches(&r.path_prefix, path))
-    }
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
-    }
 }
 
 /// Splits the query string off a request target.
@@ -420,17 +397,6 @@ fn json_body_checks(request: &HttpRequest<'_>) -> Result<(), ExtractError> {
 mod tests {
     use super::*;
 
-    fn route(prefix: &str) -> RouteConfig {
-        RouteConfig {
-            path_prefix: prefix.into(),
-            format: Format::OpenaiChat,
-            mcp_server: None,
-            resource_kind: None,
-            format_header: None,
-            dry_run: false,
-        }
-    }
-
     #[test]
     fn has_key_agrees_with_key() {
         let tools = [
@@ -450,17 +416,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn prefixes_match_on_segment_boundaries() {
-        let router = Router::new(&[route("/v1/chat/completions"), route("/mcp/")]);
-        let hit = |p: &str| router.classify(p).map(|r| r.path_prefix.as_str());
-        assert_eq!(hit("/v1/chat/completions"), Some("/v1/chat/completions"));
-        assert_eq!(hit("/v1/chat/completions/x"), Some("/v1/chat/completions"));
-        assert_eq!(hit("/v1/chat/completionsX"), None);
-        assert_eq!(hit("/mcp/a"), Some("/mcp/"));
-        assert_eq!(hit("/v1/models"), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct OpenaiChat;
 
 impl RequestFormat for OpenaiChat {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        extract(request).map(AgentRequest::Llm)
+        read(request, None).map(AgentRequest::Llm)
     }
 
     fn strip_tools(&self, body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError> {
@@ -51,9 +51,14 @@ const READING: Reading<'static> = Reading {
     unread: &["parameters", "format", "description"],
 };
 
-fn extract(request: &HttpRequest<'_>) -> Result<LlmRequest, ExtractError> {
+/// Reads a Chat Completions request; the model is `model` when the path names it (an Azure
+/// deployment), else the body's.
+pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
     let body = &llm::fields(request, &READING)?;
-    let model = llm::model(body)?;
+    let model = match model {
+        Some(model) => model,
+        None => llm::model(body)?,
+    };
     let mut tools = Tools::default();
     llm::add_declared(&mut tools, body, "tools", |entry| {
         tool_entry(entry).map(|t| [t])
@@ -224,12 +229,15 @@ mod tests {
     fn run(body: Value) -> Result<LlmRequest, ExtractError> {
         let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
         let body = body.to_string().into_bytes();
-        extract(&HttpRequest {
-            method: "POST",
-            path: "/v1/chat/completions",
-            headers: &headers,
-            body: &body,
-        })
+        read(
+            &HttpRequest {
+                method: "POST",
+                path: "/v1/chat/completions",
+                headers: &headers,
+                body: &body,
+            },
+            None,
+        )
     }
 
     fn names(r: &LlmRequest) -> Vec<(&str, &str)> {

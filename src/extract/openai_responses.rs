@@ -29,28 +29,7 @@ pub struct OpenaiResponses;
 
 impl RequestFormat for OpenaiResponses {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        let body = &llm::fields(request, &READING)?;
-        // A stored prompt may carry its own model and tools, which the body does not show.
-        if body.get("prompt").is_some_and(|p| !p.is_null()) {
-            return Err(llm::invalid(
-                "stored prompts (`prompt`) are refused: they may declare a model and tools \
-                 agent-authz cannot see; send model and tools in the request",
-            ));
-        }
-        let model = llm::model(body)?;
-        let mut tools = Tools::default();
-        llm::add_declared(&mut tools, body, "tools", declared)?;
-        let forced_tools = body
-            .get("tool_choice")
-            .and_then(choice_key)
-            .into_iter()
-            .collect();
-        Ok(AgentRequest::Llm(LlmRequest {
-            model,
-            tools: tools.0,
-            forced_tools,
-            stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        }))
+        read(request, None).map(AgentRequest::Llm)
     }
 
     fn strip_tools(&self, body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError> {
@@ -148,6 +127,36 @@ impl RequestFormat for OpenaiResponses {
         }
         edits.apply(body).map(Some)
     }
+}
+
+/// Reads a Responses request; the model is `model` when the path names it (an Azure
+/// deployment), else the body's.
+pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
+    let body = &llm::fields(request, &READING)?;
+    // A stored prompt may carry its own model and tools, which the body does not show.
+    if body.get("prompt").is_some_and(|p| !p.is_null()) {
+        return Err(llm::invalid(
+            "stored prompts (`prompt`) are refused: they may declare a model and tools \
+             agent-authz cannot see; send model and tools in the request",
+        ));
+    }
+    let model = match model {
+        Some(model) => model,
+        None => llm::model(body)?,
+    };
+    let mut tools = Tools::default();
+    llm::add_declared(&mut tools, body, "tools", declared)?;
+    let forced_tools = body
+        .get("tool_choice")
+        .and_then(choice_key)
+        .into_iter()
+        .collect();
+    Ok(LlmRequest {
+        model,
+        tools: tools.0,
+        forced_tools,
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+    })
 }
 
 fn named(entry: &Value) -> Option<&str> {

@@ -42,6 +42,8 @@ pub struct AttributeContext {
     pub source: Option<Peer>,
     #[prost(message, optional, tag = "4")]
     pub request: Option<Request>,
+    #[prost(map = "string, string", tag = "10")]
+    pub context_extensions: HashMap<String, String>,
     #[prost(message, optional, tag = "11")]
     pub metadata_context: Option<Metadata>,
 }

@@ -73,6 +73,7 @@ pub fn decode(request: CheckRequest) -> CheckInput {
         body,
         metadata,
         source_principal,
+        context_extensions: attributes.context_extensions,
     }
 }
 

@@ -33,6 +33,9 @@ pub enum Refusal {
     /// under this caller, answered as MCP answers an ended session (`404`), so a client starts
     /// a new one and a hijacker learns nothing.
     UnknownSession,
+    /// Envoy's route describes a route that cannot be (its context extensions name an unknown
+    /// format): a configuration error, answered 500 rather than read in a guessed format.
+    RouteMisconfigured(String),
 }
 
 /// What the answer needs to know about the request it refuses.
@@ -75,6 +78,7 @@ impl Refusal {
                  sealed for this principal)"
                     .to_owned()
             }
+            Refusal::RouteMisconfigured(why) => why.clone(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Refusal {
             Refusal::PolicyUnavailable(_) => "policy_unavailable",
             Refusal::Overloaded => "overloaded",
             Refusal::UnknownSession => "unknown_session",
+            Refusal::RouteMisconfigured(_) => "route_misconfigured",
         }
     }
 
@@ -152,6 +157,12 @@ impl Refusal {
             ),
             Refusal::Overloaded => (503, "service_unavailable", "overloaded", RPC_UNAVAILABLE),
             Refusal::UnknownSession => (404, "not_found", "session_not_found", RPC_NOT_FOUND),
+            Refusal::RouteMisconfigured(_) => (
+                500,
+                "server_error",
+                "route_misconfigured",
+                -32603, // JSON-RPC internal error
+            ),
         };
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Refusal::Unauthenticated(e) = self {
@@ -239,7 +250,12 @@ fn provider_error(
             headers.push(("x-amzn-errortype".to_owned(), kind.to_owned()));
             json!({"message": message})
         }
-        Format::OpenaiChat | Format::OpenaiResponses | Format::OpenaiModels | Format::Mcp => {
+        Format::OpenaiChat
+        | Format::OpenaiResponses
+        | Format::OpenaiModels
+        | Format::AzureOpenaiChat
+        | Format::AzureOpenaiResponses
+        | Format::Mcp => {
             json!({"error": {"message": message, "type": kind, "code": code}})
         }
     };

@@ -1,0 +1,187 @@
+//! Which route a request is on, and so which format its body is read in.
+//!
+//! Envoy's route table is the source of truth: a route's `ExtAuthzPerRoute`
+//! `check_settings.context_extensions` name its `format` (and, for MCP, its `mcp_server`, and
+//! optionally `resource_kind` and a `route` name), so agent-authz reads the body exactly as the
+//! route Envoy chose says, whatever the path looks like. Routes without them fall back to
+//! agent-authz's own table, matched the way Envoy matches (exact `path`, `path_prefix` on
+//! segment boundaries, whole-path `safe_regex`, `methods`), first match wins.
+//!
+//! The client never chooses: context extensions are Envoy configuration, never request data.
+
+use std::collections::HashMap;
+
+use crate::config::{Format, RouteConfig};
+
+/// The context-extension keys agent-authz reads.
+pub const FORMAT_KEY: &str = "format";
+pub const MCP_SERVER_KEY: &str = "mcp_server";
+pub const RESOURCE_KIND_KEY: &str = "resource_kind";
+pub const ROUTE_NAME_KEY: &str = "route";
+
+/// The configured routes, compiled for matching.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<RouteConfig>,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        Self {
+            routes: routes.to_vec(),
+        }
+    }
+
+    /// The first route of the table matching `method` (any method when `None`) and `path`.
+    pub fn classify(&self, method: Option<&str>, path: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| matches(r, method, path))
+    }
+}
+
+/// Whether `route` takes a request: its path match, and its methods if it names any.
+fn matches(route: &RouteConfig, method: Option<&str>, path: &str) -> bool {
+    let method_ok =
+        route.methods.is_empty() || method.is_none_or(|m| route.methods.iter().any(|r| r == m));
+    let path_ok = if let Some(exact) = &route.path {
+        path == exact
+    } else if let Some(prefix) = &route.path_prefix {
+        prefix_matches(prefix, path)
+    } else {
+        route
+            .safe_regex
+            .as_ref()
+            .is_some_and(|r| r.regex.is_match(path))
+    };
+    method_ok && path_ok
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The route Envoy's context extensions describe: `None` when they name no format (the
+/// request falls back to the table); `Err` when they describe a route that cannot be (an
+/// unknown format, an MCP route without a server): Envoy is misconfigured, and the request is
+/// refused rather than read in a guessed format.
+pub fn from_context_extensions(
+    extensions: &HashMap<String, String>,
+) -> Option<Result<RouteConfig, String>> {
+    let name = extensions.get(FORMAT_KEY)?;
+    let Some(format) = Format::from_name(name) else {
+        return Some(Err(format!(
+            "Envoy route context_extensions name an unknown format {name:?} (known: {})",
+            Format::ALL.map(Format::as_str).join(", ")
+        )));
+    };
+    let route = RouteConfig {
+        name: Some(
+            extensions
+                .get(ROUTE_NAME_KEY)
+                .cloned()
+                .unwrap_or_else(|| format!("envoy:{name}")),
+        ),
+        mcp_server: extensions.get(MCP_SERVER_KEY).cloned(),
+        resource_kind: extensions.get(RESOURCE_KIND_KEY).cloned(),
+        ..RouteConfig::new(format)
+    };
+    Some(
+        route
+            .check()
+            .map(|()| route)
+            .map_err(|(key, why)| format!("Envoy route context_extensions: {key} {why}")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteRegex;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        let router = Router::new(&[
+            RouteConfig::prefix("/v1/chat/completions", Format::OpenaiChat),
+            RouteConfig::prefix("/mcp/", Format::Mcp),
+        ]);
+        let hit = |p: &str| router.classify(None, p).map(RouteConfig::label);
+        assert_eq!(hit("/v1/chat/completions"), Some("/v1/chat/completions"));
+        assert_eq!(hit("/v1/chat/completions/x"), Some("/v1/chat/completions"));
+        assert_eq!(hit("/v1/chat/completionsX"), None);
+        assert_eq!(hit("/mcp/a"), Some("/mcp/"));
+        assert_eq!(hit("/v1/models"), None);
+    }
+
+    #[test]
+    fn exact_regex_and_method_matches_separate_providers_on_one_host() {
+        let gemini = RouteRegex::try_from(
+            r"/v1(beta)?/models/[^/:]+:(generateContent|streamGenerateContent)".to_owned(),
+        )
+        .unwrap();
+        let router = Router::new(&[
+            RouteConfig {
+                path: Some("/v1/models".into()),
+                methods: vec!["GET".into()],
+                ..RouteConfig::new(Format::OpenaiModels)
+            },
+            RouteConfig {
+                safe_regex: Some(gemini),
+                ..RouteConfig::new(Format::Gemini)
+            },
+        ]);
+        let format = |m: &str, p: &str| router.classify(Some(m), p).map(|r| r.format);
+        assert_eq!(format("GET", "/v1/models"), Some(Format::OpenaiModels));
+        assert_eq!(format("POST", "/v1/models"), None, "methods");
+        assert_eq!(
+            format("POST", "/v1/models/gemini-2.5-flash:generateContent"),
+            Some(Format::Gemini)
+        );
+        assert_eq!(
+            format(
+                "POST",
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+            ),
+            Some(Format::Gemini)
+        );
+        assert_eq!(
+            format("GET", "/v1/models/gpt-4o"),
+            None,
+            "exact, not prefix"
+        );
+        assert_eq!(
+            format("POST", "/x/v1/models/m:generateContent"),
+            None,
+            "anchored"
+        );
+        assert!(RouteRegex::try_from("(".to_owned()).is_err());
+    }
+
+    #[test]
+    fn context_extensions_name_the_route() {
+        let ext = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(from_context_extensions(&ext(&[("other", "x")])).is_none());
+        let route = from_context_extensions(&ext(&[("format", "mcp"), ("mcp_server", "crm")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (route.format, route.mcp_server.as_deref(), route.label()),
+            (Format::Mcp, Some("crm"), "envoy:mcp")
+        );
+        let named = from_context_extensions(&ext(&[("format", "gemini"), ("route", "gemini")]));
+        assert_eq!(named.unwrap().unwrap().label(), "gemini");
+        for bad in [
+            ext(&[("format", "openai-chat")]),
+            ext(&[("format", "mcp")]),
+            ext(&[("format", "openai_chat"), ("mcp_server", "crm")]),
+        ] {
+            assert!(from_context_extensions(&bad).unwrap().is_err(), "{bad:?}");
+        }
+    }
+}
