@@ -17,7 +17,7 @@ use crate::decide::vocabulary::Vocabulary;
 use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
 use crate::extract::tool_schemas::ToolSchemas;
 use crate::extract::{
-    self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router, routing,
+    self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
 };
 use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
 use crate::identity::session::SessionSeal;
@@ -375,13 +375,15 @@ impl<E: PolicyEngine> Pipeline<E> {
     async fn run(&self, input: &CheckInput, trace: &mut Trace) -> (Result<(), Refusal>, Dialect) {
         let path = extract::path_without_query(&input.path);
         // Envoy's route (its context extensions) decides; else agent-authz's own table.
-        let route = match routing::from_context_extensions(&input.context_extensions) {
-            Some(Ok(route)) => Some(route),
-            Some(Err(why)) => {
+        let route = match self
+            .router
+            .route(&input.context_extensions, &input.method, path)
+        {
+            Ok(route) => route,
+            Err(why) => {
                 let dialect = Dialect::Llm(Format::OpenaiChat);
                 return (Err(Refusal::RouteMisconfigured(why)), dialect);
             }
-            None => self.router.classify(Some(&input.method), path).cloned(),
         };
         trace.route = route.clone();
         // Early refusals are counted and answered under the route's dialect.

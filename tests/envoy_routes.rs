@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use agent_authz::extract::routing::{FORMAT_KEY, from_context_extensions};
+use agent_authz::extract::routing::{FORMAT_KEY, named_format};
 use serde_json::Value;
 
 /// Every `context_extensions` map anywhere in `value`.
@@ -44,7 +44,7 @@ fn shipped_envoy_routes_name_known_formats() {
         context_extensions(&config, &mut found);
         for ext in found.iter().filter(|e| e.contains_key(FORMAT_KEY)) {
             named += 1;
-            if let Some(Err(why)) = from_context_extensions(ext) {
+            if let Some(Err(why)) = named_format(ext) {
                 panic!("{}: {why}", file.display());
             }
         }
@@ -58,5 +58,5 @@ fn shipped_envoy_routes_name_known_formats() {
 #[test]
 fn a_typo_is_caught() {
     let ext = HashMap::from([(FORMAT_KEY.to_owned(), "openai-chat".to_owned())]);
-    assert!(matches!(from_context_extensions(&ext), Some(Err(_))));
+    assert!(matches!(named_format(&ext), Some(Err(_))));
 }

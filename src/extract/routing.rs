@@ -62,37 +62,61 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// The route Envoy's context extensions describe: `None` when they name no format (the
-/// request falls back to the table); `Err` when they describe a route that cannot be (an
-/// unknown format, an MCP route without a server): Envoy is misconfigured, and the request is
-/// refused rather than read in a guessed format.
-pub fn from_context_extensions(
-    extensions: &HashMap<String, String>,
-) -> Option<Result<RouteConfig, String>> {
+/// The format Envoy's context extensions name (`None`: they name none), or why it is not one.
+pub fn named_format(extensions: &HashMap<String, String>) -> Option<Result<Format, String>> {
     let name = extensions.get(FORMAT_KEY)?;
-    let Some(format) = Format::from_name(name) else {
-        return Some(Err(format!(
+    Some(Format::from_name(name).ok_or_else(|| {
+        format!(
             "Envoy route context_extensions name an unknown format {name:?} (known: {})",
             Format::ALL.map(Format::as_str).join(", ")
-        )));
-    };
-    let route = RouteConfig {
-        name: Some(
-            extensions
-                .get(ROUTE_NAME_KEY)
-                .cloned()
-                .unwrap_or_else(|| format!("envoy:{name}")),
-        ),
-        mcp_server: extensions.get(MCP_SERVER_KEY).cloned(),
-        resource_kind: extensions.get(RESOURCE_KIND_KEY).cloned(),
-        ..RouteConfig::new(format)
-    };
-    Some(
+        )
+    }))
+}
+
+impl Router {
+    /// The route a request is on: the one Envoy's context extensions describe when they name a
+    /// format, else the first of the table matching `method` and `path` (`Ok(None)`: none).
+    /// An MCP route whose extensions do not name its server takes the server (and resource
+    /// kind, and dry-run) from the table's MCP route for the path, so the server's name can
+    /// live in agent-authz's configuration. `Err` when the extensions describe a route that
+    /// cannot be (an unknown format, an MCP route without a server): Envoy is misconfigured,
+    /// and the request is refused rather than read in a guessed format.
+    pub fn route(
+        &self,
+        extensions: &HashMap<String, String>,
+        method: &str,
+        path: &str,
+    ) -> Result<Option<RouteConfig>, String> {
+        let format = match named_format(extensions) {
+            None => return Ok(self.classify(Some(method), path).cloned()),
+            Some(format) => format?,
+        };
+        let mut route = RouteConfig {
+            name: Some(
+                extensions
+                    .get(ROUTE_NAME_KEY)
+                    .cloned()
+                    .unwrap_or_else(|| format!("envoy:{}", format.as_str())),
+            ),
+            mcp_server: extensions.get(MCP_SERVER_KEY).cloned(),
+            resource_kind: extensions.get(RESOURCE_KIND_KEY).cloned(),
+            ..RouteConfig::new(format)
+        };
+        if format == Format::Mcp
+            && route.mcp_server.is_none()
+            && let Some(table) = self
+                .classify(Some(method), path)
+                .filter(|r| r.format == Format::Mcp)
+        {
+            route.mcp_server.clone_from(&table.mcp_server);
+            route.resource_kind = route.resource_kind.or(table.resource_kind.clone());
+            route.dry_run = table.dry_run;
+        }
         route
             .check()
-            .map(|()| route)
-            .map_err(|(key, why)| format!("Envoy route context_extensions: {key} {why}")),
-    )
+            .map_err(|(key, why)| format!("Envoy route context_extensions: {key} {why}"))?;
+        Ok(Some(route))
+    }
 }
 
 #[cfg(test)]
@@ -166,22 +190,47 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        assert!(from_context_extensions(&ext(&[("other", "x")])).is_none());
-        let route = from_context_extensions(&ext(&[("format", "mcp"), ("mcp_server", "crm")]))
+        let table = Router::new(&[RouteConfig {
+            mcp_server: Some("support".into()),
+            dry_run: true,
+            ..RouteConfig::prefix("/mcp", Format::Mcp)
+        }]);
+        let route = |e: &[(&str, &str)], path: &str| table.route(&ext(e), "POST", path);
+        let fallback = route(&[("other", "x")], "/mcp").unwrap().unwrap();
+        assert_eq!(
+            fallback.label(),
+            "/mcp",
+            "no format named: the table's route"
+        );
+        let named = route(&[("format", "mcp"), ("mcp_server", "crm")], "/mcp")
             .unwrap()
             .unwrap();
         assert_eq!(
-            (route.format, route.mcp_server.as_deref(), route.label()),
+            (named.format, named.mcp_server.as_deref(), named.label()),
             (Format::Mcp, Some("crm"), "envoy:mcp")
         );
-        let named = from_context_extensions(&ext(&[("format", "gemini"), ("route", "gemini")]));
-        assert_eq!(named.unwrap().unwrap().label(), "gemini");
-        for bad in [
-            ext(&[("format", "openai-chat")]),
-            ext(&[("format", "mcp")]),
-            ext(&[("format", "openai_chat"), ("mcp_server", "crm")]),
+        let server_from_table = route(&[("format", "mcp"), ("route", "mcp")], "/mcp/x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                server_from_table.mcp_server.as_deref(),
+                server_from_table.dry_run,
+                server_from_table.label()
+            ),
+            (Some("support"), true, "mcp")
+        );
+        let gemini = route(&[("format", "gemini")], "/v1/models/m:generateContent");
+        assert_eq!(gemini.unwrap().unwrap().format, Format::Gemini);
+        for (bad, path) in [
+            (&[("format", "openai-chat")][..], "/mcp"),
+            (&[("format", "mcp")][..], "/other"),
+            (
+                &[("format", "openai_chat"), ("mcp_server", "crm")][..],
+                "/mcp",
+            ),
         ] {
-            assert!(from_context_extensions(&bad).unwrap().is_err(), "{bad:?}");
+            assert!(route(bad, path).is_err(), "{bad:?} {path}");
         }
     }
 }
