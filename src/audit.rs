@@ -327,4 +327,28 @@ pub(crate) mod tests {
         let expected: Vec<String> = (0..500).map(|n| format!("\"d-{n}\"")).collect();
         assert_eq!(ids, expected);
     }
+
+    #[test]
+    fn the_writer_hands_every_record_to_the_console_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Arc::new(Ring::new(100, &crate::metrics::Metrics::new()));
+        let log = AuditLog::new(
+            &AuditConfig {
+                output: AuditOutput::File(dir.path().join("decisions.jsonl")),
+                ..AuditConfig::default()
+            },
+            Some(Arc::clone(&ring)),
+        )
+        .unwrap();
+        for n in 0..3 {
+            log.write(record(n));
+        }
+        drop(log);
+        let ids: Vec<String> = ring
+            .snapshot()
+            .iter()
+            .map(|e| e.record.decision_id.clone())
+            .collect();
+        assert_eq!(ids, ["d-0", "d-1", "d-2"]);
+    }
 }
