@@ -59,6 +59,9 @@ pub struct DecisionRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<String>,
     pub cerbos_call_ids: Vec<String>,
+    /// Time spent asking Cerbos (its round trips, or the verdict cache), when it was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cerbos_ms: Option<f64>,
     pub latency_ms: f64,
 }
 
@@ -299,6 +302,7 @@ pub(crate) mod tests {
             denied_tools: Vec::new(),
             hidden: Vec::new(),
             cerbos_call_ids: Vec::new(),
+            cerbos_ms: None,
             latency_ms: 0.1,
         }
     }

@@ -217,7 +217,10 @@ impl<E: PolicyEngine> Pipeline<E> {
         let answer = self.engine.check(principal, checks, request_id).await;
         let error = answer.as_ref().err().map(DecideError::label);
         self.metrics.observe_cerbos(asked.elapsed(), error);
-        answer
+        answer.map(|decision| Decision {
+            engine_ms: Some(asked.elapsed().as_secs_f64() * 1000.0),
+            ..decision
+        })
     }
 
     /// Readiness: signing keys loaded, and Cerbos answering.
@@ -740,6 +743,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             .collect();
         record.hidden = hidden.clone();
         record.cerbos_call_ids = decision.call_ids;
+        record.cerbos_ms = decision.engine_ms;
         record.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.audit.write(record);
         self.metrics.count_removed("hide", hidden.len());
@@ -786,6 +790,7 @@ fn leg_record(
         denied_tools: Vec::new(),
         hidden: Vec::new(),
         cerbos_call_ids: Vec::new(),
+        cerbos_ms: None,
         latency_ms: 0.0,
     }
 }
@@ -919,6 +924,7 @@ fn record(
         denied_tools: trace.denied_tools,
         hidden: Vec::new(),
         cerbos_call_ids: trace.decision.call_ids,
+        cerbos_ms: trace.decision.engine_ms,
         latency_ms: trace.started.elapsed().as_secs_f64() * 1000.0,
     }
 }

@@ -248,6 +248,7 @@ async fn denied_tools_reject_or_pass_as_configured() {
     // Both halves of the tool decision, and the model, are on record (the console lists them).
     assert_eq!(h.log()[0]["allowed_tools"], json!(["get_weather"]));
     assert_eq!(h.log()[0]["model"], "gpt-4o-mini");
+    assert!(h.log()[0]["cerbos_ms"].as_f64().is_some());
 
     // A denied model still refuses in pass mode, and is named first.
     let (status, body) = denial(
@@ -922,6 +923,7 @@ impl PolicyEngine for WithOutputs {
         Ok(Decision {
             verdicts,
             call_ids: vec![],
+            engine_ms: None,
         })
     }
 }

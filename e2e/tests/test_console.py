@@ -141,6 +141,7 @@ def test_a_decision_page_shows_the_judged_arguments_and_the_stripped_tools(audit
     assert '"amount_cents": 250000' in arguments and '"ticket_id": "T-100"' in arguments
     for call_id in driven["refund"]["cerbos_call_ids"]:
         assert call_id in body
+    assert driven["refund"]["cerbos_ms"] > 0 and "Cerbos time" in body
     page.screenshot(path=str(shots / "console-decision.png"), full_page=True)
 
     page.goto(f"{console_url}?decision={driven['stripped']['decision_id']}")

@@ -1,6 +1,6 @@
 //! Aggregates for the console's overview charts, computed from the retained (filtered)
 //! records on request: decisions per minute by effect, check latency and Cerbos failures per
-//! minute, and who and what was refused most.
+//! minute, Cerbos' own latency, and who and what was refused most.
 
 use std::collections::HashMap;
 
@@ -26,6 +26,9 @@ pub struct Minute {
     /// Median and 95th percentile of the time to judge a request, Cerbos included.
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
+    /// The same for the time spent asking Cerbos (its round trips, or the verdict cache).
+    pub cerbos_p50_ms: f64,
+    pub cerbos_p95_ms: f64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -48,6 +51,7 @@ impl Overview {
             })
             .collect();
         let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); MINUTES as usize];
+        let mut cerbos: Vec<Vec<f64>> = vec![Vec::new(); MINUTES as usize];
         let (mut principals, mut tools, mut models) =
             (HashMap::new(), HashMap::new(), HashMap::new());
         let mut records = 0;
@@ -60,10 +64,12 @@ impl Overview {
                 .filter(|i| *i < MINUTES)
             {
                 let m = &mut minutes[i as usize];
-                match (denied, r.denied_tools.is_empty()) {
-                    (true, _) => m.deny += 1,
-                    (false, true) => m.allow += 1,
-                    (false, false) => m.stripped += 1,
+                // A decision is its request record; `strip` and `response` records follow it.
+                match (r.phase == "request", denied, r.denied_tools.is_empty()) {
+                    (false, _, _) => {}
+                    (true, true, _) => m.deny += 1,
+                    (true, false, true) => m.allow += 1,
+                    (true, false, false) => m.stripped += 1,
                 }
                 if r.refusal == Some("policy_unavailable") {
                     m.cerbos_errors += 1;
@@ -71,11 +77,20 @@ impl Overview {
                 if r.phase == "request" {
                     latencies[i as usize].push(r.latency_ms);
                 }
+                if let Some(ms) = r.cerbos_ms {
+                    cerbos[i as usize].push(ms);
+                }
             }
             if denied && let Some(p) = &r.principal {
                 *principals.entry(p.id.clone()).or_insert(0) += 1;
             }
-            for tool in r.denied_tools.iter().chain(&r.hidden) {
+            // The `strip` record repeats its request's denied tools: counted once.
+            let denied_tools = if r.phase == "strip" {
+                &[][..]
+            } else {
+                &r.denied_tools[..]
+            };
+            for tool in denied_tools.iter().chain(&r.hidden) {
                 *tools.entry(tool.clone()).or_insert(0) += 1;
             }
             for resource in r.resources.iter().filter(|x| !x.effect.allows()) {
@@ -89,10 +104,13 @@ impl Overview {
                 }
             }
         }
-        for (minute, mut values) in minutes.iter_mut().zip(latencies) {
-            values.sort_by(f64::total_cmp);
-            minute.latency_p50_ms = percentile(&values, 0.50);
-            minute.latency_p95_ms = percentile(&values, 0.95);
+        for ((minute, mut checks), mut asks) in minutes.iter_mut().zip(latencies).zip(cerbos) {
+            checks.sort_by(f64::total_cmp);
+            asks.sort_by(f64::total_cmp);
+            minute.latency_p50_ms = percentile(&checks, 0.50);
+            minute.latency_p95_ms = percentile(&checks, 0.95);
+            minute.cerbos_p50_ms = percentile(&asks, 0.50);
+            minute.cerbos_p95_ms = percentile(&asks, 0.95);
         }
         Overview {
             records,
@@ -174,22 +192,31 @@ mod tests {
             entry(NOW, denial_of("bob", "o1")),
             entry(NOW - 60_000, denial_of("eve", "gpt-4o")),
             entry(NOW, |r| r.denied_tools = vec!["shell".into()]),
-            entry(NOW, |r| r.latency_ms = 7.0),
+            entry(NOW, |r| {
+                r.latency_ms = 7.0;
+                r.cerbos_ms = Some(4.0);
+            }),
             entry(NOW, |r| {
                 r.effect = "deny";
                 r.refusal = Some("policy_unavailable");
+            }),
+            // The ext_proc leg's confirmation of a strip: not a second decision.
+            entry(NOW, |r| {
+                r.phase = "strip";
+                r.denied_tools = vec!["shell".into()];
             }),
             // Outside the charted half hour: still in the top lists.
             entry(NOW - 3_600_000, denial_of("bob", "o1")),
         ];
         let o = Overview::of(entries.iter(), NOW);
-        assert_eq!(o.records, 7);
+        assert_eq!(o.records, 8);
         assert_eq!(o.per_minute.len(), 30);
         let last = o.per_minute.last().unwrap();
         assert_eq!(last.start_ms, NOW / 60_000 * 60_000);
         assert_eq!((last.allow, last.deny, last.stripped), (1, 3, 1));
         assert_eq!(last.cerbos_errors, 1);
         assert_eq!(last.latency_p95_ms, 7.0);
+        assert_eq!((last.cerbos_p50_ms, last.cerbos_p95_ms), (4.0, 4.0));
         assert_eq!(o.per_minute[28].deny, 1);
         assert_eq!(
             o.top_denied_principals,

@@ -193,7 +193,11 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| DecideError::Protocol("missing verdict".into()))?;
-        Ok(Decision { verdicts, call_ids })
+        Ok(Decision {
+            verdicts,
+            call_ids,
+            engine_ms: None,
+        })
     }
 
     fn ready(&self) -> impl std::future::Future<Output = bool> + Send {

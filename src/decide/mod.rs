@@ -161,6 +161,8 @@ pub struct Decision {
     pub verdicts: Vec<Verdict>,
     /// Cerbos' call ids (one per CheckResources call), for joining with its audit log.
     pub call_ids: Vec<String>,
+    /// How long the engine took to answer (cache included), set by the pipeline that asked.
+    pub engine_ms: Option<f64>,
 }
 
 #[cfg(test)]
@@ -185,6 +187,7 @@ impl Decision {
         Decision {
             verdicts,
             call_ids: vec!["call-1".into()],
+            engine_ms: None,
         }
     }
 }

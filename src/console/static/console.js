@@ -237,7 +237,8 @@ function recordBlock(r) {
     el("p", {}, el("strong", {}, "Reason: "), r.reason),
     facts([["time", r.time], ["status", r.status], ["refusal", r.refusal], ["request id", r.request_id],
       ["decision id", r.decision_id], ["trace id", r.trace_id], ["Cerbos call ids", (r.cerbos_call_ids || []).join(", ")],
-      ["latency", `${Number(r.latency_ms).toFixed(2)} ms`], ["method", r.method], ["path", r.path],
+      ["latency", `${Number(r.latency_ms).toFixed(2)} ms`],
+      ["Cerbos time", r.cerbos_ms != null ? `${Number(r.cerbos_ms).toFixed(2)} ms` : ""], ["method", r.method], ["path", r.path],
       ["route", r.route], ["format", r.format], ["model", r.model]]),
     el("h3", {}, "Principal"),
     r.principal
@@ -266,7 +267,10 @@ async function showDetail(id) {
 
 // ---------------------------------------------------------------- overview
 
-const COLOURS = { allow: "#2da44e", stripped: "#bf8700", deny: "#cf222e", p50: "#0969da", p95: "#8250df", errors: "#cf222e" };
+const COLOURS = {
+  allow: "#2da44e", stripped: "#bf8700", deny: "#cf222e", cerbos_errors: "#cf222e",
+  latency_p50_ms: "#0969da", latency_p95_ms: "#8250df", cerbos_p50_ms: "#1a7f37", cerbos_p95_ms: "#9a6700",
+};
 
 function legend(keys) {
   return el("div", { class: "legend" }, keys.map(([k, label]) => el("span", {}, el("i", { class: `key-${k}` }), label)));
@@ -287,7 +291,7 @@ function perMinute(title, minutes, keys, unit) {
     const stacked = keys[0] !== "latency_p50_ms";
     for (const k of keys) {
       const h = (m[k] / max) * (H - 16);
-      const colour = COLOURS[k.replace("latency_", "").replace("_ms", "").replace("cerbos_", "")];
+      const colour = COLOURS[k];
       const top = stacked ? y - h : H - h;
       const x = pad + i * bw + (stacked ? 1 : (keys.indexOf(k) * bw) / keys.length);
       const w = stacked ? bw - 2 : bw / keys.length - 1;
@@ -320,10 +324,11 @@ async function showOverview() {
   $("overview-body").replaceChildren(
     el("div", { class: "chart" }, el("h3", {}, "Decisions per minute"), perMinute("Decisions per minute", o.per_minute, ["allow", "stripped", "deny"], ""),
       legend([["allow", "allow"], ["stripped", "stripped"], ["deny", "deny"]])),
-    el("div", { class: "chart" }, el("h3", {}, "Check latency (Cerbos included)"), perMinute("Check latency", o.per_minute, ["latency_p50_ms", "latency_p95_ms"], " ms"),
-      legend([["p50", "p50"], ["p95", "p95"]])),
+    el("div", { class: "chart" }, el("h3", {}, "Latency: whole check, and Cerbos"),
+      perMinute("Latency", o.per_minute, ["latency_p50_ms", "latency_p95_ms", "cerbos_p50_ms", "cerbos_p95_ms"], " ms"),
+      legend([["latency_p50_ms", "check p50"], ["latency_p95_ms", "check p95"], ["cerbos_p50_ms", "Cerbos p50"], ["cerbos_p95_ms", "Cerbos p95"]])),
     el("div", { class: "chart" }, el("h3", {}, "Cerbos errors per minute"), perMinute("Cerbos errors per minute", o.per_minute, ["cerbos_errors"], ""),
-      legend([["errors", "requests refused: Cerbos unavailable"]])),
+      legend([["cerbos_errors", "requests refused: Cerbos unavailable"]])),
     topList("Top denied principals", o.top_denied_principals),
     topList("Top denied or stripped tools", o.top_denied_tools),
     topList("Top denied models", o.top_denied_models));
