@@ -55,6 +55,13 @@ pub struct Config {
     /// With `denied_tools: strip`, what happens when `tool_choice` forces a denied tool.
     #[serde(default)]
     pub forced_denied_tool: ForcedDeniedTool,
+    /// Judge the tool calls a model's answer carries before the agent runs them (the ext_proc
+    /// leg reads the answers of allowed LLM requests); routes may override it.
+    #[serde(default)]
+    pub model_tool_calls: ModelToolCalls,
+    /// With `model_tool_calls: judge`, what a denied call becomes in the answer.
+    #[serde(default)]
+    pub denied_tool_call: DeniedToolCall,
     /// Names sent to Cerbos (resource kinds and actions).
     #[serde(default)]
     pub vocabulary: VocabularyConfig,
@@ -620,6 +627,45 @@ pub struct RouteConfig {
     /// Dry-run for this route only (see the top-level `dry_run`).
     #[serde(default)]
     pub dry_run: bool,
+    /// Overrides the top-level `model_tool_calls` for this route.
+    #[serde(default)]
+    pub model_tool_calls: Option<ModelToolCalls>,
+}
+
+/// Whether the tool calls in a model's answer are judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelToolCalls {
+    /// Answers pass unread.
+    #[default]
+    Off,
+    /// Every tool call in the answer is judged (kind `tool_kind`, action `tool_call_action`);
+    /// a denied call never reaches the client.
+    Judge,
+}
+
+/// What a denied tool call becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeniedToolCall {
+    /// The call is removed; an answer left without calls ends as an ordinary assistant answer
+    /// saying which call was refused and why.
+    #[default]
+    Remove,
+    /// The answer becomes the provider's own error (an error event once a stream has started).
+    Error,
+}
+
+impl Format {
+    /// Whether the ext_proc leg can read this format's answers for tool calls.
+    pub fn reads_tool_calls(self) -> bool {
+        matches!(self, Format::OpenaiChat)
+    }
+
+    /// Whether this format's answers are a model's (and may carry tool calls).
+    pub fn answers_with_tool_calls(self) -> bool {
+        !matches!(self, Format::Mcp | Format::OpenaiModels)
+    }
 }
 
 /// A `safe_regex` route match, compiled when the configuration is read (a bad expression is a
@@ -656,6 +702,7 @@ impl RouteConfig {
             mcp_server: None,
             resource_kind: None,
             dry_run: false,
+            model_tool_calls: None,
         }
     }
 
@@ -806,6 +853,9 @@ pub struct VocabularyConfig {
     pub tool_kind: String,
     #[serde(default = "default_tool_action")]
     pub tool_action: String,
+    /// Action for a tool call a model emits (`model_tool_calls: judge`), with `{tool}`.
+    #[serde(default = "default_tool_call_action")]
+    pub tool_call_action: String,
     #[serde(default = "default_mcp_kind")]
     pub mcp_kind: String,
     /// Action for `tools/call`; the preset decides the default.
@@ -833,6 +883,7 @@ impl Default for VocabularyConfig {
             model_action: default_model_action(),
             tool_kind: default_tool_kind(),
             tool_action: default_tool_action(),
+            tool_call_action: default_tool_call_action(),
             mcp_kind: default_mcp_kind(),
             mcp_tool_call_action: None,
             mcp_connect_action: default_mcp_connect_action(),
@@ -891,6 +942,9 @@ fn default_tool_kind() -> String {
 }
 fn default_tool_action() -> String {
     "expose".to_owned()
+}
+fn default_tool_call_action() -> String {
+    "tools/call/{tool}".to_owned()
 }
 fn default_mcp_kind() -> String {
     "mcp_server".to_owned()
@@ -1077,6 +1131,20 @@ impl Config {
             route
                 .check()
                 .map_err(|(key, why)| (format!("routes[{i}].{key}"), why))?;
+            // A format whose answers the leg cannot read would pass its calls unjudged.
+            let judged = route.model_tool_calls.unwrap_or(self.model_tool_calls);
+            if judged == ModelToolCalls::Judge
+                && route.format.answers_with_tool_calls()
+                && !route.format.reads_tool_calls()
+            {
+                return Err((
+                    format!("routes[{i}].model_tool_calls"),
+                    format!(
+                        "judge is not supported for {} answers yet: set model_tool_calls: off on this route",
+                        route.format.as_str()
+                    ),
+                ));
+            }
         }
         for (key, paths) in [
             ("audit.mask", &self.audit.mask),
@@ -1115,6 +1183,9 @@ impl Config {
             if value.is_empty() {
                 return bad(key, "must not be empty");
             }
+        }
+        if !self.vocabulary.tool_call_action.contains("{tool}") {
+            return bad("vocabulary.tool_call_action", "must contain {tool}");
         }
         if !self
             .vocabulary

@@ -39,6 +39,10 @@ pub struct Handoff {
     /// Set for a model listing whose answer must be filtered: the route prefix.
     #[serde(default)]
     pub models_list: Option<String>,
+    /// Set when the tool calls in the model's answer must be judged (`model_tool_calls:
+    /// judge` on the route): the model the request invoked (attribute `model`).
+    #[serde(default)]
+    pub judge_tool_calls: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,9 +67,9 @@ pub struct ToolsListHandoff {
 }
 
 impl Handoff {
-    /// Whether the ext_proc leg rewrites the answer (a listing to filter).
+    /// Whether the ext_proc leg rewrites the answer (a listing to filter, tool calls to judge).
     pub fn filters_answer(&self) -> bool {
-        self.tools_list.is_some() || self.models_list.is_some()
+        self.tools_list.is_some() || self.models_list.is_some() || self.judge_tool_calls.is_some()
     }
 
     /// The metadata value: the handoff as its JSON text.

@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, now_rfc3339};
 use crate::config::{
-    Config, DeniedTools, ForcedDeniedTool, Format, RouteConfig, SessionBinding, UnclassifiedRoutes,
+    Config, DeniedToolCall, DeniedTools, ForcedDeniedTool, Format, ModelToolCalls, RouteConfig,
+    SessionBinding, UnclassifiedRoutes,
 };
 use crate::decide::vocabulary::Vocabulary;
 use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
@@ -26,6 +27,7 @@ use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
 use crate::redact::Redaction;
 use crate::respond::Outcome;
 use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};
+use crate::respond::tool_calls::ToolCall;
 use crate::telemetry;
 
 /// Header telling the upstream who was authorised.
@@ -70,6 +72,8 @@ pub struct Pipeline<E> {
     denied_tools: DeniedTools,
     forced_denied_tool: ForcedDeniedTool,
     denied_tools_header: bool,
+    model_tool_calls: ModelToolCalls,
+    denied_tool_call: DeniedToolCall,
     output_headers: bool,
     max_body_bytes: usize,
     max_list_response_bytes: usize,
@@ -120,6 +124,8 @@ impl<E: PolicyEngine> Pipeline<E> {
             denied_tools: config.denied_tools,
             forced_denied_tool: config.forced_denied_tool,
             denied_tools_header: config.denied_tools_response_header,
+            model_tool_calls: config.model_tool_calls,
+            denied_tool_call: config.denied_tool_call,
             output_headers: config.cerbos.output_headers,
             max_body_bytes: config.server.max_request_bytes,
             max_list_response_bytes: config.mcp.max_list_response_bytes,
@@ -647,6 +653,16 @@ impl<E: PolicyEngine> Pipeline<E> {
                 (Some(AgentRequest::ModelList), Some(route)) => Some(route.label().to_owned()),
                 _ => None,
             },
+            judge_tool_calls: match (&trace.request, &trace.route, trace.format) {
+                (Some(AgentRequest::Llm(llm)), Some(route), Some(format))
+                    if route.model_tool_calls.unwrap_or(self.model_tool_calls)
+                        == ModelToolCalls::Judge
+                        && format.answers_with_tool_calls() =>
+                {
+                    Some(llm.model.clone())
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -692,6 +708,111 @@ impl<E: PolicyEngine> Pipeline<E> {
             "the model list",
         )
         .await
+    }
+
+    /// Judges the tool calls of one model answer in one Cerbos request (phase `response` of
+    /// the request's decision). For each call, in order: `None` when it may be released, or
+    /// why not. Arguments that cannot be read are refused without asking; when Cerbos cannot
+    /// answer, every call is refused (withheld, never released unjudged).
+    pub async fn judge_tool_calls(
+        &self,
+        handoff: &Handoff,
+        path: &str,
+        calls: &[ToolCall],
+    ) -> Vec<Option<String>> {
+        let started = Instant::now();
+        let principal = Principal::from(handoff.principal.clone());
+        let model = handoff.judge_tool_calls.clone().unwrap_or_default();
+        let format = handoff.format.unwrap_or(Format::OpenaiChat);
+        let mut refusals: Vec<Option<String>> = Vec::with_capacity(calls.len());
+        let mut checks = Vec::new();
+        let mut unread = Vec::new();
+        for call in calls {
+            let arguments = call
+                .arguments
+                .as_ref()
+                .map_or_else(|_| Map::new(), Clone::clone);
+            let mut check = self
+                .vocabulary
+                .model_tool_call_check(&model, format, &call.name, &call.kind, arguments);
+            if let Some(arguments) = check.attr.get_mut("arguments") {
+                self.redaction.arguments(arguments);
+            }
+            match &call.arguments {
+                Ok(_) => checks.push(check),
+                Err(why) => unread.push(crate::decide::Verdict {
+                    check,
+                    effect: crate::decide::Effect::Deny,
+                    policy: None,
+                    outputs: vec![("agent-authz".to_owned(), Value::String(why.clone()))],
+                    derived_roles: Vec::new(),
+                }),
+            }
+        }
+        let asked = if checks.is_empty() {
+            Ok(Decision::default())
+        } else {
+            self.ask(&principal, checks, &handoff.request_id).await
+        };
+        let mut record = leg_record(handoff, "response", path, Some(format));
+        record.principal = Some(PrincipalRecord::from(principal));
+        record.method = "POST".to_owned();
+        record.model = Some(model);
+        let mut verdicts = Vec::new();
+        match asked {
+            Ok(decision) => {
+                record.cerbos_call_ids = decision.call_ids;
+                let mut asked = decision.verdicts.into_iter();
+                let mut unread = unread.into_iter();
+                for call in calls {
+                    let verdict = if call.arguments.is_ok() {
+                        asked.next()
+                    } else {
+                        unread.next()
+                    };
+                    let Some(verdict) = verdict else {
+                        refusals.push(Some("no decision for it".to_owned()));
+                        continue;
+                    };
+                    refusals.push((!verdict.effect.allows()).then(|| verdict.reason()));
+                    verdicts.push(verdict);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tool calls withheld: the policy service did not answer");
+                record.effect = "deny";
+                refusals = vec![
+                    Some(
+                        "the policy service could not be reached, so it was withheld".to_owned()
+                    );
+                    calls.len()
+                ];
+            }
+        }
+        let refused: Vec<String> = calls
+            .iter()
+            .zip(&refusals)
+            .filter(|(_, r)| r.is_some())
+            .map(|(c, _)| c.name.clone())
+            .collect();
+        record.reason = match (&record.effect, refused.is_empty()) {
+            (&"deny", _) => "tool calls withheld: the policy service did not answer".to_owned(),
+            (_, true) => "every tool call in the answer is allowed".to_owned(),
+            (_, false) => format!(
+                "tool calls withheld from the answer: {}",
+                refused.join(", ")
+            ),
+        };
+        record.resources = verdicts.into_iter().map(ResourceRecord::from).collect();
+        record.denied_tools = refused.clone();
+        record.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.audit.write(record);
+        self.metrics.count_removed("tool_call", refused.len());
+        refusals
+    }
+
+    pub fn denied_tool_call(&self) -> DeniedToolCall {
+        self.denied_tool_call
     }
 
     /// Records that the ext_proc leg removed the denied tools ext_authz named (phase `strip`,

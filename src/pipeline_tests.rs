@@ -50,7 +50,7 @@ fn demo_rules(p: &Principal, c: &ResourceCheck) -> bool {
         ("llm_model", "invoke") => c.id == "gpt-4o-mini",
         ("llm_tool", "expose") => c.id == "get_weather",
         ("mcp_server", "connect") => true,
-        ("mcp_server", "tools/call/refund") => {
+        ("mcp_server" | "llm_tool", "tools/call/refund") => {
             let args = &c.attr["arguments"];
             args["ticket_id"] == p.attr["assigned_ticket"]
                 && args["amount_cents"].as_f64() <= p.attr["refund_limit_cents"].as_f64()
@@ -1031,4 +1031,129 @@ async fn a_denied_tool_no_leg_can_strip_refuses_the_request_in_strip_mode() {
             .await,
         Outcome::Allow { .. }
     ));
+}
+
+fn emitted(name: &str, arguments: &str) -> crate::respond::tool_calls::ToolCall {
+    crate::respond::tool_calls::ToolCall::from_text(name, "function", arguments)
+}
+
+#[tokio::test]
+async fn judged_routes_hand_the_model_to_ext_proc_and_ask_for_a_readable_answer() {
+    let mut req = input("/v1/chat/completions", chat("gpt-4o-mini", &[]), alice());
+    req.headers
+        .insert("accept-encoding".to_owned(), "gzip".to_owned());
+    let h = Harness::new("").await;
+    assert_eq!(
+        handoff_of(&h.pipeline.check(req.clone()).await).judge_tool_calls,
+        None
+    );
+    let h = Harness::new("model_tool_calls: judge\n").await;
+    let outcome = h.pipeline.check(req).await;
+    assert_eq!(
+        handoff_of(&outcome).judge_tool_calls.as_deref(),
+        Some("gpt-4o-mini")
+    );
+    let Outcome::Allow { remove_headers, .. } = outcome else {
+        unreachable!()
+    };
+    assert!(remove_headers.contains(&"accept-encoding".to_owned()));
+}
+
+#[tokio::test]
+async fn an_answers_tool_calls_are_judged_with_their_arguments_in_one_request() {
+    let h = Harness::new("model_tool_calls: judge\n").await;
+    let handoff = handoff_of(
+        &h.pipeline
+            .check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o-mini", &[]),
+                alice(),
+            ))
+            .await,
+    );
+    let before = h.engine_calls();
+    let calls = [
+        emitted("refund", r#"{"ticket_id":"T-100","amount_cents":500}"#),
+        emitted("refund", r#"{"ticket_id":"T-999","amount_cents":999999}"#),
+        emitted("refund", "not json"),
+    ];
+    let refusals = h
+        .pipeline
+        .judge_tool_calls(&handoff, "/v1/chat/completions", &calls)
+        .await;
+    assert_eq!(
+        h.engine_calls(),
+        before + 1,
+        "one Cerbos request for the answer"
+    );
+    assert_eq!(refusals[0], None);
+    assert!(refusals[1].is_some());
+    assert_eq!(
+        refusals[2].as_deref(),
+        Some("its arguments are not valid JSON")
+    );
+    let seen = h.pipeline.engine.seen.lock().unwrap().clone();
+    let judged = seen.iter().rev().take(2).collect::<Vec<_>>();
+    assert!(
+        judged
+            .iter()
+            .all(|c| c.kind == "llm_tool" && c.action == "tools/call/refund")
+    );
+    assert_eq!(judged[0].attr["arguments"]["amount_cents"], json!(999999));
+    assert_eq!(judged[0].attr["model"], "gpt-4o-mini");
+    assert_eq!(judged[0].attr["format"], "openai_chat");
+    assert_eq!(judged[0].attr["type"], "function");
+    let log = h.log();
+    let response = log.iter().find(|r| r["phase"] == "response").unwrap();
+    assert_eq!(response["decision_id"], handoff.decision_id);
+    assert_eq!(response["request_id"], "req-1");
+    assert_eq!(response["resources"].as_array().unwrap().len(), 3);
+    assert_eq!(response["denied_tools"], json!(["refund", "refund"]));
+}
+
+#[tokio::test]
+async fn tool_calls_are_withheld_when_cerbos_cannot_answer() {
+    let h = Harness::new("model_tool_calls: judge\n").await;
+    let handoff = handoff_of(
+        &h.pipeline
+            .check(input(
+                "/v1/chat/completions",
+                chat("gpt-4o-mini", &[]),
+                alice(),
+            ))
+            .await,
+    );
+    let down = Harness::with_engine(
+        "model_tool_calls: judge\n",
+        Some(DecideError::Unavailable("connection refused".into())),
+    )
+    .await;
+    let refusals = down
+        .pipeline
+        .judge_tool_calls(
+            &handoff,
+            "/v1/chat/completions",
+            &[emitted("get_weather", "{}")],
+        )
+        .await;
+    assert!(
+        refusals[0]
+            .as_deref()
+            .unwrap()
+            .contains("could not be reached")
+    );
+    let log = down.log();
+    assert_eq!(log.last().unwrap()["effect"], "deny");
+}
+
+#[test]
+fn judging_a_format_the_leg_cannot_read_is_refused_at_load() {
+    let base = "identity: {source: envoy_jwt_authn}\nmodel_tool_calls: judge\nroutes:\n";
+    let err =
+        Config::parse(&format!("{base}  - {{path_prefix: /g, format: gemini}}\n")).unwrap_err();
+    assert_eq!(err.0, "routes[0].model_tool_calls");
+    Config::parse(&format!(
+        "{base}  - {{path_prefix: /g, format: gemini, model_tool_calls: off}}\n  - {{path_prefix: /v1/chat/completions, format: openai_chat}}\n  - {{path_prefix: /mcp, format: mcp, mcp_server: s}}\n"
+    ))
+    .unwrap();
 }

@@ -89,6 +89,26 @@ impl Vocabulary {
             .collect()
     }
 
+    /// The check for one tool call a model emitted: the tool, called with these arguments.
+    pub fn model_tool_call_check(
+        &self,
+        model: &str,
+        format: Format,
+        name: &str,
+        kind: &str,
+        arguments: Map<String, Value>,
+    ) -> ResourceCheck {
+        ResourceCheck {
+            kind: self.config.tool_kind.clone(),
+            id: name.to_owned(),
+            action: self.config.tool_call_action.replace("{tool}", name),
+            attr: object(json!({
+                "model": model, "format": format.as_str(), "type": kind, "arguments": arguments
+            })),
+            subject: Subject::Tool(name.to_owned()),
+        }
+    }
+
     /// The resource kind of an MCP route's server.
     pub fn mcp_kind(&self, route: &RouteConfig) -> String {
         route

@@ -34,6 +34,7 @@ use tonic::{Response, Status, Streaming};
 
 use super::ext_authz::struct_to_json;
 use super::processing_request::{Phase, ProcessingRequest};
+use super::tool_calls;
 use crate::config::Format;
 use crate::decide::PolicyEngine;
 use crate::extract::dialect;
@@ -122,6 +123,8 @@ enum ResponseFilter {
     /// Streamable HTTP stream carries no answers (resumptions aside, which are filtered from
     /// the start) and is released.
     Probe(sse::EventSplitter),
+    /// A model's answer whose tool calls are judged ([`tool_calls`]).
+    ToolCalls(Box<tool_calls::Judged>),
 }
 
 impl Exchange {
@@ -287,31 +290,68 @@ impl Exchange {
         pipeline: &Pipeline<E>,
         headers: &HttpHeaders,
     ) -> ProcessingResponse {
-        let listing = self.handoff.as_ref().is_some_and(Handoff::filters_answer);
+        let filtered = self.handoff.as_ref().is_some_and(Handoff::filters_answer);
         let ok = header(headers, ":status").as_deref() == Some("200");
         // ext_authz asked for this answer uncompressed; one that is encoded anyway cannot be
-        // read, so it is not passed on (a client would decode it and see every item).
+        // read, so it is not passed on (a client would decode it and see every item or call).
         if let Some(encoding) = header(headers, "content-encoding").filter(|e| {
-            listing && !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity")
+            filtered && !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity")
         }) {
             tracing::error!(
                 encoding,
-                "a listing answer arrived compressed and cannot be filtered; refused"
+                "an answer to filter arrived compressed and cannot be read; refused"
             );
             return immediate(
                 502,
-                "agent-authz: the upstream answered with a compressed listing, which cannot be filtered",
+                "agent-authz: the upstream answered compressed, and this answer must be read",
             );
         }
         let content_type = header(headers, "content-type")
             .unwrap_or_default()
             .to_ascii_lowercase();
+        let judging = self
+            .handoff
+            .as_ref()
+            .filter(|h| h.judge_tool_calls.is_some() && ok && !headers.end_of_stream)
+            .map(|h| h.format.unwrap_or(Format::OpenaiChat));
+        let judged = match judging {
+            Some(format) => match tool_calls::Judged::new(
+                format,
+                &content_type,
+                pipeline.max_list_response_bytes(),
+                pipeline.denied_tool_call(),
+            ) {
+                Ok(judged) => judged,
+                // A route Envoy names (context extensions) may speak a format whose answers
+                // are not read yet: its calls are not passed unjudged.
+                Err(tool_calls::Unread(format)) => {
+                    tracing::error!(
+                        format = format.as_str(),
+                        "model_tool_calls: judge on a format whose answers cannot be read; refused"
+                    );
+                    return immediate(
+                        502,
+                        "agent-authz: tool calls in this answer format cannot be judged",
+                    );
+                }
+            },
+            None => None,
+        };
+        let listing = filtered
+            && self
+                .handoff
+                .as_ref()
+                .is_some_and(|h| h.judge_tool_calls.is_none());
         self.response = match (
             listing && ok && !headers.end_of_stream,
             content_type.as_str(),
+            judged,
         ) {
-            (true, ct) if ct.starts_with("application/json") => ResponseFilter::Json(Vec::new()),
-            (true, ct) if ct.starts_with("text/event-stream") => {
+            (_, _, Some(judged)) => ResponseFilter::ToolCalls(Box::new(judged)),
+            (true, ct, None) if ct.starts_with("application/json") => {
+                ResponseFilter::Json(Vec::new())
+            }
+            (true, ct, None) if ct.starts_with("text/event-stream") => {
                 let splitter = sse::EventSplitter::new(pipeline.max_list_response_bytes());
                 if self.probes_transport() {
                     ResponseFilter::Probe(splitter)
@@ -386,6 +426,17 @@ impl Exchange {
         }
         let output = match &mut self.response {
             ResponseFilter::Pass => return Ok(reply(Reply::ResponseBody(BodyResponse::default()))),
+            ResponseFilter::ToolCalls(judged) => {
+                let Some(handoff) = &self.handoff else {
+                    return Err(Status::internal("no decision to judge the answer by"));
+                };
+                // An answer that cannot be read is not passed on: its calls would go unjudged.
+                return judged
+                    .chunk(pipeline, handoff, &self.path, &chunk, end_of_stream)
+                    .await
+                    .map(|out| body_reply(Some(out)))
+                    .map_err(|e| Status::internal(format!("the answer cannot be judged: {e}")));
+            }
             ResponseFilter::Json(buffer) => {
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() > limit {
@@ -646,6 +697,7 @@ mod tests {
             },
             strip_tools: strip.iter().map(|s| s.to_string()).collect(),
             models_list: None,
+            judge_tool_calls: None,
             tools_list: list_id.map(|id| ToolsListHandoff {
                 request_ids: vec![id.to_string()],
                 server: "support".into(),
@@ -1114,5 +1166,70 @@ mod tests {
             .unwrap();
         let want = [&b"event: message\ndata: "[..], FILTERED, b"\n\n"].concat();
         assert_eq!(mutated_body(&r).unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn a_judged_answer_loses_its_denied_calls_and_keeps_the_stream_open() {
+        let p = pipeline().await;
+        let mut h = handoff(&[], None);
+        h.judge_tool_calls = Some("m".into());
+        let (mut x, _) = opened(&p, "/v1/chat/completions", &h).await;
+        assert!(!x.finished, "the answer is still to be judged");
+        let answer = [(":status", "200"), ("content-type", "text/event-stream")];
+        x.handle(&p, headers(Phase::ResponseHeaders, &answer, None))
+            .await
+            .unwrap();
+        assert!(!x.finished);
+        let call = |i: u64, name: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "id": name, "type": "function", "function": {"name": name, "arguments": "{}"}}]}, "finish_reason": null}]})
+            )
+        };
+        let stream = [
+            call(0, "delete_repo"),
+            call(1, "get_weather"),
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+            ),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        let (a, b) = stream.split_at(40);
+        let mut out = Vec::new();
+        for (chunk, last) in [(a, false), (b, true)] {
+            let r = x
+                .handle(&p, body(Phase::ResponseBody, chunk.as_bytes(), last))
+                .await
+                .unwrap();
+            out.extend(mutated_body(&r).unwrap());
+        }
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("delete_repo"), "{out}");
+        assert!(out.contains(r#""index":0,"id":"get_weather""#), "{out}");
+        assert!(x.finished);
+        let log = p.audit_lines();
+        let judged = log.iter().find(|r| r["phase"] == "response").unwrap();
+        assert_eq!(judged["decision_id"], "d-1");
+        assert_eq!(judged["denied_tools"], json!(["delete_repo"]));
+    }
+
+    #[tokio::test]
+    async fn judging_an_answer_format_the_leg_cannot_read_is_refused() {
+        let p = pipeline().await;
+        let mut h = handoff(&[], None);
+        h.judge_tool_calls = Some("gemini-2.0-flash".into());
+        h.format = Some(Format::Gemini);
+        let (mut x, _) = opened(&p, "/v1beta/models/gemini-2.0-flash:generateContent", &h).await;
+        let answer = [(":status", "200"), ("content-type", "application/json")];
+        let r = x
+            .handle(&p, headers(Phase::ResponseHeaders, &answer, None))
+            .await
+            .unwrap();
+        let Some(Reply::ImmediateResponse(i)) = r.response else {
+            panic!("expected a refusal, got {r:?}")
+        };
+        assert_eq!(i.status.unwrap().code, 502);
     }
 }

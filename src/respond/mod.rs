@@ -10,6 +10,7 @@ pub mod ext_authz;
 pub mod ext_proc;
 pub mod processing_request;
 pub mod refusal;
+pub mod tool_calls;
 
 use serde_json::{Map, Value};
 

@@ -1,0 +1,366 @@
+//! The response leg for `model_tool_calls: judge`: the tool calls a model's answer carries are
+//! judged before the agent that asked for the answer can run them (question 3 for function
+//! tools, which never cross the gateway as MCP calls).
+//!
+//! One reader per answer format, each in the two shapes a provider answers in: a whole JSON
+//! body ([`JsonAnswer`], held until complete, bounded) and a server-sent event stream
+//! ([`StreamAnswer`], framed by [`crate::rewrite::sse`]). A stream is never held as a whole:
+//! events without tool-call fragments flow through as they arrive; only the fragments of a
+//! call are held, until every call of the answer is complete. Then all of them are judged
+//! together (one Cerbos request) and each is released unchanged or withheld. What a denied
+//! call becomes is [`DeniedToolCall`]: removed (an answer left without calls ends as an
+//! ordinary assistant answer saying why) or the provider's error.
+
+pub mod openai_chat;
+
+use serde_json::{Map, Value};
+
+use crate::config::{DeniedToolCall, Format};
+use crate::rewrite::sse::{Event, EventSplitter, SseError};
+
+/// One tool call as the model emitted it: the resource a Cerbos check is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The call's type in its format (`function`, `custom`).
+    pub kind: String,
+    /// The parsed arguments, or why they cannot be judged (the call is then denied).
+    pub arguments: Result<Map<String, Value>, String>,
+}
+
+impl ToolCall {
+    /// A call whose arguments arrive as JSON text (OpenAI's `arguments` strings).
+    pub fn from_text(name: &str, kind: &str, arguments: &str) -> ToolCall {
+        let arguments = match serde_json::from_str::<Value>(arguments) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err("its arguments are not a JSON object".to_owned()),
+            Err(_) => Err("its arguments are not valid JSON".to_owned()),
+        };
+        ToolCall {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            arguments,
+        }
+    }
+}
+
+/// For each call judged, in order: `None` when it may be released, or why it was refused.
+pub type Refusals = [Option<String>];
+
+/// The text an answer whose calls were all removed ends with, so an agent loop stops
+/// cleanly and the user learns why.
+pub fn refusal_text(calls: &[ToolCall], refusals: &Refusals) -> String {
+    let why: Vec<String> = calls
+        .iter()
+        .zip(refusals)
+        .filter_map(|(call, refused)| {
+            refused
+                .as_ref()
+                .map(|reason| format!("{}: {reason}", call.name))
+        })
+        .collect();
+    format!(
+        "agent-authz refused the tool call{} {}.",
+        if why.len() == 1 { "" } else { "s" },
+        why.join("; ")
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the answer exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("the answer is not valid JSON")]
+    NotJson,
+    #[error(transparent)]
+    Sse(#[from] SseError),
+}
+
+/// A whole JSON answer, held until its last byte.
+pub struct JsonAnswer {
+    format: Format,
+    body: Vec<u8>,
+    limit: usize,
+}
+
+/// The answer as parsed, with the calls found in it (in a format-defined order).
+pub struct ParsedAnswer {
+    pub format: Format,
+    pub value: Value,
+    pub calls: Vec<ToolCall>,
+}
+
+impl JsonAnswer {
+    pub fn new(format: Format, limit: usize) -> Self {
+        Self {
+            format,
+            body: Vec::new(),
+            limit,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), AnswerError> {
+        self.body.extend_from_slice(chunk);
+        if self.body.len() > self.limit {
+            return Err(AnswerError::TooLarge(self.limit));
+        }
+        Ok(())
+    }
+
+    /// The complete body and the calls it carries. A body that is not JSON carries no call a
+    /// client could read, and passes as it is.
+    pub fn finish(self) -> (Vec<u8>, Option<ParsedAnswer>) {
+        let Ok(value) = serde_json::from_slice::<Value>(&self.body) else {
+            return (self.body, None);
+        };
+        let calls = match self.format {
+            Format::OpenaiChat => openai_chat::json_calls(&value),
+            _ => Vec::new(),
+        };
+        let parsed = ParsedAnswer {
+            format: self.format,
+            value,
+            calls,
+        };
+        (self.body, Some(parsed))
+    }
+}
+
+impl ParsedAnswer {
+    /// The answer with the refused calls applied as `denied` says.
+    pub fn rewrite(mut self, refusals: &Refusals, denied: DeniedToolCall) -> Vec<u8> {
+        let text = refusal_text(&self.calls, refusals);
+        match (self.format, denied) {
+            (Format::OpenaiChat, DeniedToolCall::Remove) => {
+                openai_chat::remove_from_json(&mut self.value, &self.calls, refusals);
+                serde_json::to_vec(&self.value).unwrap_or_default()
+            }
+            (Format::OpenaiChat, DeniedToolCall::Error) => openai_chat::error_body(&text),
+            _ => serde_json::to_vec(&self.value).unwrap_or_default(),
+        }
+    }
+}
+
+/// What the stream reader makes of one event.
+#[derive(Debug, PartialEq)]
+pub enum Flow {
+    /// Bytes to pass on now (possibly none: the event is held).
+    Emit(Vec<u8>),
+    /// Every call of the answer is complete: judge [`StreamAnswer::pending`], then
+    /// [`StreamAnswer::release`].
+    Judge,
+}
+
+/// A streamed answer, read event by event.
+pub struct StreamAnswer {
+    splitter: EventSplitter,
+    reader: StreamReader,
+}
+
+enum StreamReader {
+    OpenaiChat(openai_chat::ChatStream),
+}
+
+impl StreamAnswer {
+    /// A reader for `format`'s stream; `None` for a format whose streams are not read.
+    pub fn new(format: Format, limit: usize, denied: DeniedToolCall) -> Option<Self> {
+        let reader = match format {
+            Format::OpenaiChat => StreamReader::OpenaiChat(openai_chat::ChatStream::new(denied)),
+            _ => return None,
+        };
+        Some(Self {
+            splitter: EventSplitter::new(limit),
+            reader,
+        })
+    }
+
+    /// The complete events in `chunk` (and, at the end, whatever is left).
+    pub fn events(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Vec<Event>, SseError> {
+        let mut events = self.splitter.push(chunk)?;
+        if end_of_stream {
+            let tail = self.splitter.finish();
+            if !tail.raw.is_empty() {
+                events.push(tail);
+            }
+        }
+        Ok(events)
+    }
+
+    pub fn push(&mut self, event: Event) -> Result<Flow, SseError> {
+        match &mut self.reader {
+            StreamReader::OpenaiChat(r) => r.push(event),
+        }
+    }
+
+    /// At the end of the stream: calls still held (an answer cut short) are judged too.
+    pub fn finish(&mut self) -> Flow {
+        match &mut self.reader {
+            StreamReader::OpenaiChat(r) => r.finish(),
+        }
+    }
+
+    /// The calls waiting for judgement, in the order [`Self::release`] expects.
+    pub fn pending(&self) -> Vec<ToolCall> {
+        match &self.reader {
+            StreamReader::OpenaiChat(r) => r.pending(),
+        }
+    }
+
+    /// The held events with the judgement applied, and the event that completed the answer.
+    pub fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
+        match &mut self.reader {
+            StreamReader::OpenaiChat(r) => r.release(refusals),
+        }
+    }
+}
+
+/// An SSE event carrying `data` as its one data line.
+pub fn data_event(data: &[u8]) -> Vec<u8> {
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// A format whose answers the leg cannot read for tool calls.
+#[derive(Debug)]
+pub struct Unread(pub Format);
+
+/// The answer of an exchange whose tool calls are judged, in the shape it arrived in.
+pub enum Judged {
+    Json(Option<JsonAnswer>),
+    Stream(StreamAnswer),
+}
+
+impl Judged {
+    /// The reader for an answer of `content_type` (lower-cased) in `format`; `None` for a
+    /// shape that carries no tool calls a client reads (an error page, say); `Err` for a
+    /// format whose answers cannot be read.
+    pub fn new(
+        format: Format,
+        content_type: &str,
+        limit: usize,
+        denied: DeniedToolCall,
+    ) -> Result<Option<Self>, Unread> {
+        let json = content_type.starts_with("application/json");
+        let sse = content_type.starts_with("text/event-stream");
+        if !json && !sse {
+            return Ok(None);
+        }
+        if !format.reads_tool_calls() {
+            return Err(Unread(format));
+        }
+        Ok(Some(if json {
+            Judged::Json(Some(JsonAnswer::new(format, limit)))
+        } else {
+            Judged::Stream(StreamAnswer::new(format, limit, denied).ok_or(Unread(format))?)
+        }))
+    }
+
+    /// The bytes to pass on for this chunk of the answer: held parts withheld, judged parts
+    /// released.
+    pub async fn chunk<E: crate::decide::PolicyEngine>(
+        &mut self,
+        pipeline: &crate::pipeline::Pipeline<E>,
+        handoff: &crate::handoff::Handoff,
+        path: &str,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Vec<u8>, AnswerError> {
+        match self {
+            Judged::Json(answer) => {
+                let Some(held) = answer.as_mut() else {
+                    return Ok(chunk.to_vec());
+                };
+                held.push(chunk)?;
+                if !end_of_stream {
+                    return Ok(Vec::new());
+                }
+                let Some(held) = answer.take() else {
+                    return Ok(Vec::new());
+                };
+                let (body, parsed) = held.finish();
+                let Some(parsed) = parsed.filter(|p| !p.calls.is_empty()) else {
+                    return Ok(body);
+                };
+                let refusals = pipeline
+                    .judge_tool_calls(handoff, path, &parsed.calls)
+                    .await;
+                if refusals.iter().all(Option::is_none) {
+                    return Ok(body);
+                }
+                Ok(parsed.rewrite(&refusals, pipeline.denied_tool_call()))
+            }
+            Judged::Stream(answer) => {
+                let mut out = Vec::new();
+                let mut flows = Vec::new();
+                for event in answer.events(chunk, end_of_stream)? {
+                    flows.push(answer.push(event)?);
+                    Self::settle(answer, flows.pop(), pipeline, handoff, path, &mut out).await;
+                }
+                if end_of_stream {
+                    let flow = answer.finish();
+                    Self::settle(answer, Some(flow), pipeline, handoff, path, &mut out).await;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    async fn settle<E: crate::decide::PolicyEngine>(
+        answer: &mut StreamAnswer,
+        flow: Option<Flow>,
+        pipeline: &crate::pipeline::Pipeline<E>,
+        handoff: &crate::handoff::Handoff,
+        path: &str,
+        out: &mut Vec<u8>,
+    ) {
+        match flow {
+            Some(Flow::Emit(bytes)) => out.extend(bytes),
+            Some(Flow::Judge) => {
+                let calls = answer.pending();
+                let refusals = pipeline.judge_tool_calls(handoff, path, &calls).await;
+                out.extend(answer.release(&refusals));
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Drives a [`StreamAnswer`] the way the ext_proc leg does, with a fixed judgement.
+    use super::*;
+
+    /// The bytes a client receives when `stream` arrives in two chunks cut at `cut`, and the
+    /// names of the calls judged; `judge` refuses a call by name.
+    pub fn run(
+        format: Format,
+        denied: DeniedToolCall,
+        stream: &[u8],
+        cut: usize,
+        judge: &dyn Fn(&ToolCall) -> Option<String>,
+    ) -> (Vec<u8>, Vec<ToolCall>) {
+        let mut answer = StreamAnswer::new(format, 1 << 20, denied).unwrap();
+        let mut out = Vec::new();
+        let mut judged = Vec::new();
+        let mut apply = |answer: &mut StreamAnswer, flow: Flow, out: &mut Vec<u8>| match flow {
+            Flow::Emit(bytes) => out.extend(bytes),
+            Flow::Judge => {
+                let calls = answer.pending();
+                let refusals: Vec<_> = calls.iter().map(judge).collect();
+                judged.extend(calls);
+                out.extend(answer.release(&refusals));
+            }
+        };
+        for (chunk, last) in [(&stream[..cut], false), (&stream[cut..], true)] {
+            for event in answer.events(chunk, last).unwrap() {
+                let flow = answer.push(event).unwrap();
+                apply(&mut answer, flow, &mut out);
+            }
+        }
+        let flow = answer.finish();
+        apply(&mut answer, flow, &mut out);
+        (out, judged)
+    }
+}
