@@ -659,7 +659,7 @@ pub enum DeniedToolCall {
 impl Format {
     /// Whether the ext_proc leg can read this format's answers for tool calls.
     pub fn reads_tool_calls(self) -> bool {
-        matches!(self, Format::OpenaiChat)
+        matches!(self, Format::OpenaiChat | Format::AzureOpenaiChat)
     }
 
     /// Whether this format's answers are a model's (and may carry tool calls).

@@ -18,7 +18,10 @@ reference a provider's lenient parser would read, under either duplicate-key rul
 provider_view.py) and can be read back at GET /_received (a JSON list) and cleared with
 POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzip-compressed
 whatever the request's Accept-Encoding says (a compressing proxy in front of the provider);
-{"models_json": shape} spells the model list differently (see _model_list_text).
+{"models_json": shape} spells the model list differently (see _model_list_text);
+{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat answers
+carry those tool calls (JSON `message.tool_calls`; streamed as `delta.tool_calls` fragments a few
+bytes long, after a text delta), as a model that decided to call tools would.
 The tests talk to this port directly for those three.
 """
 
@@ -190,6 +193,33 @@ def event_stream_message(event_type: str, payload: dict) -> bytes:
     return message + struct.pack(">I", zlib.crc32(message))
 
 
+def _scripted_calls(script: list[dict]) -> list[dict]:
+    """The scripted tool calls as Chat Completions `tool_calls` entries."""
+    calls = []
+    for n, call in enumerate(script):
+        arguments = call["arguments"] if isinstance(call["arguments"], str) else json.dumps(call["arguments"])
+        calls.append({"id": f"call_{n}_{call['name']}", "type": "function",
+                      "function": {"name": call["name"], "arguments": arguments}})
+    return calls
+
+
+def _tool_call_chunks(chunk_id: str, model: str, calls: list[dict]) -> list[dict]:
+    """A streamed answer calling `calls`: a text delta, each call in fragments of at most
+    7 argument characters (the first naming it), then finish_reason tool_calls."""
+    chunks = [_chunk(chunk_id, model, {"role": "assistant", "content": ""}, None),
+              _chunk(chunk_id, model, {"content": "Let me do that."}, None)]
+    for index, call in enumerate(calls):
+        first = {"index": index, "id": call["id"], "type": "function",
+                 "function": {"name": call["function"]["name"], "arguments": ""}}
+        chunks.append(_chunk(chunk_id, model, {"tool_calls": [first]}, None))
+        text = call["function"]["arguments"]
+        for at in range(0, len(text), 7):
+            piece = {"index": index, "function": {"arguments": text[at:at + 7]}}
+            chunks.append(_chunk(chunk_id, model, {"tool_calls": [piece]}, None))
+    chunks.append(_chunk(chunk_id, model, {}, "tool_calls"))
+    return chunks
+
+
 def _chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None) -> dict:
     return {
         "id": chunk_id,
@@ -325,7 +355,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         model, stream, dialect = parsed["model"], parsed["stream"], parsed["dialect"]
         sse = lambda events: (f"data: {json.dumps(e)}\n\n".encode() for e in events)  # noqa: E731
-        if dialect == "openai_chat":
+        script = _mode.get("tool_calls")
+        if dialect == "openai_chat" and script:
+            calls = _scripted_calls(script)
+            if not stream:
+                answer = _completion(model, "")
+                answer["choices"][0]["message"] |= {"content": None, "tool_calls": calls}
+                answer["choices"][0]["finish_reason"] = "tool_calls"
+                self._send_json(200, answer)
+                return
+            chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            self._stream("text/event-stream", [*sse(_tool_call_chunks(chunk_id, model, calls)), b"data: [DONE]\n\n"])
+        elif dialect == "openai_chat":
             if not stream:
                 self._send_json(200, _completion(model, f"hello from {model}"))
                 return

@@ -11,13 +11,16 @@
 
 use std::collections::HashMap;
 
-use crate::config::{Format, RouteConfig};
+use crate::config::{Format, ModelToolCalls, RouteConfig};
 
 /// The context-extension keys agent-authz reads.
 pub const FORMAT_KEY: &str = "format";
 pub const MCP_SERVER_KEY: &str = "mcp_server";
 pub const RESOURCE_KIND_KEY: &str = "resource_kind";
 pub const ROUTE_NAME_KEY: &str = "route";
+/// `judge` or `off`: the route's `model_tool_calls` (the Envoy route must also send the
+/// answer to ext_proc).
+pub const MODEL_TOOL_CALLS_KEY: &str = "model_tool_calls";
 
 /// The configured routes, compiled for matching.
 #[derive(Debug, Clone)]
@@ -100,6 +103,16 @@ impl Router {
             ),
             mcp_server: extensions.get(MCP_SERVER_KEY).cloned(),
             resource_kind: extensions.get(RESOURCE_KIND_KEY).cloned(),
+            model_tool_calls: match extensions.get(MODEL_TOOL_CALLS_KEY).map(String::as_str) {
+                None => None,
+                Some("judge") => Some(ModelToolCalls::Judge),
+                Some("off") => Some(ModelToolCalls::Off),
+                Some(other) => {
+                    return Err(format!(
+                        "Envoy route context_extensions: model_tool_calls {other:?} is not judge or off"
+                    ));
+                }
+            },
             ..RouteConfig::new(format)
         };
         if format == Format::Mcp
@@ -232,5 +245,21 @@ mod tests {
         ] {
             assert!(route(bad, path).is_err(), "{bad:?} {path}");
         }
+    }
+
+    #[test]
+    fn context_extensions_may_turn_tool_call_judging_on_or_off() {
+        let router = Router::new(&[]);
+        let ext = |v: &str| {
+            HashMap::from([
+                ("format".to_owned(), "openai_chat".to_owned()),
+                (MODEL_TOOL_CALLS_KEY.to_owned(), v.to_owned()),
+            ])
+        };
+        let judged = router.route(&ext("judge"), "POST", "/c").unwrap().unwrap();
+        assert_eq!(judged.model_tool_calls, Some(ModelToolCalls::Judge));
+        let off = router.route(&ext("off"), "POST", "/c").unwrap().unwrap();
+        assert_eq!(off.model_tool_calls, Some(ModelToolCalls::Off));
+        assert!(router.route(&ext("yes"), "POST", "/c").is_err());
     }
 }

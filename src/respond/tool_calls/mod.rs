@@ -114,7 +114,7 @@ impl JsonAnswer {
             return (self.body, None);
         };
         let calls = match self.format {
-            Format::OpenaiChat => openai_chat::json_calls(&value),
+            Format::OpenaiChat | Format::AzureOpenaiChat => openai_chat::json_calls(&value),
             _ => Vec::new(),
         };
         let parsed = ParsedAnswer {
@@ -131,11 +131,13 @@ impl ParsedAnswer {
     pub fn rewrite(mut self, refusals: &Refusals, denied: DeniedToolCall) -> Vec<u8> {
         let text = refusal_text(&self.calls, refusals);
         match (self.format, denied) {
-            (Format::OpenaiChat, DeniedToolCall::Remove) => {
+            (Format::OpenaiChat | Format::AzureOpenaiChat, DeniedToolCall::Remove) => {
                 openai_chat::remove_from_json(&mut self.value, &self.calls, refusals);
                 serde_json::to_vec(&self.value).unwrap_or_default()
             }
-            (Format::OpenaiChat, DeniedToolCall::Error) => openai_chat::error_body(&text),
+            (Format::OpenaiChat | Format::AzureOpenaiChat, DeniedToolCall::Error) => {
+                openai_chat::error_body(&text)
+            }
             _ => serde_json::to_vec(&self.value).unwrap_or_default(),
         }
     }
@@ -165,7 +167,9 @@ impl StreamAnswer {
     /// A reader for `format`'s stream; `None` for a format whose streams are not read.
     pub fn new(format: Format, limit: usize, denied: DeniedToolCall) -> Option<Self> {
         let reader = match format {
-            Format::OpenaiChat => StreamReader::OpenaiChat(openai_chat::ChatStream::new(denied)),
+            Format::OpenaiChat | Format::AzureOpenaiChat => {
+                StreamReader::OpenaiChat(openai_chat::ChatStream::new(denied))
+            }
             _ => return None,
         };
         Some(Self {

@@ -1,0 +1,101 @@
+"""Question 3 for the tool calls a model emits (`model_tool_calls: judge`), through the real
+`openai` SDK, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
+calls; what the SDK hands the agent is compared with what was judged.
+
+alice (support, ticket T-100, refund limit 100000) may call get_weather and lookup_ticket, and
+refund on her own ticket within her limit; delete_repo is no tool of hers. Every test here
+fails against a service that allows everything: the refused calls would arrive."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from openai.lib.streaming.chat import ChatCompletionStreamState
+
+from clients import openai_client
+
+HELLO = [{"role": "user", "content": "refund my ticket"}]
+WEATHER = {"name": "get_weather", "arguments": {"city": "Paris"}}
+OWN_REFUND = {"name": "refund", "arguments": {"ticket_id": "T-100", "amount_cents": 5000}}
+INJECTED_REFUND = {"name": "refund", "arguments": {"ticket_id": "T-999", "amount_cents": 999999}}
+DELETE = {"name": "delete_repo", "arguments": {"repo": "prod"}}
+
+
+def script(stack, *calls: dict) -> None:
+    """The fake provider's next answers call `calls`."""
+    httpx.post(f"{stack.llm_direct_url}/_mode", json={"tool_calls": list(calls)}, timeout=5).raise_for_status()
+
+
+def called(message) -> list[tuple[str, dict]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+
+
+def plain(stack, token):
+    client = openai_client(stack.llm_base_url, token)
+    return client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0]
+
+
+def streamed(stack, token):
+    """The answer as the SDK's own accumulator builds it from the stream, and the raw chunks."""
+    client = openai_client(stack.llm_base_url, token)
+    state = ChatCompletionStreamState()
+    raw = []
+    for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True):
+        raw.append(chunk.model_dump_json())
+        state.handle_chunk(chunk)
+    return state.get_final_completion().choices[0], "\n".join(raw)
+
+
+def test_allowed_calls_arrive_intact(clean, tokens):
+    script(clean, WEATHER, OWN_REFUND)
+    choice = plain(clean, tokens["alice"])
+    assert called(choice.message) == [("get_weather", {"city": "Paris"}), ("refund", OWN_REFUND["arguments"])]
+    assert [c.id for c in choice.message.tool_calls] == ["call_0_get_weather", "call_1_refund"]
+    assert choice.finish_reason == "tool_calls"
+    choice, _ = streamed(clean, tokens["alice"])
+    assert called(choice.message) == [("get_weather", {"city": "Paris"}), ("refund", OWN_REFUND["arguments"])]
+    assert choice.message.content == "Let me do that."
+
+
+def test_a_mixed_answer_keeps_only_the_allowed_calls(clean, tokens):
+    """The prompt-injected refund never reaches the agent; the weather call does."""
+    script(clean, INJECTED_REFUND, WEATHER)
+    choice = plain(clean, tokens["alice"])
+    assert called(choice.message) == [("get_weather", {"city": "Paris"})]
+    assert choice.finish_reason == "tool_calls"
+    choice, raw = streamed(clean, tokens["alice"])
+    assert called(choice.message) == [("get_weather", {"city": "Paris"})]
+    assert "T-999" not in raw and "refund" not in raw
+
+
+def test_an_answer_left_without_calls_ends_as_text_saying_why(clean, tokens):
+    before = len(clean.decisions())
+    script(clean, INJECTED_REFUND, DELETE)
+    choice = plain(clean, tokens["alice"])
+    assert choice.message.tool_calls is None
+    assert choice.finish_reason == "stop"
+    assert "refund: amount_cents 999999 is over your refund limit of 100000" in choice.message.content or \
+        "refund only on your assigned ticket T-100, not T-999" in choice.message.content
+    assert "delete_repo" in choice.message.content
+    choice, raw = streamed(clean, tokens["alice"])
+    assert choice.message.tool_calls is None or choice.message.tool_calls == []
+    assert choice.finish_reason == "stop"
+    assert choice.message.content.startswith("Let me do that.agent-authz refused the tool calls refund")
+    assert "999999" not in raw.split("agent-authz refused")[0]
+    # The evidence: the request's decision, then the answer's, under the same decision id.
+    response = clean.wait_for_decision(lambda d: d.get("phase") == "response", after=before)
+    request = next(d for d in clean.decisions()[before:] if d["decision_id"] == response["decision_id"])
+    assert request["phase"] == "request"
+    assert sorted(response["denied_tools"]) == ["delete_repo", "refund"]
+    judged = {r["id"]: r for r in response["resources"]}
+    assert judged["refund"]["action"] == "tools/call/refund"
+    assert judged["refund"]["attr"]["arguments"] == INJECTED_REFUND["arguments"]
+    assert judged["refund"]["effect"] == "deny"
+
+
+def test_unparseable_arguments_are_refused(clean, tokens):
+    script(clean, {"name": "get_weather", "arguments": "{\"city\": "})
+    choice = plain(clean, tokens["alice"])
+    assert choice.message.tool_calls is None
+    assert "get_weather: its arguments are not valid JSON" in choice.message.content
