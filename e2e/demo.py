@@ -79,6 +79,34 @@ def chat(who: str, model: str, tools: list[str] | None = None) -> Callable[[Stac
     return run
 
 
+def model_calls(who: str, calls: list[dict], seen: dict) -> Callable[[Stack], str]:
+    """A chat whose (fake) model answers by calling `calls`; what the agent's SDK got lands in
+    `seen["calls"]`."""
+    def run(stack: Stack) -> str:
+        mode = f"{stack.llm_direct_url}/_mode"
+        httpx.post(mode, json={"tool_calls": calls}, timeout=5).raise_for_status()
+        try:
+            client = openai_client(stack.llm_base_url, stack.token_for(who))
+            message = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message
+        finally:
+            httpx.post(mode, json={}, timeout=5).raise_for_status()
+        seen["calls"] = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+        return "openai SDK -> tool calls " + (", ".join(f"{n}({json.dumps(a)})" for n, a in seen["calls"]) or "none")
+
+    return run
+
+
+def agent_got(seen: dict, expected: list[str]) -> Callable[[Stack], tuple[bool, str]]:
+    def check(stack: Stack) -> tuple[bool, str]:
+        names = [name for name, _ in seen.get("calls", [])]
+        return names == expected, f"the agent received the calls {names}"
+
+    return check
+
+
+INJECTED: dict = {}
+
+
 def mcp_call(who: str, name: str, arguments: dict) -> Callable[[Stack], str]:
     def run(stack: Stack) -> str:
         async def go() -> str:
@@ -250,6 +278,12 @@ SECTIONS: list[tuple[str, list[Step]]] = [
                  mcp_call("alice", "refund", {"ticket_id": "T-999", "amount_cents": 10}),
                  has_action("tools/call/refund"),
                  executed("refund", {"ticket_id": "T-999", "amount_cents": 10}, False)),
+            Step("a prompt-injected refund in the model's answer, withheld", "alice",
+                 "gpt-4o-mini, whose answer calls refund(ticket_id='T-999', amount_cents=999999) and get_weather",
+                 "deny",
+                 model_calls("alice", [{"name": "refund", "arguments": {"ticket_id": "T-999", "amount_cents": 999999}},
+                                       {"name": "get_weather", "arguments": {"city": "Paris"}}], INJECTED),
+                 lambda d: d.get("phase") == "response", agent_got(INJECTED, ["get_weather"])),
             Step("a guest", "mallory", "to connect to the support MCP server", "deny",
                  mcp_connect("mallory"), has_action("connect")),
         ],

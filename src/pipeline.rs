@@ -795,14 +795,17 @@ impl<E: PolicyEngine> Pipeline<E> {
             .filter(|(_, r)| r.is_some())
             .map(|(c, _)| c.name.clone())
             .collect();
-        record.reason = match (&record.effect, refused.is_empty()) {
-            (&"deny", _) => "tool calls withheld: the policy service did not answer".to_owned(),
+        record.reason = match (record.effect, refused.is_empty()) {
+            ("deny", _) => "tool calls withheld: the policy service did not answer".to_owned(),
             (_, true) => "every tool call in the answer is allowed".to_owned(),
             (_, false) => format!(
                 "tool calls withheld from the answer: {}",
                 refused.join(", ")
             ),
         };
+        if !refused.is_empty() {
+            record.effect = "deny";
+        }
         record.resources = verdicts.into_iter().map(ResourceRecord::from).collect();
         record.denied_tools = refused.clone();
         record.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
