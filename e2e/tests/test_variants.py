@@ -50,6 +50,7 @@ from receivers import (
     decisions_for,
     decoded_tool_names,
     mcp_headers,
+    sse_event_data,
 )
 from stack import Stack
 
@@ -760,3 +761,90 @@ def test_model_lists_in_every_spelling(vstack):
             failures.append(f"REFUSED a legal list (decoded {sorted(decoded)})\n  {what}")
     vstack.llm_reset()
     report("model lists", tried, failures)
+
+
+# ====================================================================== family 6: tool calls in answers
+CALL_SCRIPTS = {  # what the model "calls", for alice (support: get_weather allowed; refund bound)
+    "allowed": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+    "denied": [{"name": "delete_repo", "arguments": {"name": "agent-authz"}}],
+    "mixed": [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "delete_repo", "arguments": {"name": "x"}}],
+    "over-limit": [{"name": "refund", "arguments": {"ticket_id": "T-100", "amount_cents": 200000}}],
+}
+CALL_SHAPES = ["plain", "escaped_name", "dup_name", "dup_tool_calls", "split_name"]
+
+
+def client_tool_calls(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
+    """The tool calls an agent reads from a Chat Completions answer, under either duplicate-key
+    rule: JSON `message.tool_calls`, or streamed `delta.tool_calls` fragments accumulated by
+    index with string parts concatenated, as the openai SDK does."""
+    calls: list[tuple[str, Any]] = []
+    texts = sse_event_data(response.content) if stream else [response.text]
+    for hook in (None, first_wins_pairs):
+        acc: dict[int, dict[str, str]] = {}
+        for text in texts:
+            if text.strip() == "[DONE]":
+                continue
+            try:
+                obj = json.loads(text, object_pairs_hook=hook)
+            except ValueError:
+                continue
+            for choice in obj.get("choices") or []:
+                part = choice.get("delta" if stream else "message") or {}
+                for n, call in enumerate(part.get("tool_calls") or []):
+                    index = call.get("index", n) if stream else n
+                    fn = call.get("function") or {}
+                    slot = acc.setdefault((index if stream else len(acc)), {"name": "", "arguments": ""})
+                    slot["name"] += fn.get("name") or ""
+                    slot["arguments"] += fn.get("arguments") or ""
+        for slot in acc.values():
+            try:
+                args = json.loads(slot["arguments"]) if slot["arguments"] else {}
+            except ValueError:
+                args = slot["arguments"]
+            if (slot["name"], args) not in calls:
+                calls.append((slot["name"], args))
+    return calls
+
+
+def test_tool_calls_in_answers_in_every_spelling(vstack):
+    """A model's tool calls, spelt differently: every call the agent reads (openai SDK
+    accumulation, either duplicate-key rule) was judged and allowed with those arguments in a
+    response-phase record under the request's decision id, or the answer was refused."""
+    token, rng = vstack.token_for("alice"), random.Random(SEED)
+    failures, tried = [], 0
+    core = [(script, shape, stream, {}) for script in CALL_SCRIPTS for shape in CALL_SHAPES for stream in (False, True)
+            if not (shape == "split_name" and not stream)]
+    core += [(script, "plain", True, extra) for script in ("denied", "mixed") for extra in (
+        {"sse_eol": "\r\n"}, {"sse_eol": "\r"}, {"sse_comments": True}, {"gzip_chat": True})]
+    core += [(script, "plain", False, {"gzip_chat": True}) for script in ("denied", "mixed")]
+    for script, shape, stream, extra in core:
+        tried += 1
+        vstack.llm_reset()
+        httpx.post(f"{vstack.llm_direct_url}/_mode",
+                   json={"tool_calls": CALL_SCRIPTS[script], "calls_shape": shape, **extra}, timeout=5).raise_for_status()
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], "stream": stream,
+                "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
+        try:
+            r = httpx.post(f"{vstack.llm_base_url}/chat/completions", json=body,
+                           headers={"authorization": f"Bearer {token}"}, timeout=15)
+            status, calls = r.status_code, client_tool_calls(r, stream) if r.status_code == 200 else []
+        except httpx.HTTPError as e:
+            status, calls = f"transport error {e!r}", []
+        received = vstack.llm_received()
+        decision_id = received[0]["headers"].get("x-agent-authz-decision-id") if received else None
+        outcome("tool calls in answers", bool(calls))
+        what = f"answer {script} {shape} stream={stream} {extra}: status {status}, the agent reads {calls}"
+        if script == "allowed" and shape == "plain" and not extra and not calls:
+            failures.append(f"CONTROL FAILED (an allowed call must reach the agent)\n  {what}")
+        if not calls:
+            continue
+        records = decisions_for(vstack, decision_id or "", phase="response")
+        allowed = [(res.get("id"), (res.get("attr") or {}).get("arguments")) for rec in records
+                   for res in rec.get("resources") or []
+                   if res.get("effect") in ("allow", "EFFECT_ALLOW") and str(res.get("action", "")).startswith("tools/call/")]
+        for name, args in calls:
+            if not any(name == n and numbers_equal(args, a) for n, a in allowed):
+                failures.append(f"UNJUDGED CALL: the agent reads {name}({args}); judged and allowed {allowed}\n  {what}")
+                break
+    vstack.llm_reset()
+    report("tool calls in answers", tried, failures)

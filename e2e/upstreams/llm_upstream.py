@@ -21,7 +21,8 @@ whatever the request's Accept-Encoding says (a compressing proxy in front of the
 {"models_json": shape} spells the model list differently (see _model_list_text);
 {"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat answers
 carry those tool calls (JSON `message.tool_calls`; streamed as `delta.tool_calls` fragments a few
-bytes long, after a text delta), as a model that decided to call tools would.
+bytes long, after a text delta), as a model that decided to call tools would; with
+"calls_shape" also set, spelt differently (see _send_shaped_calls).
 The tests talk to this port directly for those three.
 """
 
@@ -274,6 +275,67 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_shaped_calls(self, model: str, calls: list[dict], stream: bool) -> None:
+        """A tool-call answer spelt as `_mode` says (the differential tests): calls_shape "plain" |
+        "escaped_name" (names as JSON unicode escapes) | "dup_name" (each function object names
+        get_weather, then its own tool) | "dup_tool_calls" (`tool_calls` twice, empty first) |
+        "split_name" (streamed: a call's name in two fragments, as SDKs concatenate them);
+        sse_eol (line end), sse_comments (a comment line before each event), gzip_chat
+        (compressed whatever Accept-Encoding says)."""
+        shape = _mode["calls_shape"]
+        eol = _mode.get("sse_eol", "\n")
+
+        def spell(text: str) -> str:
+            for call in calls:
+                name = call["function"]["name"]
+                if shape == "escaped_name":
+                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+                if shape == "dup_name":
+                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            if shape == "dup_tool_calls":
+                text = text.replace('"tool_calls": [', '"tool_calls": [], "tool_calls": [', 1)
+            return text
+
+        if not stream:
+            answer = _completion(model, "")
+            answer["choices"][0]["message"] |= {"content": None, "tool_calls": calls}
+            answer["choices"][0]["finish_reason"] = "tool_calls"
+            pieces = [spell(json.dumps(answer)).encode()]
+            content_type = "application/json"
+        else:
+            chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            events = _tool_call_chunks(chunk_id, model, calls)
+            if shape == "split_name":
+                split = []
+                for event in events:
+                    fragments = event["choices"][0]["delta"].get("tool_calls") or []
+                    first = fragments[0] if fragments else {}
+                    name = (first.get("function") or {}).get("name")
+                    if name:
+                        first["function"]["name"] = name[:3]
+                        split.append(event)
+                        split.append(_chunk(chunk_id, model, {"tool_calls": [{"index": first["index"], "function": {"name": name[3:]}}]}, None))
+                    else:
+                        split.append(event)
+                events = split
+            comment = f": keep-alive{eol}" if _mode.get("sse_comments") else ""
+            pieces = [f"{comment}data: {spell(json.dumps(e))}{eol}{eol}".encode() for e in events]
+            pieces.append(f"data: [DONE]{eol}{eol}".encode())
+            content_type = "text/event-stream"
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("connection", "close")
+        if _mode.get("gzip_chat"):
+            self.send_header("content-encoding", "gzip")
+            compressor = zlib.compressobj(wbits=31)
+            pieces = [compressor.compress(p) + compressor.flush(zlib.Z_SYNC_FLUSH) for p in pieces]
+            pieces.append(compressor.flush(zlib.Z_FINISH))
+        self.end_headers()
+        for piece in pieces:
+            self.wfile.write(piece)
+            self.wfile.flush()
+        self.close_connection = True
+
     def _stream(self, content_type: str, chunks) -> None:
         """Sends each chunk as it is produced; the connection closes at the end."""
         self.send_response(200)
@@ -356,7 +418,10 @@ class Handler(BaseHTTPRequestHandler):
         model, stream, dialect = parsed["model"], parsed["stream"], parsed["dialect"]
         sse = lambda events: (f"data: {json.dumps(e)}\n\n".encode() for e in events)  # noqa: E731
         script = _mode.get("tool_calls")
-        if dialect == "openai_chat" and script:
+        if dialect == "openai_chat" and script and _mode.get("calls_shape"):
+            calls = _scripted_calls(script)
+            self._send_shaped_calls(model, calls, stream)
+        elif dialect == "openai_chat" and script:
             calls = _scripted_calls(script)
             if not stream:
                 answer = _completion(model, "")
