@@ -50,13 +50,15 @@ def test_converse_with_a_real_model_id_strips_denied_tools(clean, bedrock):
 
 def test_converse_stream_with_an_inference_profile_arn(clean, bedrock):
     before = len(clean.decisions())
-    answer = bedrock.converse_stream(modelId=PROFILE, messages=HELLO)
+    answer = bedrock.converse_stream(modelId=PROFILE, messages=HELLO,
+                                     toolConfig={"tools": [spec("get_weather"), spec("run_shell")]})
     text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in answer["stream"] if "contentBlockDelta" in e)
     assert text == f"hello from {PROFILE}"
     (request,) = clean.llm_received()
     assert "%2F" in request["path"] and "%3A" in request["path"], request["path"]
     assert request["parsed"]["model"] == PROFILE == judged_model(clean, before)
     assert request["parsed"]["stream"] is True
+    assert request["parsed"]["tools"] == ["get_weather"]
 
 
 def test_a_denied_model_never_reaches_bedrock(clean, bedrock):

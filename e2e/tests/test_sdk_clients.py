@@ -63,9 +63,11 @@ def test_gemini_sdk_generates_streams_and_loses_denied_tools(clean, alice, versi
     assert request["parsed"]["tools"] == ["get_weather"], "the denied declaration never reaches Gemini"
     assert models_judged(judged(clean, before, "gemini")) == [request["parsed"]["model"]]
     clean.llm_reset()
-    text = "".join(c.text for c in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
-    assert text == "hello from gemini-2.5-flash"
-    assert parsed(clean)["stream"] is True
+    stream = client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi",
+                                                   config=types.GenerateContentConfig(tools=GEMINI_TOOLS))
+    assert "".join(c.text for c in stream) == "hello from gemini-2.5-flash"
+    seen = parsed(clean)
+    assert (seen["stream"], seen["tools"]) == (True, ["get_weather"])
     clean.llm_reset()
     with pytest.raises(genai_errors.ClientError) as caught:
         client.models.generate_content(model="gemini-2.5-pro", contents="hello")
