@@ -659,7 +659,10 @@ pub enum DeniedToolCall {
 impl Format {
     /// Whether the ext_proc leg can read this format's answers for tool calls.
     pub fn reads_tool_calls(self) -> bool {
-        matches!(self, Format::OpenaiChat | Format::AzureOpenaiChat)
+        matches!(
+            self,
+            Format::OpenaiChat | Format::AzureOpenaiChat | Format::AnthropicMessages
+        )
     }
 
     /// Whether this format's answers are a model's (and may carry tool calls).

@@ -1,15 +1,16 @@
 """Question 3 for the tool calls a model emits (`model_tool_calls: judge`), through the real
-`openai` SDK, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
+`openai` and `anthropic` SDKs, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
 calls; what the SDK hands the agent is compared with what was judged.
 
 alice (support, ticket T-100, refund limit 100000) may call get_weather and lookup_ticket, and
-refund on her own ticket within her limit; delete_repo is no tool of hers. Every test here
-fails against a service that allows everything: the refused calls would arrive."""
+refund on her own ticket within her limit; delete_repo is no tool of hers. Every test with a
+refused call fails against a service that allows everything: the refused calls would arrive."""
 
 from __future__ import annotations
 
 import json
 
+import anthropic
 import httpx
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
@@ -99,3 +100,61 @@ def test_unparseable_arguments_are_refused(clean, tokens):
     choice = plain(clean, tokens["alice"])
     assert choice.message.tool_calls is None
     assert "get_weather: its arguments are not valid JSON" in choice.message.content
+
+
+# --- Anthropic Messages, through the real `anthropic` SDK ------------------------------------
+
+CLAUDE = "claude-sonnet-4-6"
+
+
+def claude(stack):
+    token = stack.token_for("alice", allowed_models=["gpt-4o-mini", CLAUDE])
+    return anthropic.Anthropic(base_url=stack.envoy_url, api_key="unused", max_retries=0,
+                               default_headers={"authorization": f"Bearer {token}"})
+
+
+def uses(message) -> list[tuple[str, dict]]:
+    return [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+
+
+def claude_plain(stack):
+    return claude(stack).messages.create(model=CLAUDE, max_tokens=64, messages=HELLO)
+
+
+def claude_streamed(stack):
+    """The message as the SDK's stream helper accumulates it, and every raw event."""
+    raw = []
+    with claude(stack).messages.stream(model=CLAUDE, max_tokens=64, messages=HELLO) as stream:
+        for event in stream:
+            raw.append(event.model_dump_json())
+        return stream.get_final_message(), "\n".join(raw)
+
+
+def test_anthropic_allowed_calls_arrive_intact(clean):
+    script(clean, WEATHER, OWN_REFUND)
+    expected = [("get_weather", {"city": "Paris"}), ("refund", OWN_REFUND["arguments"])]
+    message = claude_plain(clean)
+    assert uses(message) == expected and message.stop_reason == "tool_use"
+    message, _ = claude_streamed(clean)
+    assert uses(message) == expected and message.stop_reason == "tool_use"
+    assert [b.id for b in message.content if b.type == "tool_use"] == ["toolu_0_get_weather", "toolu_1_refund"]
+
+
+def test_anthropic_mixed_answers_keep_only_the_allowed_calls(clean):
+    script(clean, INJECTED_REFUND, WEATHER)
+    message = claude_plain(clean)
+    assert uses(message) == [("get_weather", {"city": "Paris"})]
+    message, raw = claude_streamed(clean)
+    assert uses(message) == [("get_weather", {"city": "Paris"})]
+    assert message.stop_reason == "tool_use"
+    assert "T-999" not in raw and "toolu_0_refund" not in raw
+
+
+def test_anthropic_answer_left_without_calls_ends_the_turn_saying_why(clean):
+    script(clean, INJECTED_REFUND, DELETE)
+    for message in (claude_plain(clean), claude_streamed(clean)[0]):
+        assert uses(message) == []
+        assert message.stop_reason == "end_turn"
+        said = " ".join(b.text for b in message.content if b.type == "text")
+        assert said.startswith("Let me do that. agent-authz refused the tool calls refund")
+        assert "delete_repo" in said

@@ -19,10 +19,11 @@ provider_view.py) and can be read back at GET /_received (a JSON list) and clear
 POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzip-compressed
 whatever the request's Accept-Encoding says (a compressing proxy in front of the provider);
 {"models_json": shape} spells the model list differently (see _model_list_text);
-{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat answers
-carry those tool calls (JSON `message.tool_calls`; streamed as `delta.tool_calls` fragments a few
-bytes long, after a text delta), as a model that decided to call tools would; with
-"calls_shape" also set, spelt differently (see _send_shaped_calls).
+{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat and Anthropic
+Messages answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
+as `delta.tool_calls` / `input_json_delta` fragments a few bytes long, after some text), as a
+model that decided to call tools would; with "calls_shape" also set, chat answers are spelt
+differently (see _send_shaped_calls).
 The tests talk to this port directly for those three.
 """
 
@@ -219,6 +220,36 @@ def _tool_call_chunks(chunk_id: str, model: str, calls: list[dict]) -> list[dict
             chunks.append(_chunk(chunk_id, model, {"tool_calls": [piece]}, None))
     chunks.append(_chunk(chunk_id, model, {}, "tool_calls"))
     return chunks
+
+
+def _anthropic_tool_message(model: str, script: list[dict]) -> dict:
+    """A Messages answer: a text block, then one `tool_use` block per scripted call."""
+    blocks = [{"type": "text", "text": "Let me do that."}]
+    for n, call in enumerate(script):
+        arguments = call["arguments"]
+        blocks.append({"type": "tool_use", "id": f"toolu_{n}_{call['name']}", "name": call["name"],
+                       "input": json.loads(arguments) if isinstance(arguments, str) else arguments})
+    return _anthropic_message(model) | {"content": blocks, "stop_reason": "tool_use"}
+
+
+def _anthropic_tool_events(model: str, script: list[dict]) -> list[dict]:
+    """The same answer streamed; each call's input as `input_json_delta` fragments of at
+    most 7 characters (raw text arguments are sent as they are)."""
+    start = _anthropic_message(model) | {"content": [], "stop_reason": None}
+    events = [{"type": "message_start", "message": start},
+              {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me do that."}},
+              {"type": "content_block_stop", "index": 0}]
+    for n, call in enumerate(script, start=1):
+        text = call["arguments"] if isinstance(call["arguments"], str) else json.dumps(call["arguments"])
+        events.append({"type": "content_block_start", "index": n, "content_block": {
+            "type": "tool_use", "id": f"toolu_{n - 1}_{call['name']}", "name": call["name"], "input": {}}})
+        events += [{"type": "content_block_delta", "index": n, "delta": {"type": "input_json_delta", "partial_json": text[at:at + 7]}}
+                   for at in range(0, len(text), 7)]
+        events.append({"type": "content_block_stop", "index": n})
+    events += [{"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}, "usage": {"output_tokens": 9}},
+               {"type": "message_stop"}]
+    return events
 
 
 def _chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None) -> dict:
@@ -442,6 +473,12 @@ class Handler(BaseHTTPRequestHandler):
             self._stream("text/event-stream", [*sse(events), b"data: [DONE]\n\n"])
         elif dialect == "openai_responses":
             self._send_json(200, _responses_answer(model))
+        elif dialect == "anthropic_messages" and script:
+            if not stream:
+                self._send_json(200, _anthropic_tool_message(model, script))
+                return
+            self._stream("text/event-stream",
+                         (f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in _anthropic_tool_events(model, script)))
         elif dialect == "anthropic_messages":
             if not stream:
                 self._send_json(200, _anthropic_message(model))

@@ -11,6 +11,7 @@
 //! call becomes is [`DeniedToolCall`]: removed (an answer left without calls ends as an
 //! ordinary assistant answer saying why) or the provider's error.
 
+pub mod anthropic;
 pub mod openai_chat;
 
 use serde_json::{Map, Value};
@@ -115,6 +116,7 @@ impl JsonAnswer {
         };
         let calls = match self.format {
             Format::OpenaiChat | Format::AzureOpenaiChat => openai_chat::json_calls(&value),
+            Format::AnthropicMessages => anthropic::json_calls(&value),
             _ => Vec::new(),
         };
         let parsed = ParsedAnswer {
@@ -138,6 +140,11 @@ impl ParsedAnswer {
             (Format::OpenaiChat | Format::AzureOpenaiChat, DeniedToolCall::Error) => {
                 openai_chat::error_body(&text)
             }
+            (Format::AnthropicMessages, DeniedToolCall::Remove) => {
+                anthropic::remove_from_json(&mut self.value, &self.calls, refusals);
+                serde_json::to_vec(&self.value).unwrap_or_default()
+            }
+            (Format::AnthropicMessages, DeniedToolCall::Error) => anthropic::error_body(&text),
             _ => serde_json::to_vec(&self.value).unwrap_or_default(),
         }
     }
@@ -161,6 +168,7 @@ pub struct StreamAnswer {
 
 enum StreamReader {
     OpenaiChat(openai_chat::ChatStream),
+    Anthropic(anthropic::MessagesStream),
 }
 
 impl StreamAnswer {
@@ -169,6 +177,9 @@ impl StreamAnswer {
         let reader = match format {
             Format::OpenaiChat | Format::AzureOpenaiChat => {
                 StreamReader::OpenaiChat(openai_chat::ChatStream::new(denied))
+            }
+            Format::AnthropicMessages => {
+                StreamReader::Anthropic(anthropic::MessagesStream::new(denied))
             }
             _ => return None,
         };
@@ -193,6 +204,7 @@ impl StreamAnswer {
     pub fn push(&mut self, event: Event) -> Result<Flow, SseError> {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.push(event),
+            StreamReader::Anthropic(r) => r.push(event),
         }
     }
 
@@ -200,6 +212,7 @@ impl StreamAnswer {
     pub fn finish(&mut self) -> Flow {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.finish(),
+            StreamReader::Anthropic(r) => r.finish(),
         }
     }
 
@@ -207,6 +220,7 @@ impl StreamAnswer {
     pub fn pending(&self) -> Vec<ToolCall> {
         match &self.reader {
             StreamReader::OpenaiChat(r) => r.pending(),
+            StreamReader::Anthropic(r) => r.pending(),
         }
     }
 
@@ -214,6 +228,7 @@ impl StreamAnswer {
     pub fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.release(refusals),
+            StreamReader::Anthropic(r) => r.release(refusals),
         }
     }
 }
