@@ -15,7 +15,7 @@ pub mod openai_chat;
 pub mod openai_models;
 pub mod openai_responses;
 pub mod routing;
-mod strict_json;
+pub(crate) mod strict_json;
 pub mod tool_schemas;
 
 use std::collections::HashMap;

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::{Flow, Refusals, ToolCall, refusal_text};
+use super::{AnswerError, Flow, Refusals, ToolCall, read_json, refusal_text};
 use crate::config::DeniedToolCall;
-use crate::rewrite::sse::{Event, SseError};
+use crate::rewrite::sse::Event;
 
 /// The calls of a JSON answer, in content order.
 pub fn json_calls(answer: &Value) -> Vec<ToolCall> {
@@ -109,14 +109,14 @@ impl MessagesStream {
         }
     }
 
-    pub fn push(&mut self, event: Event) -> Result<Flow, SseError> {
+    pub fn push(&mut self, event: Event) -> Result<Flow, AnswerError> {
         if self.ended {
             return Ok(Flow::Emit(Vec::new()));
         }
         let Some(data) = event.message()? else {
             return Ok(Flow::Emit(event.raw));
         };
-        let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
+        let Some(chunk) = read_json(&data)? else {
             return Ok(Flow::Emit(event.raw));
         };
         let index = chunk["index"].as_u64();

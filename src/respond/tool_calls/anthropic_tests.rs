@@ -209,7 +209,7 @@ const JSON_ANSWER: &str = r#"{"id":"msg_1","type":"message","role":"assistant","
 fn judge_json(refused: &[Option<String>]) -> Value {
     let mut answer = JsonAnswer::new(Format::AnthropicMessages, 1 << 20);
     answer.push(JSON_ANSWER.as_bytes()).unwrap();
-    let (_, parsed) = answer.finish();
+    let (_, parsed) = answer.finish().unwrap();
     let parsed = parsed.unwrap();
     assert_eq!(parsed.calls.len(), 2);
     serde_json::from_slice(&parsed.rewrite(refused, DeniedToolCall::Remove)).unwrap()

@@ -75,6 +75,22 @@ pub enum AnswerError {
     NotJson,
     #[error(transparent)]
     Sse(#[from] SseError),
+    /// Parsers disagree on which duplicate key wins: a call judged under one reading could
+    /// run under the other, so such an answer is not passed on.
+    #[error("the answer has duplicate keys (or cannot be read strictly)")]
+    Ambiguous,
+}
+
+/// An answer (or one event's data) as every client reads it: `None` when it is not JSON (no
+/// client reads a call from it); `Err` when it is JSON that parsers could read differently.
+pub fn read_json(bytes: &[u8]) -> Result<Option<Value>, AnswerError> {
+    match crate::extract::strict_json::parse(bytes) {
+        Ok(value) => Ok(Some(value)),
+        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            Err(AnswerError::Ambiguous)
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// A whole JSON answer, held until its last byte.
@@ -110,9 +126,9 @@ impl JsonAnswer {
 
     /// The complete body and the calls it carries. A body that is not JSON carries no call a
     /// client could read, and passes as it is.
-    pub fn finish(self) -> (Vec<u8>, Option<ParsedAnswer>) {
-        let Ok(value) = serde_json::from_slice::<Value>(&self.body) else {
-            return (self.body, None);
+    pub fn finish(self) -> Result<(Vec<u8>, Option<ParsedAnswer>), AnswerError> {
+        let Some(value) = read_json(&self.body)? else {
+            return Ok((self.body, None));
         };
         let calls = match self.format {
             Format::OpenaiChat | Format::AzureOpenaiChat => openai_chat::json_calls(&value),
@@ -124,7 +140,7 @@ impl JsonAnswer {
             value,
             calls,
         };
-        (self.body, Some(parsed))
+        Ok((self.body, Some(parsed)))
     }
 }
 
@@ -201,7 +217,7 @@ impl StreamAnswer {
         Ok(events)
     }
 
-    pub fn push(&mut self, event: Event) -> Result<Flow, SseError> {
+    pub fn push(&mut self, event: Event) -> Result<Flow, AnswerError> {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.push(event),
             StreamReader::Anthropic(r) => r.push(event),
@@ -298,7 +314,7 @@ impl Judged {
                 let Some(held) = answer.take() else {
                     return Ok(Vec::new());
                 };
-                let (body, parsed) = held.finish();
+                let (body, parsed) = held.finish()?;
                 let Some(parsed) = parsed.filter(|p| !p.calls.is_empty()) else {
                     return Ok(body);
                 };

@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::{Flow, Refusals, ToolCall, data_event, refusal_text};
+use super::{AnswerError, Flow, Refusals, ToolCall, data_event, read_json, refusal_text};
 use crate::config::DeniedToolCall;
-use crate::rewrite::sse::{Event, SseError};
+use crate::rewrite::sse::Event;
 
 /// The calls of a JSON answer, choice by choice: each `tool_calls` entry, then the legacy
 /// `function_call`.
@@ -177,7 +177,7 @@ impl ChatStream {
         }
     }
 
-    pub fn push(&mut self, event: Event) -> Result<Flow, SseError> {
+    pub fn push(&mut self, event: Event) -> Result<Flow, AnswerError> {
         if self.ended {
             return Ok(Flow::Emit(Vec::new()));
         }
@@ -195,7 +195,7 @@ impl ChatStream {
             return Ok(Flow::Judge);
         }
         // A chunk no client can parse carries no call a client could run.
-        let Ok(chunk) = serde_json::from_slice::<Value>(&data) else {
+        let Some(chunk) = read_json(&data)? else {
             return Ok(Flow::Emit(event.raw));
         };
         let (fragments, closes) = self.read(&chunk);

@@ -301,7 +301,7 @@ fn judge_json(refused: &[Option<String>], denied: DeniedToolCall) -> (Vec<ToolCa
     for byte in JSON_ANSWER.as_bytes().chunks(1) {
         answer.push(byte).unwrap();
     }
-    let (body, parsed) = answer.finish();
+    let (body, parsed) = answer.finish().unwrap();
     assert_eq!(body, JSON_ANSWER.as_bytes());
     let parsed = parsed.unwrap();
     let calls = parsed.calls.clone();
@@ -334,4 +334,22 @@ fn a_json_answer_left_without_calls_says_why() {
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
     let (_, out) = judge_json(&[None, Some("b".into())], DeniedToolCall::Error);
     assert_eq!(out["error"]["code"], "tool_call_denied");
+}
+
+#[test]
+fn answers_with_duplicate_keys_are_not_passed_on() {
+    // A first-wins client would run delete_repo; serde (last wins) would judge get_weather.
+    let dup = r#"{"choices":[{"index":0,"message":{"tool_calls":[{"id":"a","type":"function","function":{"name":"delete_repo","name":"get_weather","arguments":"{}"}}]}}]}"#;
+    let mut answer = JsonAnswer::new(Format::OpenaiChat, 1 << 20);
+    answer.push(dup.as_bytes()).unwrap();
+    assert!(matches!(
+        answer.finish(),
+        Err(super::super::AnswerError::Ambiguous)
+    ));
+    let mut stream =
+        super::super::StreamAnswer::new(Format::OpenaiChat, 1 << 20, DeniedToolCall::Remove)
+            .unwrap();
+    let event = format!("data: {}\n\n", &dup[..dup.len()]);
+    let events = stream.events(event.as_bytes(), true).unwrap();
+    assert!(stream.push(events.into_iter().next().unwrap()).is_err());
 }
