@@ -52,12 +52,13 @@ def mcp_headers(token: str, version: str = "2025-11-25", **extra: str) -> dict[s
 
 
 # ---------------------------------------------------------------------- what a client decodes
-def sse_event_data(body: bytes) -> list[str]:
+def sse_event_data(body: bytes, *, any_type: bool = False) -> list[str]:
     """The data of every `message` event an SSE parser dispatches (the WHATWG event-stream
     rules: a BOM is dropped, CRLF / CR / LF end lines, `data` lines join with LF, comments and
     unknown fields are ignored, an incomplete last event is discarded). MCP clients read
     JSON-RPC from `message` events (the default type) with data; other events (the 2024-11-05
-    transport's `endpoint`) and empty data carry none, so they are left out."""
+    transport's `endpoint`) and empty data carry none, so they are left out, unless `any_type`
+    (providers such as Anthropic name every event)."""
     text = body.decode("utf-8")
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -67,7 +68,7 @@ def sse_event_data(body: bytes) -> list[str]:
     event = ""
     for line in lines[:-1]:  # the piece after the last line end is not a complete line
         if line == "":
-            if data is not None and "\n".join(data) != "" and event in ("", "message"):
+            if data is not None and "\n".join(data) != "" and (any_type or event in ("", "message")):
                 out.append("\n".join(data))
             data, event = None, ""
             continue

@@ -771,15 +771,18 @@ CALL_SCRIPTS = {  # what the model "calls", for alice (support: get_weather allo
     "over-limit": [{"name": "refund", "arguments": {"ticket_id": "T-100", "amount_cents": 200000}}],
 }
 CALL_SHAPES = ["plain", "escaped_name", "dup_name", "dup_tool_calls", "split_name"]
+# How agents parse answers: the provider SDKs read JSON last-duplicate-wins (Python's json,
+# JSON.parse), and agent-authz judges answers the same way (it refuses duplicates only in
+# requests). A first-wins reader would see `"input": {}, "input": {...}` differently.
+ANSWER_READINGS = (None,)
 
 
 def client_tool_calls(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
-    """The tool calls an agent reads from a Chat Completions answer, under either duplicate-key
-    rule: JSON `message.tool_calls`, or streamed `delta.tool_calls` fragments accumulated by
+    """The tool calls an agent reads from a Chat Completions answer: JSON `message.tool_calls`, or streamed `delta.tool_calls` fragments accumulated by
     index with string parts concatenated, as the openai SDK does."""
     calls: list[tuple[str, Any]] = []
     texts = sse_event_data(response.content) if stream else [response.text]
-    for hook in (None, first_wins_pairs):
+    for hook in ANSWER_READINGS:
         acc: dict[int, dict[str, str]] = {}
         for text in texts:
             if text.strip() == "[DONE]":
@@ -806,9 +809,46 @@ def client_tool_calls(response: httpx.Response, stream: bool) -> list[tuple[str,
     return calls
 
 
+def client_tool_uses(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
+    """The tool_use blocks an agent reads from a Messages answer, as the anthropic SDK accumulates a stream: content_block_start gives the block (and
+    its input), input_json_delta fragments, when any, replace that input by their joined text."""
+    calls: list[tuple[str, Any]] = []
+    texts = sse_event_data(response.content, any_type=True) if stream else [response.text]
+    for hook in ANSWER_READINGS:
+        blocks: dict[int, dict[str, Any]] = {}
+        for text in texts:
+            try:
+                obj = json.loads(text, object_pairs_hook=hook)
+            except ValueError:
+                continue
+            if not stream:
+                for n, block in enumerate(obj.get("content") or []):
+                    if isinstance(block, dict) and block.get("type") == "tool_use":
+                        blocks[n] = {"name": block.get("name"), "input": block.get("input"), "json": ""}
+            elif obj.get("type") == "content_block_start" and (obj.get("content_block") or {}).get("type") == "tool_use":
+                block = obj["content_block"]
+                blocks[obj.get("index")] = {"name": block.get("name"), "input": block.get("input"), "json": ""}
+            elif obj.get("type") == "content_block_delta" and (obj.get("delta") or {}).get("type") == "input_json_delta":
+                if obj.get("index") in blocks:
+                    blocks[obj["index"]]["json"] += obj["delta"].get("partial_json") or ""
+        for block in blocks.values():
+            args = block["input"]
+            if block["json"]:
+                try:
+                    args = json.loads(block["json"])
+                except ValueError:
+                    args = block["json"]
+            if (block["name"], args) not in calls:
+                calls.append((block["name"], args))
+    return calls
+
+
+ANTHROPIC_SHAPES = ["plain", "escaped_name", "dup_name", "dup_input", "dup_content", "input_in_start"]
+
+
 def test_tool_calls_in_answers_in_every_spelling(vstack):
-    """A model's tool calls, spelt differently: every call the agent reads (openai SDK
-    accumulation, either duplicate-key rule) was judged and allowed with those arguments in a
+    """A model's tool calls, spelt differently: every call the agent reads (as the openai and
+    anthropic SDKs accumulate them) was judged and allowed with those arguments in a
     response-phase record under the request's decision id, or the answer was refused."""
     token, rng = vstack.token_for("alice"), random.Random(SEED)
     failures, tried = [], 0
@@ -817,23 +857,35 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
     core += [(script, "plain", True, extra) for script in ("denied", "mixed") for extra in (
         {"sse_eol": "\r\n"}, {"sse_eol": "\r"}, {"sse_comments": True}, {"gzip_chat": True})]
     core += [(script, "plain", False, {"gzip_chat": True}) for script in ("denied", "mixed")]
-    for script, shape, stream, extra in core:
+    core = [("openai_chat", *variant) for variant in core]
+    core += [("anthropic", script, shape, stream, {}) for script in CALL_SCRIPTS for shape in ANTHROPIC_SHAPES
+             for stream in (False, True) if not (shape == "input_in_start" and not stream)
+             and not (shape in ("dup_input", "dup_content") and stream)]
+    core += [("anthropic", script, "plain", True, extra) for script in ("denied", "over-limit") for extra in (
+        {"sse_eol": "\r\n"}, {"sse_eol": "\r"}, {"sse_comments": True}, {"gzip_chat": True})]
+    for dialect, script, shape, stream, extra in core:
         tried += 1
         vstack.llm_reset()
         httpx.post(f"{vstack.llm_direct_url}/_mode",
                    json={"tool_calls": CALL_SCRIPTS[script], "calls_shape": shape, **extra}, timeout=5).raise_for_status()
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], "stream": stream,
-                "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
+        if dialect == "anthropic":
+            path, read = "/messages", client_tool_uses
+            body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "go"}],
+                    "stream": stream, "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}
+        else:
+            path, read = "/chat/completions", client_tool_calls
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], "stream": stream,
+                    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
         try:
-            r = httpx.post(f"{vstack.llm_base_url}/chat/completions", json=body,
+            r = httpx.post(f"{vstack.llm_base_url}{path}", json=body,
                            headers={"authorization": f"Bearer {token}"}, timeout=15)
-            status, calls = r.status_code, client_tool_calls(r, stream) if r.status_code == 200 else []
+            status, calls = r.status_code, read(r, stream) if r.status_code == 200 else []
         except httpx.HTTPError as e:
             status, calls = f"transport error {e!r}", []
         received = vstack.llm_received()
         decision_id = received[0]["headers"].get("x-agent-authz-decision-id") if received else None
         outcome("tool calls in answers", bool(calls))
-        what = f"answer {script} {shape} stream={stream} {extra}: status {status}, the agent reads {calls}"
+        what = f"{dialect} answer {script} {shape} stream={stream} {extra}: status {status}, the agent reads {calls}"
         if script == "allowed" and shape == "plain" and not extra and not calls:
             failures.append(f"CONTROL FAILED (an allowed call must reach the agent)\n  {what}")
         if not calls:

@@ -353,6 +353,52 @@ class Handler(BaseHTTPRequestHandler):
             pieces = [f"{comment}data: {spell(json.dumps(e))}{eol}{eol}".encode() for e in events]
             pieces.append(f"data: [DONE]{eol}{eol}".encode())
             content_type = "text/event-stream"
+        self._write_pieces(content_type, pieces)
+
+    def _send_shaped_anthropic(self, model: str, script: list[dict], stream: bool) -> None:
+        """A Messages tool_use answer spelt as `_mode` says: calls_shape "plain" | "escaped_name"
+        | "dup_name" (each tool_use block names get_weather, then its own tool) | "dup_input"
+        (JSON: `input` twice, {} first) | "dup_content" (JSON: `content` twice, empty first) |
+        "input_in_start" (streamed: the input in content_block_start, no input_json_delta);
+        sse_eol, sse_comments and gzip_chat as for Chat Completions."""
+        shape = _mode["calls_shape"]
+        eol = _mode.get("sse_eol", "\n")
+
+        def spell(text: str) -> str:
+            for call in script:
+                name = call["name"]
+                if shape == "escaped_name":
+                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+                if shape == "dup_name":
+                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            if shape == "dup_input":
+                text = text.replace('"input": {', '"input": {}, "input": {')
+            if shape == "dup_content":
+                text = text.replace('"content": [', '"content": [], "content": [', 1)
+            return text
+
+        if not stream:
+            pieces = [spell(json.dumps(_anthropic_tool_message(model, script))).encode()]
+            content_type = "application/json"
+        else:
+            events = _anthropic_tool_events(model, script)
+            if shape == "input_in_start":
+                inputs = {n: call["arguments"] for n, call in enumerate(script, start=1)}
+                kept = []
+                for event in events:
+                    if event["type"] == "content_block_start" and event["content_block"]["type"] == "tool_use":
+                        event["content_block"]["input"] = inputs[event["index"]]
+                    if event["type"] == "content_block_delta" and event["delta"]["type"] == "input_json_delta":
+                        continue
+                    kept.append(event)
+                events = kept
+            comment = f": keep-alive{eol}" if _mode.get("sse_comments") else ""
+            pieces = [f"{comment}event: {e['type']}{eol}data: {spell(json.dumps(e))}{eol}{eol}".encode() for e in events]
+            content_type = "text/event-stream"
+        self._write_pieces(content_type, pieces)
+
+    def _write_pieces(self, content_type: str, pieces: list[bytes]) -> None:
+        """Writes an answer piece by piece (gzip-compressed as it streams with gzip_chat)."""
         self.send_response(200)
         self.send_header("content-type", content_type)
         self.send_header("connection", "close")
@@ -473,6 +519,8 @@ class Handler(BaseHTTPRequestHandler):
             self._stream("text/event-stream", [*sse(events), b"data: [DONE]\n\n"])
         elif dialect == "openai_responses":
             self._send_json(200, _responses_answer(model))
+        elif dialect == "anthropic_messages" and script and _mode.get("calls_shape"):
+            self._send_shaped_anthropic(model, script, stream)
         elif dialect == "anthropic_messages" and script:
             if not stream:
                 self._send_json(200, _anthropic_tool_message(model, script))
