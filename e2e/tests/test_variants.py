@@ -771,10 +771,9 @@ CALL_SCRIPTS = {  # what the model "calls", for alice (support: get_weather allo
     "over-limit": [{"name": "refund", "arguments": {"ticket_id": "T-100", "amount_cents": 200000}}],
 }
 CALL_SHAPES = ["plain", "escaped_name", "dup_name", "dup_tool_calls", "split_name"]
-# How agents parse answers: the provider SDKs read JSON last-duplicate-wins (Python's json,
-# JSON.parse), and agent-authz judges answers the same way (it refuses duplicates only in
-# requests). A first-wins reader would see `"input": {}, "input": {...}` differently.
-ANSWER_READINGS = (None,)
+# How agents parse answers: under either duplicate-key rule (the SDKs read last-wins; agent-authz
+# refuses an answer or event with duplicate keys, so no reader can see another call).
+ANSWER_READINGS = (None, first_wins_pairs)
 
 
 def client_tool_calls(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
