@@ -2,20 +2,31 @@
 gateway"). The client talks to Envoy with its JWT; agent-authz judges the OpenAI request; Envoy
 removes the caller's credentials and adds the gateway's own LiteLLM key on the LLM routes; the
 allowed request reaches LiteLLM, which calls the provider (the fake upstream, which records what
-it parsed). Model denial and tool stripping, with both planes of evidence."""
+it parsed). Model denial and tool stripping, with both planes of evidence.
+
+LiteLLM's MCP gateway (README, "LiteLLM's MCP gateway"): the same LiteLLM serves the sample MCP
+server through the stack's Envoy + agent-authz `/mcp` route; the real `mcp` client talks to
+LiteLLM with LiteLLM's key and its JWT in LiteLLM's per-server header. What executed (the MCP
+server's executions log) is compared with what agent-authz judged (the decision log)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
+import httpx2
 import openai
 import pytest
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from conftest import require_binary, require_stack_binaries
-from stack import REPO, Stack, free_port, http_get, render_envoy_config, tcp_open
+from stack import MCP_SERVER_NAME, REPO, Stack, free_port, http_get, render_envoy_config, tcp_open
 
 LITELLM = REPO / ".tools" / "litellm" / "bin" / "litellm"
 LITELLM_KEY = "sk-litellm-gateway-key"  # LiteLLM's master key, known only to the gateway
@@ -37,6 +48,10 @@ def gateway():
                            for m in ("gpt-4o-mini", "gpt-4o")],
             "litellm_settings": {"telemetry": False, "drop_params": False},
             "general_settings": {"master_key": LITELLM_KEY},
+            # LiteLLM's MCP gateway: the sample MCP server, reached through the gateway's own
+            # /mcp route (Envoy + agent-authz in front of the MCP server). LiteLLM forwards the
+            # caller's `x-mcp-support-authorization` header as `Authorization` to this server.
+            "mcp_servers": {MCP_SERVER_NAME: {"url": stack.mcp_url, "transport": "http"}},
         }))
         log = stack.dir / "litellm.log"
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
@@ -64,14 +79,14 @@ def gateway():
             envoy.write_text(render_envoy_config(yaml.safe_dump(config, sort_keys=False), ports, str(stack.jwks_path)))
             stack._spawn_envoy("envoy_litellm", envoy, ports["admin"], {"LITELLM_KEY": LITELLM_KEY})
             stack._wait("envoy_litellm", lambda: http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200)
-            yield stack, f"http://127.0.0.1:{ports['listener']}/v1"
+            yield stack, f"http://127.0.0.1:{ports['listener']}/v1", f"http://127.0.0.1:{port}/mcp"
         finally:
             os.killpg(proc.pid, 15)
             proc.wait(timeout=10)
 
 
 def test_litellm_behind_the_gateway_strips_denied_tools(gateway):
-    stack, url = gateway
+    stack, url, _ = gateway
     stack.llm_reset()
     client = openai.OpenAI(base_url=url, api_key=stack.token_for("alice"), max_retries=0, timeout=60)
     before = len(stack.decisions())
@@ -87,7 +102,7 @@ def test_litellm_behind_the_gateway_strips_denied_tools(gateway):
 
 
 def test_litellm_behind_the_gateway_never_sees_a_denied_model(gateway):
-    stack, url = gateway
+    stack, url, _ = gateway
     stack.llm_reset()
     client = openai.OpenAI(base_url=url, api_key=stack.token_for("alice"), max_retries=0, timeout=60)
     before = len(stack.decisions())
@@ -97,3 +112,75 @@ def test_litellm_behind_the_gateway_never_sees_a_denied_model(gateway):
     assert stack.llm_received() == []
     decision = stack.wait_for_decision(lambda d: d.get("format") == "openai_chat", after=before)
     assert decision["effect"] == "deny"
+
+
+def judged_refund(stack: Stack, after: int) -> tuple[str, str, dict]:
+    """Who asked, the effect, and the arguments agent-authz judged for the refund (decision log)."""
+    decision = stack.wait_for_decision(
+        lambda d: any(r.get("action") == "tools/call/refund" for r in d.get("resources", [])), after=after)
+    (refund,) = [r for r in decision["resources"] if r["action"] == "tools/call/refund"]
+    return decision["principal"]["id"], refund["effect"], refund["attr"]["arguments"]
+
+
+@asynccontextmanager
+async def through_litellm(mcp_url: str, token: str) -> AsyncIterator[Client]:
+    """The real `mcp` client against LiteLLM's MCP gateway, as a LiteLLM user connects: LiteLLM's
+    key in `x-litellm-api-key`, the caller's JWT for the MCP server in LiteLLM's per-server
+    header `x-mcp-<server>-authorization`. LiteLLM names the server's tools `<server>-<tool>`."""
+    headers = {"x-litellm-api-key": f"Bearer {LITELLM_KEY}",
+               f"x-mcp-{MCP_SERVER_NAME}-authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(10.0, read=60.0)) as http:
+        async with Client(streamable_http_client(mcp_url, http_client=http), read_timeout_seconds=60.0) as client:
+            yield client
+
+
+async def call_through_litellm(mcp_url: str, token: str, tool: str, arguments: dict):
+    async with through_litellm(mcp_url, token) as client:
+        return await client.call_tool(f"{MCP_SERVER_NAME}-{tool}", arguments)
+
+
+def test_litellm_mcp_gateway_lists_only_the_tools_the_caller_may_see(gateway):
+    stack, _, mcp_url = gateway
+
+    async def names(token: str) -> list[str]:
+        async with through_litellm(mcp_url, token) as client:
+            return sorted(t.name for t in (await client.list_tools()).tools)
+
+    assert asyncio.run(names(stack.token_for("alice"))) == ["support-lookup_ticket", "support-refund"]
+    assert asyncio.run(names(stack.token_for("root"))) == ["support-delete_repo", "support-lookup_ticket",
+                                                           "support-refund"]
+
+
+def test_litellm_mcp_gateway_executes_alices_refund_within_her_binding(gateway):
+    stack, _, mcp_url = gateway
+    before, judged = len(stack.mcp_executions()), len(stack.decisions())
+    arguments = {"ticket_id": "T-100", "amount_cents": 5000}
+    result = asyncio.run(call_through_litellm(mcp_url, stack.token_for("alice"), "refund", arguments))
+    assert not result.is_error, result
+    assert "refunded 5000 cents on T-100" in result.content[0].text
+    assert stack.mcp_executions()[before:] == [{"tool": "refund", "arguments": arguments}]
+    assert judged_refund(stack, judged) == ("alice", "allow", arguments)
+
+
+@pytest.mark.parametrize("arguments", [
+    pytest.param({"ticket_id": "T-100", "amount_cents": 200000}, id="over-limit"),
+    pytest.param({"ticket_id": "T-999", "amount_cents": 10}, id="other-ticket"),
+])
+def test_litellm_mcp_gateway_never_executes_a_refund_outside_the_binding(gateway, arguments):
+    stack, _, mcp_url = gateway
+    before, judged = len(stack.mcp_executions()), len(stack.decisions())
+    result = asyncio.run(call_through_litellm(mcp_url, stack.token_for("alice"), "refund", arguments))
+    # LiteLLM passes agent-authz's refusal on to the caller as a tool result marked as an error.
+    assert result.is_error and "agent-authz: alice may not call tool refund" in result.content[0].text, result
+    assert stack.mcp_executions()[before:] == [], "the denied refund executed"
+    assert judged_refund(stack, judged) == ("alice", "deny", arguments)
+
+
+def test_litellm_mcp_gateway_without_the_callers_jwt_executes_nothing(gateway):
+    """LiteLLM's key alone reaches no tool: the MCP server's gateway wants the caller's JWT."""
+    stack, _, mcp_url = gateway
+    before, judged = len(stack.mcp_executions()), len(stack.decisions())
+    result = asyncio.run(call_through_litellm(mcp_url, "not-a-jwt", "lookup_ticket", {"ticket_id": "T-100"}))
+    assert result.is_error and "401" in result.content[0].text, result
+    assert stack.mcp_executions()[before:] == []
+    assert stack.wait_for_decision(lambda d: d.get("path") == "/mcp", after=judged)["effect"] == "deny"
