@@ -661,7 +661,11 @@ impl Format {
     pub fn reads_tool_calls(self) -> bool {
         matches!(
             self,
-            Format::OpenaiChat | Format::AzureOpenaiChat | Format::AnthropicMessages
+            Format::OpenaiChat
+                | Format::AzureOpenaiChat
+                | Format::AnthropicMessages
+                | Format::OpenaiResponses
+                | Format::AzureOpenaiResponses
         )
     }
 

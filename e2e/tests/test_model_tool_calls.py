@@ -158,3 +158,48 @@ def test_anthropic_answer_left_without_calls_ends_the_turn_saying_why(clean):
         said = " ".join(b.text for b in message.content if b.type == "text")
         assert said.startswith("Let me do that. agent-authz refused the tool calls refund")
         assert "delete_repo" in said
+
+
+# --- OpenAI Responses, through the real `openai` SDK -----------------------------------------
+
+
+def function_calls(response) -> list[tuple[str, dict]]:
+    return [(i.name, json.loads(i.arguments)) for i in response.output if i.type == "function_call"]
+
+
+def responses_plain(stack, token):
+    return openai_client(stack.llm_base_url, token).responses.create(model="gpt-4o-mini", input="refund my ticket")
+
+
+def responses_streamed(stack, token):
+    """The final response as the SDK's stream helper accumulates it, and every raw event."""
+    raw = []
+    client = openai_client(stack.llm_base_url, token)
+    with client.responses.stream(model="gpt-4o-mini", input="refund my ticket") as stream:
+        for event in stream:
+            raw.append(event.model_dump_json(warnings=False))
+        return stream.get_final_response(), "\n".join(raw)
+
+
+def test_responses_allowed_calls_arrive_intact(clean, tokens):
+    script(clean, WEATHER, OWN_REFUND)
+    expected = [("get_weather", {"city": "Paris"}), ("refund", OWN_REFUND["arguments"])]
+    assert function_calls(responses_plain(clean, tokens["alice"])) == expected
+    response, _ = responses_streamed(clean, tokens["alice"])
+    assert function_calls(response) == expected
+
+
+def test_responses_mixed_answers_keep_only_the_allowed_calls(clean, tokens):
+    script(clean, INJECTED_REFUND, WEATHER)
+    assert function_calls(responses_plain(clean, tokens["alice"])) == [("get_weather", {"city": "Paris"})]
+    response, raw = responses_streamed(clean, tokens["alice"])
+    assert function_calls(response) == [("get_weather", {"city": "Paris"})]
+    assert "T-999" not in raw and "fc_0_refund" not in raw
+
+
+def test_responses_answer_left_without_calls_says_why(clean, tokens):
+    script(clean, INJECTED_REFUND, DELETE)
+    for response in (responses_plain(clean, tokens["alice"]), responses_streamed(clean, tokens["alice"])[0]):
+        assert function_calls(response) == []
+        assert "agent-authz refused the tool calls refund" in response.output_text
+        assert "delete_repo" in response.output_text

@@ -19,8 +19,8 @@ provider_view.py) and can be read back at GET /_received (a JSON list) and clear
 POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzip-compressed
 whatever the request's Accept-Encoding says (a compressing proxy in front of the provider);
 {"models_json": shape} spells the model list differently (see _model_list_text);
-{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat and Anthropic
-Messages answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
+{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat, Responses and
+Anthropic Messages answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
 as `delta.tool_calls` / `input_json_delta` fragments a few bytes long, after some text), as a
 model that decided to call tools would; with "calls_shape" also set, chat answers are spelt
 differently (see _send_shaped_calls).
@@ -220,6 +220,44 @@ def _tool_call_chunks(chunk_id: str, model: str, calls: list[dict]) -> list[dict
             chunks.append(_chunk(chunk_id, model, {"tool_calls": [piece]}, None))
     chunks.append(_chunk(chunk_id, model, {}, "tool_calls"))
     return chunks
+
+
+def _responses_tool_answer(model: str, script: list[dict]) -> dict:
+    """A Responses answer: a message item, then one `function_call` item per scripted call."""
+    answer = _responses_answer(model)
+    for n, call in enumerate(script):
+        arguments = call["arguments"] if isinstance(call["arguments"], str) else json.dumps(call["arguments"])
+        answer["output"].append({"type": "function_call", "id": f"fc_{n}_{call['name']}", "call_id": f"call_{n}_{call['name']}",
+                                 "name": call["name"], "arguments": arguments, "status": "completed"})
+    return answer
+
+
+def _responses_tool_events(model: str, script: list[dict]) -> list[dict]:
+    """The same answer streamed as the Responses API does: each item added, its arguments in
+    fragments of at most 7 characters, done; then response.completed listing every item."""
+    final = _responses_tool_answer(model, script)
+    events = [{"type": "response.created", "response": final | {"status": "in_progress", "output": []}},
+              {"type": "response.in_progress", "response": final | {"status": "in_progress", "output": []}}]
+    for index, item in enumerate(final["output"]):
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            events += [{"type": "response.output_item.added", "output_index": index, "item": item | {"status": "in_progress", "content": []}},
+                       {"type": "response.content_part.added", "item_id": item["id"], "output_index": index, "content_index": 0,
+                        "part": {"type": "output_text", "text": "", "annotations": []}},
+                       {"type": "response.output_text.delta", "item_id": item["id"], "output_index": index, "content_index": 0, "delta": text},
+                       {"type": "response.output_text.done", "item_id": item["id"], "output_index": index, "content_index": 0, "text": text},
+                       {"type": "response.content_part.done", "item_id": item["id"], "output_index": index, "content_index": 0,
+                        "part": item["content"][0]},
+                       {"type": "response.output_item.done", "output_index": index, "item": item}]
+            continue
+        text = item["arguments"]
+        events.append({"type": "response.output_item.added", "output_index": index, "item": item | {"arguments": "", "status": "in_progress"}})
+        events += [{"type": "response.function_call_arguments.delta", "item_id": item["id"], "output_index": index, "delta": text[at:at + 7]}
+                   for at in range(0, len(text), 7)]
+        events += [{"type": "response.function_call_arguments.done", "item_id": item["id"], "output_index": index, "arguments": text},
+                   {"type": "response.output_item.done", "output_index": index, "item": item}]
+    events.append({"type": "response.completed", "response": final})
+    return [e | {"sequence_number": n} for n, e in enumerate(events)]
 
 
 def _anthropic_tool_message(model: str, script: list[dict]) -> dict:
@@ -517,6 +555,12 @@ class Handler(BaseHTTPRequestHandler):
             events += [_chunk(chunk_id, model, {"content": word}, None) for word in ("hello ", "from ", model)]
             events.append(_chunk(chunk_id, model, {}, "stop"))
             self._stream("text/event-stream", [*sse(events), b"data: [DONE]\n\n"])
+        elif dialect == "openai_responses" and script:
+            if not stream:
+                self._send_json(200, _responses_tool_answer(model, script))
+                return
+            self._stream("text/event-stream",
+                         (f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in _responses_tool_events(model, script)))
         elif dialect == "openai_responses":
             self._send_json(200, _responses_answer(model))
         elif dialect == "anthropic_messages" and script and _mode.get("calls_shape"):

@@ -13,6 +13,7 @@
 
 pub mod anthropic;
 pub mod openai_chat;
+pub mod openai_responses;
 
 use serde_json::{Map, Value};
 
@@ -133,6 +134,9 @@ impl JsonAnswer {
         let calls = match self.format {
             Format::OpenaiChat | Format::AzureOpenaiChat => openai_chat::json_calls(&value),
             Format::AnthropicMessages => anthropic::json_calls(&value),
+            Format::OpenaiResponses | Format::AzureOpenaiResponses => {
+                openai_responses::json_calls(&value)
+            }
             _ => Vec::new(),
         };
         let parsed = ParsedAnswer {
@@ -161,6 +165,13 @@ impl ParsedAnswer {
                 serde_json::to_vec(&self.value).unwrap_or_default()
             }
             (Format::AnthropicMessages, DeniedToolCall::Error) => anthropic::error_body(&text),
+            (Format::OpenaiResponses | Format::AzureOpenaiResponses, DeniedToolCall::Remove) => {
+                openai_responses::remove_from_json(&mut self.value, &self.calls, refusals);
+                serde_json::to_vec(&self.value).unwrap_or_default()
+            }
+            (Format::OpenaiResponses | Format::AzureOpenaiResponses, DeniedToolCall::Error) => {
+                openai_chat::error_body(&text)
+            }
             _ => serde_json::to_vec(&self.value).unwrap_or_default(),
         }
     }
@@ -185,6 +196,7 @@ pub struct StreamAnswer {
 enum StreamReader {
     OpenaiChat(openai_chat::ChatStream),
     Anthropic(anthropic::MessagesStream),
+    Responses(openai_responses::ResponsesStream),
 }
 
 impl StreamAnswer {
@@ -196,6 +208,9 @@ impl StreamAnswer {
             }
             Format::AnthropicMessages => {
                 StreamReader::Anthropic(anthropic::MessagesStream::new(denied))
+            }
+            Format::OpenaiResponses | Format::AzureOpenaiResponses => {
+                StreamReader::Responses(openai_responses::ResponsesStream::new(denied))
             }
             _ => return None,
         };
@@ -221,6 +236,7 @@ impl StreamAnswer {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.push(event),
             StreamReader::Anthropic(r) => r.push(event),
+            StreamReader::Responses(r) => r.push(event),
         }
     }
 
@@ -229,6 +245,7 @@ impl StreamAnswer {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.finish(),
             StreamReader::Anthropic(r) => r.finish(),
+            StreamReader::Responses(r) => r.finish(),
         }
     }
 
@@ -237,6 +254,7 @@ impl StreamAnswer {
         match &self.reader {
             StreamReader::OpenaiChat(r) => r.pending(),
             StreamReader::Anthropic(r) => r.pending(),
+            StreamReader::Responses(r) => r.pending(),
         }
     }
 
@@ -245,6 +263,7 @@ impl StreamAnswer {
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.release(refusals),
             StreamReader::Anthropic(r) => r.release(refusals),
+            StreamReader::Responses(r) => r.release(refusals),
         }
     }
 }
