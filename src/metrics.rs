@@ -110,7 +110,7 @@ impl Metrics {
         let tools_removed = Family::<RemovedLabels, Counter>::default();
         registry.register(
             "tools_removed",
-            "Tools removed from request bodies or tools/list answers",
+            "Tools removed from request bodies or tools/list answers, and tool calls withheld from model answers",
             tools_removed.clone(),
         );
         let cache_hits = Counter::default();

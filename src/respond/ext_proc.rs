@@ -434,7 +434,9 @@ impl Exchange {
                 return judged
                     .chunk(pipeline, handoff, &self.path, &chunk, end_of_stream)
                     .await
-                    .map(|out| body_reply(Some(out)))
+                    .map(|(out, withheld)| {
+                        with_names(body_reply(Some(out)), "withheld_tool_calls", &withheld)
+                    })
                     .map_err(|e| Status::internal(format!("the answer cannot be judged: {e}")));
             }
             ResponseFilter::Json(buffer) => {
@@ -500,17 +502,23 @@ impl Exchange {
 }
 
 /// Reports the hidden tools in the `agent_authz` metadata namespace (for the access log).
-fn with_hidden(mut response: ProcessingResponse, hidden: &[String]) -> ProcessingResponse {
-    if !hidden.is_empty() {
+fn with_hidden(response: ProcessingResponse, hidden: &[String]) -> ProcessingResponse {
+    with_names(response, "hidden", hidden)
+}
+
+/// Reports `names` under `key` in the `agent_authz` metadata namespace (for the access log):
+/// the hidden tools of a listing, the tool calls withheld from an answer.
+fn with_names(mut response: ProcessingResponse, key: &str, names: &[String]) -> ProcessingResponse {
+    if !names.is_empty() {
         response.dynamic_metadata = Some(Struct {
             fields: HashMap::from([(
                 METADATA_NAMESPACE.to_owned(),
                 PbValue {
                     kind: Some(Kind::StructValue(Struct {
                         fields: HashMap::from([(
-                            "hidden".to_owned(),
+                            key.to_owned(),
                             PbValue {
-                                kind: Some(Kind::StringValue(hidden.join(","))),
+                                kind: Some(Kind::StringValue(names.join(","))),
                             },
                         )]),
                     })),
@@ -1198,13 +1206,23 @@ mod tests {
         .concat();
         let (a, b) = stream.split_at(40);
         let mut out = Vec::new();
+        let mut withheld = Vec::new();
         for (chunk, last) in [(a, false), (b, true)] {
             let r = x
                 .handle(&p, body(Phase::ResponseBody, chunk.as_bytes(), last))
                 .await
                 .unwrap();
             out.extend(mutated_body(&r).unwrap());
+            if let Some(meta) = r.dynamic_metadata {
+                withheld
+                    .push(struct_to_json(meta)[METADATA_NAMESPACE]["withheld_tool_calls"].clone());
+            }
         }
+        assert_eq!(
+            withheld,
+            [json!("delete_repo")],
+            "reported for the access log"
+        );
         let out = String::from_utf8(out).unwrap();
         assert!(!out.contains("delete_repo"), "{out}");
         assert!(out.contains(r#""index":0,"id":"get_weather""#), "{out}");

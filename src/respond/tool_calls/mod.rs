@@ -268,6 +268,16 @@ impl StreamAnswer {
     }
 }
 
+/// The names of the refused calls.
+fn withheld(calls: &[ToolCall], refusals: &Refusals) -> Vec<String> {
+    calls
+        .iter()
+        .zip(refusals)
+        .filter(|(_, r)| r.is_some())
+        .map(|(c, _)| c.name.clone())
+        .collect()
+}
+
 /// An SSE event carrying `data` as its one data line.
 pub fn data_event(data: &[u8]) -> Vec<u8> {
     let mut out = b"data: ".to_vec();
@@ -311,8 +321,8 @@ impl Judged {
         }))
     }
 
-    /// The bytes to pass on for this chunk of the answer: held parts withheld, judged parts
-    /// released.
+    /// The bytes to pass on for this chunk of the answer (held parts withheld, judged parts
+    /// released), and the names of the calls withheld from it (for Envoy's access log).
     pub async fn chunk<E: crate::decide::PolicyEngine>(
         &mut self,
         pipeline: &crate::pipeline::Pipeline<E>,
@@ -320,63 +330,68 @@ impl Judged {
         path: &str,
         chunk: &[u8],
         end_of_stream: bool,
-    ) -> Result<Vec<u8>, AnswerError> {
+    ) -> Result<(Vec<u8>, Vec<String>), AnswerError> {
         match self {
             Judged::Json(answer) => {
                 let Some(held) = answer.as_mut() else {
-                    return Ok(chunk.to_vec());
+                    return Ok((chunk.to_vec(), Vec::new()));
                 };
                 held.push(chunk)?;
                 if !end_of_stream {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), Vec::new()));
                 }
                 let Some(held) = answer.take() else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), Vec::new()));
                 };
                 let (body, parsed) = held.finish()?;
                 let Some(parsed) = parsed.filter(|p| !p.calls.is_empty()) else {
-                    return Ok(body);
+                    return Ok((body, Vec::new()));
                 };
                 let refusals = pipeline
                     .judge_tool_calls(handoff, path, &parsed.calls)
                     .await;
-                if refusals.iter().all(Option::is_none) {
-                    return Ok(body);
+                let withheld = withheld(&parsed.calls, &refusals);
+                if withheld.is_empty() {
+                    return Ok((body, withheld));
                 }
-                Ok(parsed.rewrite(&refusals, pipeline.denied_tool_call()))
+                Ok((
+                    parsed.rewrite(&refusals, pipeline.denied_tool_call()),
+                    withheld,
+                ))
             }
             Judged::Stream(answer) => {
                 let mut out = Vec::new();
-                let mut flows = Vec::new();
+                let mut names = Vec::new();
                 for event in answer.events(chunk, end_of_stream)? {
-                    flows.push(answer.push(event)?);
-                    Self::settle(answer, flows.pop(), pipeline, handoff, path, &mut out).await;
+                    let flow = answer.push(event)?;
+                    Self::settle(answer, flow, pipeline, handoff, path, &mut out, &mut names).await;
                 }
                 if end_of_stream {
                     let flow = answer.finish();
-                    Self::settle(answer, Some(flow), pipeline, handoff, path, &mut out).await;
+                    Self::settle(answer, flow, pipeline, handoff, path, &mut out, &mut names).await;
                 }
-                Ok(out)
+                Ok((out, names))
             }
         }
     }
 
     async fn settle<E: crate::decide::PolicyEngine>(
         answer: &mut StreamAnswer,
-        flow: Option<Flow>,
+        flow: Flow,
         pipeline: &crate::pipeline::Pipeline<E>,
         handoff: &crate::handoff::Handoff,
         path: &str,
         out: &mut Vec<u8>,
+        names: &mut Vec<String>,
     ) {
         match flow {
-            Some(Flow::Emit(bytes)) => out.extend(bytes),
-            Some(Flow::Judge) => {
+            Flow::Emit(bytes) => out.extend(bytes),
+            Flow::Judge => {
                 let calls = answer.pending();
                 let refusals = pipeline.judge_tool_calls(handoff, path, &calls).await;
+                names.extend(withheld(&calls, &refusals));
                 out.extend(answer.release(&refusals));
             }
-            None => {}
         }
     }
 }
