@@ -12,24 +12,15 @@ server's executions log) is compared with what agent-authz judged (the decision 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
-import httpx2
 import openai
 import pytest
 import yaml
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from conftest import require_binary, require_stack_binaries
-from stack import MCP_SERVER_NAME, REPO, Stack, free_port, http_get, render_envoy_config, tcp_open
+from litellm_proxy import LITELLM, LITELLM_KEY, litellm_mcp_client, litellm_proxy
+from stack import MCP_SERVER_NAME, REPO, Stack, free_port, http_get, render_envoy_config
 
-LITELLM = REPO / ".tools" / "litellm" / "bin" / "litellm"
-LITELLM_KEY = "sk-litellm-gateway-key"  # LiteLLM's master key, known only to the gateway
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
          for n in ("get_weather", "run_shell")]
 
@@ -38,51 +29,24 @@ TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "ob
 def gateway():
     require_stack_binaries()
     require_binary(LITELLM, "run scripts/setup.sh")
-    with Stack(name="litellm") as stack:
-        port = free_port()
-        config = stack.dir / "litellm.yaml"
-        provider = f"http://127.0.0.1:{stack.ports['llm']}/v1"
-        config.write_text(yaml.safe_dump({
-            "model_list": [{"model_name": m, "litellm_params": {"model": f"openai/{m}", "api_base": provider,
-                                                                 "api_key": "provider-key"}}
-                           for m in ("gpt-4o-mini", "gpt-4o")],
-            "litellm_settings": {"telemetry": False, "drop_params": False},
-            "general_settings": {"master_key": LITELLM_KEY},
-            # LiteLLM's MCP gateway: the sample MCP server, reached through the gateway's own
-            # /mcp route (Envoy + agent-authz in front of the MCP server). LiteLLM forwards the
-            # caller's `x-mcp-support-authorization` header as `Authorization` to this server.
-            "mcp_servers": {MCP_SERVER_NAME: {"url": stack.mcp_url, "transport": "http"}},
-        }))
-        log = stack.dir / "litellm.log"
-        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
-                   NO_DOCS="True", DISABLE_ADMIN_UI="True")
-        proc = subprocess.Popen([str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120
-            while not (tcp_open(port) and http_get(f"http://127.0.0.1:{port}/health/liveliness")[0] == 200):
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.5)
-            # envoy/agent-gateway.yaml with its LLM cluster pointed at LiteLLM.
-            ports = {k: stack.ports[k] for k in ("authz", "authz_admin", "mcp")}
-            ports.update(listener=free_port(), admin=free_port(), llm=port)
-            # The gateway's LiteLLM key on every LLM route, after the caller's credentials are
-            # removed (README's per-route upstream credential recipe).
-            config = yaml.safe_load((REPO / "envoy" / "agent-gateway.yaml").read_text())
-            hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-            for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-                if route.get("route", {}).get("cluster") == "llm_upstream":
-                    route["request_headers_to_add"] = [{
-                        "header": {"key": "authorization", "value": "Bearer %ENVIRONMENT(LITELLM_KEY)%"},
-                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
-            envoy = stack.dir / "envoy-litellm.yaml"
-            envoy.write_text(render_envoy_config(yaml.safe_dump(config, sort_keys=False), ports, str(stack.jwks_path)))
-            stack._spawn_envoy("envoy_litellm", envoy, ports["admin"], {"LITELLM_KEY": LITELLM_KEY})
-            stack._wait("envoy_litellm", lambda: http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200)
-            yield stack, f"http://127.0.0.1:{ports['listener']}/v1", f"http://127.0.0.1:{port}/mcp"
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=10)
+    with Stack(name="litellm") as stack, litellm_proxy(stack) as port:
+        # envoy/agent-gateway.yaml with its LLM cluster pointed at LiteLLM.
+        ports = {k: stack.ports[k] for k in ("authz", "authz_admin", "mcp")}
+        ports.update(listener=free_port(), admin=free_port(), llm=port)
+        # The gateway's LiteLLM key on every LLM route, after the caller's credentials are
+        # removed (README's per-route upstream credential recipe).
+        config = yaml.safe_load((REPO / "envoy" / "agent-gateway.yaml").read_text())
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            if route.get("route", {}).get("cluster") == "llm_upstream":
+                route["request_headers_to_add"] = [{
+                    "header": {"key": "authorization", "value": "Bearer %ENVIRONMENT(LITELLM_KEY)%"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+        envoy = stack.dir / "envoy-litellm.yaml"
+        envoy.write_text(render_envoy_config(yaml.safe_dump(config, sort_keys=False), ports, str(stack.jwks_path)))
+        stack._spawn_envoy("envoy_litellm", envoy, ports["admin"], {"LITELLM_KEY": LITELLM_KEY})
+        stack._wait("envoy_litellm", lambda: http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200)
+        yield stack, f"http://127.0.0.1:{ports['listener']}/v1", f"http://127.0.0.1:{port}/mcp"
 
 
 def test_litellm_behind_the_gateway_strips_denied_tools(gateway):
@@ -122,20 +86,8 @@ def judged_refund(stack: Stack, after: int) -> tuple[str, str, dict]:
     return decision["principal"]["id"], refund["effect"], refund["attr"]["arguments"]
 
 
-@asynccontextmanager
-async def through_litellm(mcp_url: str, token: str) -> AsyncIterator[Client]:
-    """The real `mcp` client against LiteLLM's MCP gateway, as a LiteLLM user connects: LiteLLM's
-    key in `x-litellm-api-key`, the caller's JWT for the MCP server in LiteLLM's per-server
-    header `x-mcp-<server>-authorization`. LiteLLM names the server's tools `<server>-<tool>`."""
-    headers = {"x-litellm-api-key": f"Bearer {LITELLM_KEY}",
-               f"x-mcp-{MCP_SERVER_NAME}-authorization": f"Bearer {token}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(10.0, read=60.0)) as http:
-        async with Client(streamable_http_client(mcp_url, http_client=http), read_timeout_seconds=60.0) as client:
-            yield client
-
-
 async def call_through_litellm(mcp_url: str, token: str, tool: str, arguments: dict):
-    async with through_litellm(mcp_url, token) as client:
+    async with litellm_mcp_client(mcp_url, token) as client:
         return await client.call_tool(f"{MCP_SERVER_NAME}-{tool}", arguments)
 
 
@@ -143,7 +95,7 @@ def test_litellm_mcp_gateway_lists_only_the_tools_the_caller_may_see(gateway):
     stack, _, mcp_url = gateway
 
     async def names(token: str) -> list[str]:
-        async with through_litellm(mcp_url, token) as client:
+        async with litellm_mcp_client(mcp_url, token) as client:
             return sorted(t.name for t in (await client.list_tools()).tools)
 
     assert asyncio.run(names(stack.token_for("alice"))) == ["support-lookup_ticket", "support-refund"]
