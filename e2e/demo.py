@@ -15,6 +15,7 @@ import os
 import sys
 import textwrap
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,8 @@ import openai  # noqa: E402
 from mcp import MCPError  # noqa: E402
 
 from clients import find_mcp_error, mcp_client, openai_client  # noqa: E402
-from stack import PRINCIPALS, Stack, StackError, missing_binaries  # noqa: E402
+from litellm_proxy import litellm_mcp_client, litellm_proxy  # noqa: E402
+from stack import MCP_SERVER_NAME, PRINCIPALS, Stack, StackError, missing_binaries  # noqa: E402
 
 COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
@@ -116,6 +118,26 @@ def mcp_call(who: str, name: str, arguments: dict) -> Callable[[Stack], str]:
                 except MCPError as e:
                     return f"mcp SDK -> call_tool raised MCPError {e.code}: {e.message}"
                 return f"mcp SDK -> result {result.content[0].text!r}"
+
+        return asyncio.run(go())
+
+    return run
+
+
+# LiteLLM (~10 s to start) runs only for the last section: started by its first step, stopped by main().
+LITELLM = ExitStack()
+LITELLM_PORT: dict = {}
+
+
+def litellm_mcp_call(who: str, name: str, arguments: dict) -> Callable[[Stack], str]:
+    def run(stack: Stack) -> str:
+        if "port" not in LITELLM_PORT:
+            LITELLM_PORT["port"] = LITELLM.enter_context(litellm_proxy(stack))
+
+        async def go() -> str:
+            async with litellm_mcp_client(f"http://127.0.0.1:{LITELLM_PORT['port']}/mcp", stack.token_for(who)) as client:
+                result = await client.call_tool(f"{MCP_SERVER_NAME}-{name}", arguments)
+            return f"mcp SDK via LiteLLM -> {'error' if result.is_error else 'result'} {result.content[0].text!r}"
 
         return asyncio.run(go())
 
@@ -304,6 +326,21 @@ SECTIONS: list[tuple[str, list[Step]]] = [
                  no_token, lambda d: d.get("principal") in (None, {}), nothing_reached),
         ],
     ),
+    (
+        "LiteLLM's MCP gateway - agent-authz between LiteLLM and the MCP server",
+        [
+            Step("refund within bounds, through LiteLLM", "alice",
+                 "support-refund(ticket_id='T-100', amount_cents=2500) via LiteLLM's /mcp", "allow",
+                 litellm_mcp_call("alice", "refund", {"ticket_id": "T-100", "amount_cents": 2500}),
+                 has_action("tools/call/refund"),
+                 executed("refund", {"ticket_id": "T-100", "amount_cents": 2500}, True)),
+            Step("refund over her limit, through LiteLLM", "alice",
+                 "support-refund(ticket_id='T-100', amount_cents=150000) via LiteLLM's /mcp", "deny",
+                 litellm_mcp_call("alice", "refund", {"ticket_id": "T-100", "amount_cents": 150000}),
+                 has_action("tools/call/refund"),
+                 executed("refund", {"ticket_id": "T-100", "amount_cents": 150000}, False)),
+        ],
+    ),
 ]
 
 
@@ -386,6 +423,7 @@ def main() -> int:
                 number += 1
                 results.append((number, step, run_step(stack, number, step)))
     finally:
+        LITELLM.close()
         stack.__exit__(None, None, None)
     failed = [(n, s) for n, s, ok in results if not ok]
     print()
