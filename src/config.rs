@@ -666,6 +666,7 @@ impl Format {
                 | Format::AnthropicMessages
                 | Format::OpenaiResponses
                 | Format::AzureOpenaiResponses
+                | Format::Gemini
         )
     }
 

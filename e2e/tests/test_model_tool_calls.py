@@ -1,5 +1,5 @@
 """Question 3 for the tool calls a model emits (`model_tool_calls: judge`), through the real
-`openai` and `anthropic` SDKs, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
+`openai`, `anthropic` and `google-genai` SDKs, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
 calls; what the SDK hands the agent is compared with what was judged.
 
 alice (support, ticket T-100, refund limit 100000) may call get_weather and lookup_ticket, and
@@ -12,6 +12,8 @@ import json
 
 import anthropic
 import httpx
+from google import genai
+from google.genai import types as genai_types
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from clients import openai_client
@@ -203,3 +205,53 @@ def test_responses_answer_left_without_calls_says_why(clean, tokens):
         assert function_calls(response) == []
         assert "agent-authz refused the tool calls refund" in response.output_text
         assert "delete_repo" in response.output_text
+
+
+# --- Gemini, through the real `google-genai` SDK ---------------------------------------------
+
+GEMINI = "gemini-2.5-flash"
+
+
+def gemini_client(stack):
+    token = stack.token_for("alice", allowed_models=["gpt-4o-mini", GEMINI])
+    return genai.Client(api_key="unused", http_options=genai_types.HttpOptions(
+        base_url=stack.envoy_url, api_version="v1beta", headers={"authorization": f"Bearer {token}"}))
+
+
+def gemini_calls(parts) -> list[tuple[str, dict]]:
+    return [(p.function_call.name, dict(p.function_call.args or {})) for p in parts if p.function_call]
+
+
+def gemini_plain(stack):
+    client = gemini_client(stack)  # kept alive: a collected client closes its connection
+    answer = client.models.generate_content(model=GEMINI, contents="refund my ticket")
+    parts = answer.candidates[0].content.parts
+    return gemini_calls(parts), "".join(p.text or "" for p in parts)
+
+
+def gemini_streamed(stack):
+    parts, client = [], gemini_client(stack)
+    for chunk in client.models.generate_content_stream(model=GEMINI, contents="refund my ticket"):
+        parts += chunk.candidates[0].content.parts or []
+    return gemini_calls(parts), "".join(p.text or "" for p in parts)
+
+
+def test_gemini_allowed_calls_arrive_intact(clean):
+    script(clean, WEATHER, OWN_REFUND)
+    expected = [("get_weather", {"city": "Paris"}), ("refund", OWN_REFUND["arguments"])]
+    assert gemini_plain(clean)[0] == expected
+    assert gemini_streamed(clean)[0] == expected
+
+
+def test_gemini_mixed_answers_keep_only_the_allowed_calls(clean):
+    script(clean, INJECTED_REFUND, WEATHER)
+    for calls, _ in (gemini_plain(clean), gemini_streamed(clean)):
+        assert calls == [("get_weather", {"city": "Paris"})]
+
+
+def test_gemini_answer_left_without_calls_says_why(clean):
+    script(clean, INJECTED_REFUND, DELETE)
+    for calls, text in (gemini_plain(clean), gemini_streamed(clean)):
+        assert calls == []
+        assert text.startswith("Let me do that.agent-authz refused the tool calls refund")
+        assert "delete_repo" in text

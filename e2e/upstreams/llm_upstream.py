@@ -19,8 +19,8 @@ provider_view.py) and can be read back at GET /_received (a JSON list) and clear
 POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzip-compressed
 whatever the request's Accept-Encoding says (a compressing proxy in front of the provider);
 {"models_json": shape} spells the model list differently (see _model_list_text);
-{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat, Responses and
-Anthropic Messages answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
+{"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat, Responses,
+Anthropic Messages and Gemini answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
 as `delta.tool_calls` / `input_json_delta` fragments a few bytes long, after some text), as a
 model that decided to call tools would; with "calls_shape" also set, chat answers are spelt
 differently (see _send_shaped_calls).
@@ -258,6 +258,27 @@ def _responses_tool_events(model: str, script: list[dict]) -> list[dict]:
                    {"type": "response.output_item.done", "output_index": index, "item": item}]
     events.append({"type": "response.completed", "response": final})
     return [e | {"sequence_number": n} for n, e in enumerate(events)]
+
+
+def _gemini_tool_answer(model: str, script: list[dict]) -> dict:
+    """A Gemini answer: a text part, then one `functionCall` part per scripted call."""
+    answer = _gemini_answer(model, "Let me do that.")
+    answer["candidates"][0]["content"]["parts"] += [{"functionCall": {"name": c["name"], "args": c["arguments"]}} for c in script]
+    return answer
+
+
+def _gemini_tool_chunks(model: str, script: list[dict]) -> list[dict]:
+    """The same answer streamed: the text, then each call in its own chunk, the last one
+    finishing the candidate."""
+    chunks = [_gemini_answer(model, "Let me do that.")]
+    chunks[0]["candidates"][0].pop("finishReason")
+    for n, call in enumerate(script):
+        chunk = _gemini_answer(model, "")
+        chunk["candidates"][0]["content"]["parts"] = [{"functionCall": {"name": call["name"], "args": call["arguments"]}}]
+        if n < len(script) - 1:
+            chunk["candidates"][0].pop("finishReason")
+        chunks.append(chunk)
+    return chunks
 
 
 def _anthropic_tool_message(model: str, script: list[dict]) -> dict:
@@ -577,6 +598,11 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._stream("text/event-stream",
                          (f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in _anthropic_events(model)))
+        elif dialect == "gemini" and script:
+            if not stream:
+                self._send_json(200, _gemini_tool_answer(model, script))
+                return
+            self._stream("text/event-stream", sse(_gemini_tool_chunks(model, script)))
         elif dialect == "gemini":
             if not stream:
                 self._send_json(200, _gemini_answer(model, f"hello from {model}"))

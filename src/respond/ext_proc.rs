@@ -1237,9 +1237,9 @@ mod tests {
     async fn judging_an_answer_format_the_leg_cannot_read_is_refused() {
         let p = pipeline().await;
         let mut h = handoff(&[], None);
-        h.judge_tool_calls = Some("gemini-2.0-flash".into());
-        h.format = Some(Format::Gemini);
-        let (mut x, _) = opened(&p, "/v1beta/models/gemini-2.0-flash:generateContent", &h).await;
+        h.judge_tool_calls = Some("amazon.nova-lite".into());
+        h.format = Some(Format::BedrockConverse);
+        let (mut x, _) = opened(&p, "/model/amazon.nova-lite/converse", &h).await;
         let answer = [(":status", "200"), ("content-type", "application/json")];
         let r = x
             .handle(&p, headers(Phase::ResponseHeaders, &answer, None))

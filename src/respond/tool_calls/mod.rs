@@ -12,6 +12,7 @@
 //! ordinary assistant answer saying why) or the provider's error.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;
 
@@ -134,6 +135,7 @@ impl JsonAnswer {
         let calls = match self.format {
             Format::OpenaiChat | Format::AzureOpenaiChat => openai_chat::json_calls(&value),
             Format::AnthropicMessages => anthropic::json_calls(&value),
+            Format::Gemini => gemini::json_calls(&value),
             Format::OpenaiResponses | Format::AzureOpenaiResponses => {
                 openai_responses::json_calls(&value)
             }
@@ -165,6 +167,11 @@ impl ParsedAnswer {
                 serde_json::to_vec(&self.value).unwrap_or_default()
             }
             (Format::AnthropicMessages, DeniedToolCall::Error) => anthropic::error_body(&text),
+            (Format::Gemini, DeniedToolCall::Remove) => {
+                gemini::remove_from_json(&mut self.value, &self.calls, refusals);
+                serde_json::to_vec(&self.value).unwrap_or_default()
+            }
+            (Format::Gemini, DeniedToolCall::Error) => gemini::error_body(&text),
             (Format::OpenaiResponses | Format::AzureOpenaiResponses, DeniedToolCall::Remove) => {
                 openai_responses::remove_from_json(&mut self.value, &self.calls, refusals);
                 serde_json::to_vec(&self.value).unwrap_or_default()
@@ -197,6 +204,7 @@ enum StreamReader {
     OpenaiChat(openai_chat::ChatStream),
     Anthropic(anthropic::MessagesStream),
     Responses(openai_responses::ResponsesStream),
+    Gemini(gemini::GeminiStream),
 }
 
 impl StreamAnswer {
@@ -212,6 +220,7 @@ impl StreamAnswer {
             Format::OpenaiResponses | Format::AzureOpenaiResponses => {
                 StreamReader::Responses(openai_responses::ResponsesStream::new(denied))
             }
+            Format::Gemini => StreamReader::Gemini(gemini::GeminiStream::new(denied)),
             _ => return None,
         };
         Some(Self {
@@ -237,6 +246,7 @@ impl StreamAnswer {
             StreamReader::OpenaiChat(r) => r.push(event),
             StreamReader::Anthropic(r) => r.push(event),
             StreamReader::Responses(r) => r.push(event),
+            StreamReader::Gemini(r) => r.push(event),
         }
     }
 
@@ -246,6 +256,7 @@ impl StreamAnswer {
             StreamReader::OpenaiChat(r) => r.finish(),
             StreamReader::Anthropic(r) => r.finish(),
             StreamReader::Responses(r) => r.finish(),
+            StreamReader::Gemini(r) => r.finish(),
         }
     }
 
@@ -255,6 +266,7 @@ impl StreamAnswer {
             StreamReader::OpenaiChat(r) => r.pending(),
             StreamReader::Anthropic(r) => r.pending(),
             StreamReader::Responses(r) => r.pending(),
+            StreamReader::Gemini(r) => r.pending(),
         }
     }
 
@@ -264,6 +276,7 @@ impl StreamAnswer {
             StreamReader::OpenaiChat(r) => r.release(refusals),
             StreamReader::Anthropic(r) => r.release(refusals),
             StreamReader::Responses(r) => r.release(refusals),
+            StreamReader::Gemini(r) => r.release(refusals),
         }
     }
 }
