@@ -80,6 +80,10 @@ OPEN: dict[str, str] = {
     "legacy-endpoint-session": "found here (new): the 2024-11-05 HTTP+SSE transport's session id travels in the "
                                "endpoint URL (?session_id=), not Mcp-Session-Id; it is neither sealed nor bound, so "
                                "another principal's POSTs to that URL run in the owner's session",
+    "openai_responses:completed_adds": "found here (new): a streamed Responses answer whose response.completed "
+                                       "lists a function_call no output_item event announced (delete_repo) reaches "
+                                       "the agent unjudged; the openai SDK's final response is built from "
+                                       "response.completed",
     **{f"legacy-sse-{kind}-first": f"found here (new): a 2024-11-05 HTTP+SSE stream that writes {text!r} (which "
                                    "MCP clients skip) before its `endpoint` event is released as Streamable HTTP, "
                                    "so its tools/list answers pass unfiltered"
@@ -842,6 +846,37 @@ def client_tool_uses(response: httpx.Response, stream: bool) -> list[tuple[str, 
     return calls
 
 
+def client_function_calls(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
+    """The function calls an agent reads from a Responses answer: JSON `output[]` items; when
+    streamed, every item an event carries (output_item.added / done, and response.completed's
+    output, which the openai SDK's final response is built from)."""
+    calls: list[tuple[str, Any]] = []
+    texts = sse_event_data(response.content, any_type=True) if stream else [response.text]
+    for hook in ANSWER_READINGS:
+        items: list[dict] = []
+        for text in texts:
+            try:
+                obj = json.loads(text, object_pairs_hook=hook)
+            except ValueError:
+                continue
+            if not stream:
+                items += obj.get("output") or []
+            elif obj.get("type") == "response.output_item.done":
+                items.append(obj.get("item") or {})
+            elif obj.get("type") == "response.completed":
+                items += (obj.get("response") or {}).get("output") or []
+        for item in items:
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                try:
+                    args = json.loads(item.get("arguments") or "{}")
+                except ValueError:
+                    args = item.get("arguments")
+                if (item.get("name"), args) not in calls:
+                    calls.append((item.get("name"), args))
+    return calls
+
+
+RESPONSES_SHAPES = ["plain", "escaped_name", "dup_name", "completed_adds", "done_differs"]
 ANTHROPIC_SHAPES = ["plain", "escaped_name", "dup_name", "dup_input", "dup_content", "input_in_start"]
 
 
@@ -862,12 +897,20 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
              and not (shape in ("dup_input", "dup_content") and stream)]
     core += [("anthropic", script, "plain", True, extra) for script in ("denied", "over-limit") for extra in (
         {"sse_eol": "\r\n"}, {"sse_eol": "\r"}, {"sse_comments": True}, {"gzip_chat": True})]
+    core += [("openai_responses", script, shape, stream, {}) for script in CALL_SCRIPTS for shape in RESPONSES_SHAPES
+             for stream in (False, True) if not (shape in ("completed_adds", "done_differs") and not stream)]
+    core += [("openai_responses", script, "plain", True, extra) for script in ("denied", "mixed") for extra in (
+        {"sse_eol": "\r\n"}, {"sse_comments": True}, {"gzip_chat": True})]
     for dialect, script, shape, stream, extra in core:
         tried += 1
         vstack.llm_reset()
         httpx.post(f"{vstack.llm_direct_url}/_mode",
                    json={"tool_calls": CALL_SCRIPTS[script], "calls_shape": shape, **extra}, timeout=5).raise_for_status()
-        if dialect == "anthropic":
+        if dialect == "openai_responses":
+            path, read = "/responses", client_function_calls
+            body = {"model": "gpt-4o-mini", "input": "go", "stream": stream,
+                    "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]}
+        elif dialect == "anthropic":
             path, read = "/messages", client_tool_uses
             body = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "go"}],
                     "stream": stream, "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}
@@ -886,7 +929,7 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
         outcome("tool calls in answers", bool(calls))
         what = f"{dialect} answer {script} {shape} stream={stream} {extra}: status {status}, the agent reads {calls}"
         if script == "allowed" and shape == "plain" and not extra and not calls:
-            failures.append(f"CONTROL FAILED (an allowed call must reach the agent)\n  {what}")
+            failures.append(([], f"CONTROL FAILED (an allowed call must reach the agent)\n  {what}"))
         if not calls:
             continue
         records = decisions_for(vstack, decision_id or "", phase="response")
@@ -895,7 +938,8 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
                    if res.get("effect") in ("allow", "EFFECT_ALLOW") and str(res.get("action", "")).startswith("tools/call/")]
         for name, args in calls:
             if not any(name == n and numbers_equal(args, a) for n, a in allowed):
-                failures.append(f"UNJUDGED CALL: the agent reads {name}({args}); judged and allowed {allowed}\n  {what}")
+                failures.append(([f"{dialect}:{shape}"], f"UNJUDGED CALL: the agent reads {name}({args}); "
+                                 f"judged and allowed {allowed}\n  {what}"))
                 break
     vstack.llm_reset()
-    report("tool calls in answers", tried, failures)
+    report("tool calls in answers", tried, split_open(failures, {f"{d}:{sh}" for d, _, sh, _, _ in core}))

@@ -456,6 +456,41 @@ class Handler(BaseHTTPRequestHandler):
             content_type = "text/event-stream"
         self._write_pieces(content_type, pieces)
 
+    def _send_shaped_responses(self, model: str, script: list[dict], stream: bool) -> None:
+        """A Responses function_call answer spelt as `_mode` says: calls_shape "plain" |
+        "escaped_name" | "dup_name" (each function_call item names get_weather, then its own
+        tool) | "completed_adds" (streamed: response.completed also lists a delete_repo call no
+        other event announced) | "done_differs" (streamed: output_item.done names delete_repo
+        where output_item.added named the scripted tool); sse_eol, sse_comments, gzip_chat."""
+        shape = _mode["calls_shape"]
+        eol = _mode.get("sse_eol", "\n")
+
+        def spell(text: str) -> str:
+            for call in script:
+                name = call["name"]
+                if shape == "escaped_name":
+                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+                if shape == "dup_name":
+                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            return text
+
+        if not stream:
+            pieces = [spell(json.dumps(_responses_tool_answer(model, script))).encode()]
+            content_type = "application/json"
+        else:
+            events = _responses_tool_events(model, script)
+            extra = {"type": "function_call", "id": "fc_extra", "call_id": "call_extra", "name": "delete_repo",
+                     "arguments": json.dumps({"name": "agent-authz"}), "status": "completed"}
+            for event in events:
+                if shape == "completed_adds" and event["type"] == "response.completed":
+                    event["response"] = event["response"] | {"output": [*event["response"]["output"], extra]}
+                if shape == "done_differs" and event["type"] == "response.output_item.done" and event["item"]["type"] == "function_call":
+                    event["item"] = event["item"] | {"name": "delete_repo"}
+            comment = f": keep-alive{eol}" if _mode.get("sse_comments") else ""
+            pieces = [f"{comment}event: {e['type']}{eol}data: {spell(json.dumps(e))}{eol}{eol}".encode() for e in events]
+            content_type = "text/event-stream"
+        self._write_pieces(content_type, pieces)
+
     def _write_pieces(self, content_type: str, pieces: list[bytes]) -> None:
         """Writes an answer piece by piece (gzip-compressed as it streams with gzip_chat)."""
         self.send_response(200)
@@ -576,6 +611,8 @@ class Handler(BaseHTTPRequestHandler):
             events += [_chunk(chunk_id, model, {"content": word}, None) for word in ("hello ", "from ", model)]
             events.append(_chunk(chunk_id, model, {}, "stop"))
             self._stream("text/event-stream", [*sse(events), b"data: [DONE]\n\n"])
+        elif dialect == "openai_responses" and script and _mode.get("calls_shape"):
+            self._send_shaped_responses(model, script, stream)
         elif dialect == "openai_responses" and script:
             if not stream:
                 self._send_json(200, _responses_tool_answer(model, script))
