@@ -84,6 +84,9 @@ OPEN: dict[str, str] = {
                                        "lists a function_call no output_item event announced (delete_repo) reaches "
                                        "the agent unjudged; the openai SDK's final response is built from "
                                        "response.completed",
+    "gemini:snake_case": "found here (new): a Gemini answer whose parts spell `function_call` (the proto field "
+                         "name; proto3 JSON readers such as google-genai's GenerateContentResponse accept it) "
+                         "reaches the agent unjudged, in JSON and alt=sse answers",
     **{f"legacy-sse-{kind}-first": f"found here (new): a 2024-11-05 HTTP+SSE stream that writes {text!r} (which "
                                    "MCP clients skip) before its `endpoint` event is released as Streamable HTTP, "
                                    "so its tools/list answers pass unfiltered"
@@ -876,6 +879,26 @@ def client_function_calls(response: httpx.Response, stream: bool) -> list[tuple[
     return calls
 
 
+def client_function_call_parts(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
+    """The functionCall parts an agent reads from a Gemini answer (google-genai reads proto3
+    JSON: `functionCall` or `function_call`), in every streamed chunk."""
+    calls: list[tuple[str, Any]] = []
+    texts = sse_event_data(response.content) if stream else [response.text]
+    for hook in ANSWER_READINGS:
+        for text in texts:
+            try:
+                obj = json.loads(text, object_pairs_hook=hook)
+            except ValueError:
+                continue
+            for candidate in obj.get("candidates") or []:
+                for part in ((candidate.get("content") or {}).get("parts") or []):
+                    call = part.get("functionCall") or part.get("function_call") if isinstance(part, dict) else None
+                    if isinstance(call, dict) and (call.get("name"), call.get("args")) not in calls:
+                        calls.append((call.get("name"), call.get("args")))
+    return calls
+
+
+GEMINI_SHAPES = ["plain", "snake_case", "escaped_name", "dup_name"]
 RESPONSES_SHAPES = ["plain", "escaped_name", "dup_name", "completed_adds", "done_differs"]
 ANTHROPIC_SHAPES = ["plain", "escaped_name", "dup_name", "dup_input", "dup_content", "input_in_start"]
 
@@ -901,12 +924,21 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
              for stream in (False, True) if not (shape in ("completed_adds", "done_differs") and not stream)]
     core += [("openai_responses", script, "plain", True, extra) for script in ("denied", "mixed") for extra in (
         {"sse_eol": "\r\n"}, {"sse_comments": True}, {"gzip_chat": True})]
+    core += [("gemini", script, shape, stream, {}) for script in CALL_SCRIPTS for shape in GEMINI_SHAPES
+             for stream in (False, True)]
+    core += [("gemini", script, "plain", True, extra) for script in ("denied", "mixed") for extra in (
+        {"sse_eol": "\r\n"}, {"sse_comments": True}, {"gzip_chat": True})]
     for dialect, script, shape, stream, extra in core:
         tried += 1
         vstack.llm_reset()
         httpx.post(f"{vstack.llm_direct_url}/_mode",
                    json={"tool_calls": CALL_SCRIPTS[script], "calls_shape": shape, **extra}, timeout=5).raise_for_status()
-        if dialect == "openai_responses":
+        if dialect == "gemini":
+            path = "/v1beta/models/gpt-4o-mini:" + ("streamGenerateContent?alt=sse" if stream else "generateContent")
+            read = client_function_call_parts
+            body = {"contents": [{"role": "user", "parts": [{"text": "go"}]}],
+                    "tools": [{"functionDeclarations": [{"name": "get_weather"}]}]}
+        elif dialect == "openai_responses":
             path, read = "/responses", client_function_calls
             body = {"model": "gpt-4o-mini", "input": "go", "stream": stream,
                     "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]}
@@ -919,7 +951,8 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], "stream": stream,
                     "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
         try:
-            r = httpx.post(f"{vstack.llm_base_url}{path}", json=body,
+            url = f"{vstack.envoy_url}{path}" if dialect == "gemini" else f"{vstack.llm_base_url}{path}"
+            r = httpx.post(url, json=body,
                            headers={"authorization": f"Bearer {token}"}, timeout=15)
             status, calls = r.status_code, read(r, stream) if r.status_code == 200 else []
         except httpx.HTTPError as e:

@@ -491,6 +491,33 @@ class Handler(BaseHTTPRequestHandler):
             content_type = "text/event-stream"
         self._write_pieces(content_type, pieces)
 
+    def _send_shaped_gemini(self, model: str, script: list[dict], stream: bool) -> None:
+        """A Gemini functionCall answer spelt as `_mode` says: calls_shape "plain" | "snake_case"
+        (`function_call`, the proto field name, which proto3 JSON readers such as google-genai
+        accept) | "escaped_name" | "dup_name"; sse_eol, sse_comments, gzip_chat."""
+        shape = _mode["calls_shape"]
+        eol = _mode.get("sse_eol", "\n")
+
+        def spell(text: str) -> str:
+            if shape == "snake_case":
+                text = text.replace('"functionCall"', '"function_call"')
+            for call in script:
+                name = call["name"]
+                if shape == "escaped_name":
+                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+                if shape == "dup_name":
+                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            return text
+
+        if not stream:
+            pieces = [spell(json.dumps(_gemini_tool_answer(model, script))).encode()]
+            content_type = "application/json"
+        else:
+            comment = f": keep-alive{eol}" if _mode.get("sse_comments") else ""
+            pieces = [f"{comment}data: {spell(json.dumps(c))}{eol}{eol}".encode() for c in _gemini_tool_chunks(model, script)]
+            content_type = "text/event-stream"
+        self._write_pieces(content_type, pieces)
+
     def _write_pieces(self, content_type: str, pieces: list[bytes]) -> None:
         """Writes an answer piece by piece (gzip-compressed as it streams with gzip_chat)."""
         self.send_response(200)
@@ -635,6 +662,8 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._stream("text/event-stream",
                          (f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in _anthropic_events(model)))
+        elif dialect == "gemini" and script and _mode.get("calls_shape"):
+            self._send_shaped_gemini(model, script, stream)
         elif dialect == "gemini" and script:
             if not stream:
                 self._send_json(200, _gemini_tool_answer(model, script))
