@@ -3,6 +3,12 @@
 // sessions and resumable SSE. Used by e2e/conformance/run.py, directly and behind the gateway.
 //
 //   node everything-server.mjs --port 3000      (serves http://127.0.0.1:3000/mcp)
+//
+// --support-tools adds the shipped policies' tools (lookup_ticket, refund), so that
+// e2e/tests/test_mcp_revisions.py can judge this server's answers with policies/ as shipped;
+// with MCP_EXECUTIONS_LOG set, every tool it executes is appended there as a JSON line
+// {"tool", "arguments"} (what the server received, for the tests to compare with what was judged).
+import fs from "node:fs";
 import http from "node:http";
 import { randomUUID } from "node:crypto";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
@@ -41,6 +47,15 @@ const TOOLS = [
     properties: { name: { type: "string" }, address: { $ref: "#/$defs/address" } }, additionalProperties: false,
   }],
 ].map(([name, description, inputSchema]) => ({ name, description, inputSchema }));
+const SUPPORT_TOOLS = [
+  { name: "lookup_ticket", description: "Look up a support ticket",
+    inputSchema: { type: "object", properties: { ticket_id: { type: "string" } }, required: ["ticket_id"] } },
+  { name: "refund", description: "Refund an amount on a ticket",
+    inputSchema: { type: "object", properties: { ticket_id: { type: "string" }, amount_cents: { type: "number" } },
+      required: ["ticket_id", "amount_cents"] } },
+];
+const supportTools = process.argv.includes("--support-tools");
+const EXECUTIONS_LOG = process.env.MCP_EXECUTIONS_LOG;
 
 const RESOURCES = [
   { uri: "test://static-text", name: "static-text", description: "A static text resource", mimeType: "text/plain" },
@@ -63,7 +78,7 @@ function newServer() {
     capabilities: { tools: {}, resources: { subscribe: true }, prompts: {}, logging: {}, completions: {} },
   });
   const subscriptions = new Set();
-  server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: TOOLS }));
+  server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: supportTools ? [...TOOLS, ...SUPPORT_TOOLS] : TOOLS }));
   server.setRequestHandler(SetLevelRequestSchema, async () => ({}));
   server.setRequestHandler(CompleteRequestSchema, async () => ({ completion: { values: ["paris", "park", "party"], total: 3, hasMore: false } }));
   server.setRequestHandler(ListResourcesRequestSchema, async () => ({ resources: RESOURCES }));
@@ -101,6 +116,9 @@ function newServer() {
   });
   server.setRequestHandler(CallToolRequestSchema, async (r, extra) => {
     const a = r.params.arguments || {};
+    if (EXECUTIONS_LOG) fs.appendFileSync(EXECUTIONS_LOG, JSON.stringify({ tool: r.params.name, arguments: a }) + "\n");
+    if (supportTools && r.params.name === "lookup_ticket") return text(`ticket ${a.ticket_id}: open`);
+    if (supportTools && r.params.name === "refund") return text(`refunded ${a.amount_cents} cents on ${a.ticket_id}`);
     switch (r.params.name) {
       case "test_simple_text": return text("This is a simple text response for testing.");
       case "test_image_content": return { content: [{ type: "image", data: PNG, mimeType: "image/png" }] };
