@@ -80,13 +80,6 @@ OPEN: dict[str, str] = {
     "legacy-endpoint-session": "found here (new): the 2024-11-05 HTTP+SSE transport's session id travels in the "
                                "endpoint URL (?session_id=), not Mcp-Session-Id; it is neither sealed nor bound, so "
                                "another principal's POSTs to that URL run in the owner's session",
-    "openai_responses:completed_adds": "found here (new): a streamed Responses answer whose response.completed "
-                                       "lists a function_call no output_item event announced (delete_repo) reaches "
-                                       "the agent unjudged; the openai SDK's final response is built from "
-                                       "response.completed",
-    "gemini:snake_case": "found here (new): a Gemini answer whose parts spell `function_call` (the proto field "
-                         "name; proto3 JSON readers such as google-genai's GenerateContentResponse accept it) "
-                         "reaches the agent unjudged, in JSON and alt=sse answers",
     **{f"legacy-sse-{kind}-first": f"found here (new): a 2024-11-05 HTTP+SSE stream that writes {text!r} (which "
                                    "MCP clients skip) before its `endpoint` event is released as Streamable HTTP, "
                                    "so its tools/list answers pass unfiltered"

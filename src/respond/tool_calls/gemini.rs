@@ -28,8 +28,20 @@ fn parts(candidate: &Value) -> &[Value] {
         .unwrap_or(&[])
 }
 
+/// A part's call, under either spelling clients accept (`functionCall`, or the proto field
+/// name `function_call`, which google-genai also reads); a part spelling both is refused.
 fn part_call(part: &Value) -> Option<ToolCall> {
-    let call = part.get("functionCall")?;
+    let (camel, snake) = (part.get("functionCall"), part.get("function_call"));
+    let call = camel.or(snake)?;
+    if camel.is_some() && snake.is_some() {
+        return Some(ToolCall {
+            name: call["name"].as_str().unwrap_or_default().to_owned(),
+            kind: "function".to_owned(),
+            arguments: Err(
+                "the part names a call twice (functionCall and function_call)".to_owned(),
+            ),
+        });
+    }
     Some(ToolCall {
         name: call["name"].as_str().unwrap_or_default().to_owned(),
         kind: "function".to_owned(),
@@ -61,7 +73,7 @@ fn remove_parts(answer: &mut Value, refusals: &Refusals, at: &mut usize) -> bool
             continue;
         };
         parts.retain(|part| {
-            if part.get("functionCall").is_none() {
+            if part_call(part).is_none() {
                 return true;
             }
             *at += 1;
@@ -138,7 +150,7 @@ impl GeminiStream {
         let calls = json_calls(&chunk);
         let finishes = candidates(&chunk)
             .iter()
-            .any(|c| !c["finishReason"].is_null());
+            .any(|c| !c["finishReason"].is_null() || !c["finish_reason"].is_null());
         if calls.is_empty() && (!finishes || self.calls.is_empty()) {
             return Ok(Flow::Emit(event.raw));
         }
@@ -184,10 +196,10 @@ impl GeminiStream {
                 say(&mut chunk, &text);
                 changed = true;
             }
-            let says_nothing = candidates(&chunk)
-                .iter()
-                .all(|c| parts(c).is_empty() && c["finishReason"].is_null())
-                && chunk["usageMetadata"].is_null();
+            let says_nothing = candidates(&chunk).iter().all(|c| {
+                parts(c).is_empty() && c["finishReason"].is_null() && c["finish_reason"].is_null()
+            }) && chunk["usageMetadata"].is_null()
+                && chunk["usage_metadata"].is_null();
             match (changed, says_nothing) {
                 (false, _) => out.extend(event.raw),
                 (true, true) => {}
@@ -290,6 +302,30 @@ mod tests {
                 "Let me check.agent-authz refused the tool calls get_weather: not allowed; refund: not allowed."
             );
         }
+    }
+
+    #[test]
+    fn snake_case_calls_are_judged_too() {
+        let s = [
+            chunk(
+                json!([{"function_call": {"name": "delete_repo", "args": {}}}]),
+                None,
+            ),
+            chunk(json!([{"text": "done"}]), Some("STOP")),
+        ]
+        .concat();
+        let (out, judged) = run(
+            Format::Gemini,
+            DeniedToolCall::Remove,
+            s.as_bytes(),
+            9,
+            &deny(&["delete_repo"]),
+        );
+        assert_eq!(judged[0].name, "delete_repo");
+        assert!(!String::from_utf8_lossy(&out).contains("delete_repo\""));
+        let both = json!({"candidates": [{"content": {"parts": [
+            {"functionCall": {"name": "get_weather", "args": {}}, "function_call": {"name": "delete_repo", "args": {}}}]}}]});
+        assert!(super::json_calls(&both)[0].arguments.is_err());
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct ResponsesStream {
     denied: DeniedToolCall,
     calls: Vec<Call>,
     holding_from: Option<u64>,
+    /// One past the highest `output_index` seen: where an item added after them goes.
+    items_seen: u64,
     held: Vec<Held>,
     ended: bool,
 }
@@ -122,6 +124,7 @@ impl ResponsesStream {
             denied,
             calls: Vec::new(),
             holding_from: None,
+            items_seen: 0,
             held: Vec::new(),
             ended: false,
         }
@@ -144,6 +147,9 @@ impl ResponsesStream {
             return Ok(Flow::Emit(event.raw));
         };
         let index = chunk["output_index"].as_u64();
+        if let Some(index) = index {
+            self.items_seen = self.items_seen.max(index.saturating_add(1));
+        }
         let kind = chunk["type"].as_str().unwrap_or_default().to_owned();
         match kind.as_str() {
             "response.output_item.added" if is_call(&chunk["item"]) => {
@@ -184,17 +190,30 @@ impl ResponsesStream {
                     }
                 }
             }
-            "response.completed" | "response.incomplete" | "response.failed"
-                if !self.calls.is_empty() =>
-            {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                // The final list is what an SDK hands the agent: a call only it lists is
+                // judged too, as listed.
                 for (at, item) in output(&chunk["response"]).iter().enumerate() {
-                    if let Some(call) = self.call(Some(at as u64)).filter(|_| is_call(item)) {
-                        let text = item["arguments"].as_str().or(item["input"].as_str());
-                        call.readings.push(text.unwrap_or_default().to_owned());
+                    if !is_call(item) {
+                        continue;
+                    }
+                    let text = item["arguments"].as_str().or(item["input"].as_str());
+                    let text = text.unwrap_or_default().to_owned();
+                    match self.call(Some(at as u64)) {
+                        Some(call) => call.readings.push(text),
+                        None => self.calls.push(Call {
+                            output_index: at as u64,
+                            kind: item["type"].as_str().unwrap_or_default().to_owned(),
+                            name: item["name"].as_str().unwrap_or_default().to_owned(),
+                            streamed: text,
+                            readings: Vec::new(),
+                        }),
                     }
                 }
-                self.held.push(Held { event, chunk });
-                return Ok(Flow::Judge);
+                if !self.calls.is_empty() {
+                    self.held.push(Held { event, chunk });
+                    return Ok(Flow::Judge);
+                }
             }
             _ => {}
         }
@@ -224,7 +243,7 @@ impl ResponsesStream {
     pub fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
-        let from = self.holding_from.take().unwrap_or(0);
+        let from = self.holding_from.take().unwrap_or(self.items_seen);
         let judged = judged(&calls);
         let text = refusal_text(&judged, refusals);
         if self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some) {

@@ -196,3 +196,28 @@ fn json_answers_lose_only_the_refused_items() {
         .collect();
     assert_eq!(kinds, [json!("message"), json!("function_call")]);
 }
+
+#[test]
+fn a_call_only_the_completed_list_names_is_judged() {
+    let message = json!({"type": "message", "id": "m", "role": "assistant", "content": []});
+    let s = [
+        event(json!({"type": "response.output_item.added", "output_index": 0, "item": message.clone()})),
+        event(json!({"type": "response.output_item.done", "output_index": 0, "item": message.clone()})),
+        event(json!({"type": "response.completed", "response": {"output": [message, call_item("fc_x", "delete_repo", "{}")]}})),
+    ]
+    .concat();
+    let (out, judged) = run(
+        Format::OpenaiResponses,
+        DeniedToolCall::Remove,
+        s.as_bytes(),
+        40,
+        &deny(&["delete_repo"]),
+    );
+    assert_eq!(judged.len(), 1);
+    assert_eq!(judged[0].name, "delete_repo");
+    let (_, completed) = read(&out);
+    assert!(
+        completed.iter().all(|i| i["name"] != "delete_repo"),
+        "{completed:?}"
+    );
+}
