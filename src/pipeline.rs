@@ -497,6 +497,9 @@ impl<E: PolicyEngine> Pipeline<E> {
                 limit: self.max_body_bytes,
             });
         }
+        if format == Format::Mcp {
+            extract::mcp::refuse_legacy_messages(&input.method, &input.path)?;
+        }
         let declared = input
             .headers
             .get("content-length")
@@ -624,9 +627,10 @@ impl<E: PolicyEngine> Pipeline<E> {
             Vec::new()
         };
         // Answers that may carry a tools/list result: to a request or batch holding one, and
-        // every GET stream: a resumed one (Last-Event-ID) may replay an earlier answer, and
-        // the 2024-11-05 HTTP+SSE transport answers every request on its GET stream (the leg
-        // tells it by the stream's first event).
+        // every GET stream: a resumed one (Last-Event-ID) may replay an earlier answer; one
+        // opened without a session id may be the 2024-11-05 HTTP+SSE transport's (which
+        // answers every request there), so it is filtered throughout; one of a Streamable HTTP
+        // session is held until its first event tells its transport (see the leg).
         let tools_list = match (&trace.request, &trace.route) {
             (Some(AgentRequest::Mcp(mcp)), Some(route)) => {
                 let get = mcp.messages.iter().any(|m| m.method == "GET");
@@ -636,7 +640,9 @@ impl<E: PolicyEngine> Pipeline<E> {
                         request_ids: extract::mcp::tools_list_ids(&input.body),
                         server: route.mcp_server.clone().unwrap_or_default(),
                         kind: self.vocabulary.mcp_kind(route),
-                        probe_transport: get && !resumed,
+                        probe_transport: get
+                            && !resumed
+                            && input.headers.contains_key(MCP_SESSION_HEADER),
                     }
                 })
             }

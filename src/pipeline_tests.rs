@@ -1159,3 +1159,30 @@ fn judging_a_format_the_leg_cannot_read_is_refused_at_load() {
     ))
     .unwrap();
 }
+
+#[tokio::test]
+async fn get_streams_without_a_session_are_filtered_throughout() {
+    let h = Harness::new("").await;
+    let get = |session: Option<String>| {
+        let mut req = input("/mcp", json!({}), alice());
+        req.method = "GET".into();
+        req.body = Bytes::new();
+        if let Some(session) = session {
+            req.headers.insert(MCP_SESSION_HEADER.to_owned(), session);
+        }
+        req
+    };
+    // Maybe the 2024-11-05 HTTP+SSE transport, which answers every request on this stream.
+    let list = handoff_of(&h.pipeline.check(get(None)).await).tools_list;
+    assert!(list.is_some_and(|l| !l.probe_transport));
+    // A Streamable HTTP session's stream: the leg reads its first event before letting go.
+    let sealed = h.pipeline.seal_session("alice", "srv-1");
+    let list = handoff_of(&h.pipeline.check(get(sealed)).await).tools_list;
+    assert!(list.is_some_and(|l| l.probe_transport));
+    // That transport's messages (session id in the query) are not served.
+    let mut legacy = input("/mcp?sessionId=abc", refund(1, "T-100", 10), alice());
+    legacy.method = "POST".into();
+    let (status, body) = denial(&h.pipeline.check(legacy).await);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], -32600);
+}

@@ -324,6 +324,31 @@ fn object_or_empty(
     }
 }
 
+/// Refuses a message of the 2024-11-05 HTTP+SSE transport: a POST naming its session in the
+/// query string (`?sessionId=` in the TypeScript SDK, `?session_id=` in Python's), whose answer
+/// travels on the session's GET stream. That session id cannot be bound to a principal the way
+/// `Mcp-Session-Id` is (another caller holding the URL would act in the session), so the
+/// transport is not served: clients use Streamable HTTP.
+pub fn refuse_legacy_messages(method: &str, target: &str) -> Result<(), ExtractError> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Ok(());
+    };
+    let legacy = query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("sessionid") || name.eq_ignore_ascii_case("session_id")
+    });
+    if method == "POST" && legacy {
+        return Err(mcp_error(
+            None,
+            INVALID_REQUEST,
+            "the 2024-11-05 HTTP+SSE transport (a session id in the query string) is not \
+             served: its sessions cannot be bound to the caller; use Streamable HTTP"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The JSON-RPC ids of the `tools/list` messages in a request body (one message or a batch),
 /// each as its exact JSON text: ids are opaque, and a number beyond 2^53 must not be rounded
 /// on its way to the evidence. Unreadable parts are skipped (the body was already accepted).
@@ -646,5 +671,26 @@ mod tests {
             body: b"",
         });
         assert_eq!(r, Err(ExtractError::McpMethodNotAllowed("PUT".into())));
+    }
+
+    #[test]
+    fn legacy_transport_messages_are_refused() {
+        for target in [
+            "/mcp/messages?sessionId=abc",
+            "/messages/?session_id=abc",
+            "/m?x=1&SESSIONID=a",
+        ] {
+            assert!(refuse_legacy_messages("POST", target).is_err(), "{target}");
+        }
+        for (method, target) in [
+            ("POST", "/mcp"),
+            ("POST", "/mcp?x=1"),
+            ("GET", "/sse?sessionId=a"),
+        ] {
+            assert!(
+                refuse_legacy_messages(method, target).is_ok(),
+                "{method} {target}"
+            );
+        }
     }
 }
