@@ -359,6 +359,18 @@ impl Exchange {
                     ResponseFilter::Sse(splitter)
                 }
             }
+            // A listing answer in a type the filter does not read (text/plain, none): a lenient
+            // client could still parse the list out of it, so it is not passed on.
+            (true, ct, None) => {
+                tracing::error!(
+                    content_type = ct,
+                    "a listing answer arrived in a type that cannot be filtered; refused"
+                );
+                return immediate(
+                    502,
+                    "agent-authz: the upstream answered a listing in a type that cannot be filtered",
+                );
+            }
             _ => ResponseFilter::Pass,
         };
         let mut mutation = HeaderMutation::default();

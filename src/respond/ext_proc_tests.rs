@@ -600,3 +600,23 @@ async fn judging_an_answer_format_the_leg_cannot_read_is_refused() {
     };
     assert_eq!(i.status.unwrap().code, 502);
 }
+
+#[tokio::test]
+async fn a_listing_in_a_type_the_filter_cannot_read_is_refused() {
+    let p = pipeline().await;
+    for content_type in ["text/plain", ""] {
+        let (mut x, _) = opened(&p, "/mcp", &handoff(&[], Some(json!(5)))).await;
+        let mut answer = vec![(":status", "200")];
+        if !content_type.is_empty() {
+            answer.push(("content-type", content_type));
+        }
+        let r = x
+            .handle(&p, headers(Phase::ResponseHeaders, &answer, None))
+            .await
+            .unwrap();
+        let Some(Reply::ImmediateResponse(i)) = r.response else {
+            panic!("expected a refusal for {content_type:?}, got {r:?}")
+        };
+        assert_eq!(i.status.unwrap().code, 502);
+    }
+}
