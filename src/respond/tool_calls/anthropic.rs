@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::{AnswerError, Flow, Refusals, ToolCall, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -81,11 +81,6 @@ struct Call {
     name: String,
     start_input: Value,
     partial: String,
-}
-
-struct Held {
-    event: Event,
-    chunk: Value,
 }
 
 /// A streamed Messages answer.

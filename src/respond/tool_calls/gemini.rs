@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::{AnswerError, Flow, Refusals, ToolCall, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -112,11 +112,6 @@ pub fn error_body(text: &str) -> Vec<u8> {
     json!({"error": {"code": 403, "message": text, "status": "PERMISSION_DENIED"}})
         .to_string()
         .into_bytes()
-}
-
-struct Held {
-    event: Event,
-    chunk: Value,
 }
 
 /// A streamed Gemini answer.

@@ -187,6 +187,13 @@ impl ParsedAnswer {
     }
 }
 
+/// An event a stream reader holds back until the calls before it are judged: as received,
+/// and as parsed (`Null` for a chunk that is not JSON, such as Chat's `[DONE]`).
+struct Held {
+    event: Event,
+    chunk: Value,
+}
+
 /// What the stream reader makes of one event.
 #[derive(Debug, PartialEq)]
 pub enum Flow {

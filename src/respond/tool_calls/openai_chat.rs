@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::{AnswerError, Flow, Refusals, ToolCall, data_event, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, data_event, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -148,12 +148,6 @@ struct Call {
     kind: String,
     name: String,
     arguments: String,
-}
-
-/// An event held back: as received, and its chunk (`Null` for `[DONE]`).
-struct Held {
-    event: Event,
-    chunk: Value,
 }
 
 /// A streamed Chat Completions answer.

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::{AnswerError, Flow, Refusals, ToolCall, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -100,11 +100,6 @@ struct Call {
     /// Each reading of the arguments seen (deltas joined, `.done`, the final item).
     streamed: String,
     readings: Vec<String>,
-}
-
-struct Held {
-    event: Event,
-    chunk: Value,
 }
 
 /// A streamed Responses answer.
