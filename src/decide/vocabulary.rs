@@ -9,12 +9,33 @@ use crate::extract::{AgentRequest, LlmRequest, McpOperation, McpRequest};
 
 pub struct Vocabulary {
     config: VocabularyConfig,
+    /// The action templates (`tools/call/{tool}`, ...) split once at start-up for
+    /// [`Vocabulary::action_label`]: (prefix, suffix, label with `*` for the name).
+    templates: Vec<(String, String, String)>,
 }
 
 impl Vocabulary {
     pub fn new(config: &VocabularyConfig) -> Self {
+        let templates = [
+            config.tool_call_action_template(),
+            config.tool_list_action_template(),
+            config.prompt_get_action_template(),
+            config.tool_call_action.as_str(),
+        ]
+        .into_iter()
+        .filter_map(|template| {
+            let (prefix, rest) = template.split_once('{')?;
+            let suffix = rest.split_once('}').map_or("", |(_, s)| s);
+            Some((
+                prefix.to_owned(),
+                suffix.to_owned(),
+                format!("{prefix}*{suffix}"),
+            ))
+        })
+        .collect();
         Self {
             config: config.clone(),
+            templates,
         }
     }
 
@@ -216,23 +237,14 @@ impl Vocabulary {
         if exact.contains(&action) || SPEC_METHODS.contains(&action) {
             return action.into();
         }
-        for template in [
-            c.tool_call_action_template(),
-            c.tool_list_action_template(),
-            c.prompt_get_action_template(),
-        ] {
-            let Some((prefix, rest)) = template.split_once('{') else {
-                continue;
-            };
-            let suffix = rest.split_once('}').map_or("", |(_, s)| s);
-            if action.len() >= prefix.len() + suffix.len()
-                && action.starts_with(prefix)
-                && action.ends_with(suffix)
-            {
-                return format!("{prefix}*{suffix}").into();
-            }
-        }
-        "other".into()
+        self.templates
+            .iter()
+            .find(|(prefix, suffix, _)| {
+                action.len() >= prefix.len() + suffix.len()
+                    && action.starts_with(prefix.as_str())
+                    && action.ends_with(suffix.as_str())
+            })
+            .map_or("other".into(), |(_, _, label)| label.clone().into())
     }
 }
 
