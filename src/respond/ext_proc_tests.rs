@@ -154,6 +154,17 @@ async fn opened(
     (x, r)
 }
 
+/// The upstream's answer headers (`pairs`) reaching the leg, and its reply.
+async fn answer_headers(
+    x: &mut Exchange,
+    p: &Pipeline<HideDeleteRepo>,
+    pairs: &[(&str, &str)],
+) -> ProcessingResponse {
+    x.handle(p, headers(Phase::ResponseHeaders, pairs, None))
+        .await
+        .unwrap()
+}
+
 const CHAT: &[u8] = br#"{"model":"m","tools":[{"type":"function","function":{"name":"get_weather"}},{"type":"function","function":{"name":"delete_repo"}}]}"#;
 
 #[tokio::test]
@@ -261,21 +272,16 @@ const FILTERED: &[u8] =
 
 async fn list_exchange(p: &Pipeline<HideDeleteRepo>, content_type: &str) -> Exchange {
     let (mut x, _) = opened(p, "/mcp", &handoff(&[], Some(json!(5)))).await;
-    let r = x
-        .handle(
-            p,
-            headers(
-                Phase::ResponseHeaders,
-                &[
-                    (":status", "200"),
-                    ("content-type", content_type),
-                    ("content-length", "99"),
-                ],
-                None,
-            ),
-        )
-        .await
-        .unwrap();
+    let r = answer_headers(
+        &mut x,
+        p,
+        &[
+            (":status", "200"),
+            ("content-type", content_type),
+            ("content-length", "99"),
+        ],
+    )
+    .await;
     let Some(Reply::ResponseHeaders(hr)) = r.response else {
         panic!("headers reply")
     };
@@ -346,17 +352,12 @@ async fn sse_tools_list_answers_are_filtered_at_any_chunk_boundary() {
 async fn other_answers_pass_untouched() {
     let p = pipeline().await;
     let (mut x, _) = opened(&p, "/mcp", &handoff(&[], None)).await;
-    let r = x
-        .handle(
-            &p,
-            headers(
-                Phase::ResponseHeaders,
-                &[(":status", "200"), ("content-type", "application/json")],
-                None,
-            ),
-        )
-        .await
-        .unwrap();
+    let r = answer_headers(
+        &mut x,
+        &p,
+        &[(":status", "200"), ("content-type", "application/json")],
+    )
+    .await;
     let Some(Reply::ResponseHeaders(hr)) = r.response else {
         panic!("headers reply")
     };
@@ -374,17 +375,12 @@ async fn mcp_session_ids_reach_the_client_sealed_to_the_principal() {
     let mut h = handoff(&[], None);
     h.format = Some(Format::Mcp);
     let (mut x, _) = opened(&p, "/mcp", &h).await;
-    let r = x
-        .handle(
-            &p,
-            headers(
-                Phase::ResponseHeaders,
-                &[(":status", "200"), ("mcp-session-id", "srv-1")],
-                None,
-            ),
-        )
-        .await
-        .unwrap();
+    let r = answer_headers(
+        &mut x,
+        &p,
+        &[(":status", "200"), ("mcp-session-id", "srv-1")],
+    )
+    .await;
     let Some(Reply::ResponseHeaders(hr)) = r.response else {
         panic!("headers reply")
     };
@@ -400,21 +396,16 @@ async fn mcp_session_ids_reach_the_client_sealed_to_the_principal() {
 async fn a_compressed_listing_is_refused_not_passed() {
     let p = pipeline().await;
     let (mut x, _) = opened(&p, "/mcp", &handoff(&[], Some(json!(5)))).await;
-    let r = x
-        .handle(
-            &p,
-            headers(
-                Phase::ResponseHeaders,
-                &[
-                    (":status", "200"),
-                    ("content-type", "application/json"),
-                    ("content-encoding", "gzip"),
-                ],
-                None,
-            ),
-        )
-        .await
-        .unwrap();
+    let r = answer_headers(
+        &mut x,
+        &p,
+        &[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+    )
+    .await;
     let Some(Reply::ImmediateResponse(i)) = r.response else {
         panic!("expected a refusal, got {r:?}")
     };
@@ -437,9 +428,7 @@ async fn the_stream_ends_as_soon_as_nothing_is_left_to_do() {
     let (mut x, _) = opened(&p, "/mcp", &mcp).await;
     assert!(!x.finished);
     let answer = [(":status", "200"), ("content-type", "text/event-stream")];
-    x.handle(&p, headers(Phase::ResponseHeaders, &answer, None))
-        .await
-        .unwrap();
+    answer_headers(&mut x, &p, &answer).await;
     assert!(x.finished);
     // A tools/list answer is filtered to its end.
     let mut x = list_exchange(&p, "text/event-stream").await;
@@ -460,9 +449,7 @@ async fn get_stream(p: &Pipeline<HideDeleteRepo>) -> Exchange {
     }
     let (mut x, _) = opened(p, "/mcp", &h).await;
     let answer = [(":status", "200"), ("content-type", "text/event-stream")];
-    x.handle(p, headers(Phase::ResponseHeaders, &answer, None))
-        .await
-        .unwrap();
+    answer_headers(&mut x, p, &answer).await;
     x
 }
 
@@ -535,9 +522,7 @@ async fn a_judged_answer_loses_its_denied_calls_and_keeps_the_stream_open() {
     let (mut x, _) = opened(&p, "/v1/chat/completions", &h).await;
     assert!(!x.finished, "the answer is still to be judged");
     let answer = [(":status", "200"), ("content-type", "text/event-stream")];
-    x.handle(&p, headers(Phase::ResponseHeaders, &answer, None))
-        .await
-        .unwrap();
+    answer_headers(&mut x, &p, &answer).await;
     assert!(!x.finished);
     let call = |i: u64, name: &str| {
         format!(
@@ -591,10 +576,7 @@ async fn judging_an_answer_format_the_leg_cannot_read_is_refused() {
     h.format = Some(Format::BedrockConverse);
     let (mut x, _) = opened(&p, "/model/amazon.nova-lite/converse", &h).await;
     let answer = [(":status", "200"), ("content-type", "application/json")];
-    let r = x
-        .handle(&p, headers(Phase::ResponseHeaders, &answer, None))
-        .await
-        .unwrap();
+    let r = answer_headers(&mut x, &p, &answer).await;
     let Some(Reply::ImmediateResponse(i)) = r.response else {
         panic!("expected a refusal, got {r:?}")
     };
@@ -610,10 +592,7 @@ async fn a_listing_in_a_type_the_filter_cannot_read_is_refused() {
         if !content_type.is_empty() {
             answer.push(("content-type", content_type));
         }
-        let r = x
-            .handle(&p, headers(Phase::ResponseHeaders, &answer, None))
-            .await
-            .unwrap();
+        let r = answer_headers(&mut x, &p, &answer).await;
         let Some(Reply::ImmediateResponse(i)) = r.response else {
             panic!("expected a refusal for {content_type:?}, got {r:?}")
         };
