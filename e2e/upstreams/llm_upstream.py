@@ -29,7 +29,6 @@ The tests talk to this port directly for those three.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import gzip
 import json
@@ -39,10 +38,11 @@ import zlib
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote
 
 from provider_view import provider_view
+from http_plumbing import read_body, serve
 
 MODELS = ["gpt-4o-mini", "gpt-4o"]
 
@@ -330,17 +330,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- helpers -----------------------------------------------------------------------
     def _read_body(self) -> bytes:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+        return read_body(self)
 
     def _send_json(self, status: int, obj, *, compress: bool = False) -> None:
         body = json.dumps(obj).encode()
@@ -699,18 +689,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
-    args = parser.parse_args()
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
-    print(f"llm upstream listening on http://{args.host}:{args.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
+    serve(Handler, __doc__, 8081, "llm upstream")
 
 if __name__ == "__main__":
     main()

@@ -49,7 +49,6 @@ Test-only endpoints (the tests call this port directly):
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
@@ -57,8 +56,9 @@ import threading
 import time
 import uuid
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+from http_plumbing import read_body, serve
 
 TOOLS = [
     {"name": "refund", "description": "Refund a customer on a support ticket.",
@@ -164,17 +164,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ plumbing
     def _read_body(self) -> bytes:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+        return read_body(self)
 
     def _send(self, status: int, body: bytes, content_type: str | None, headers: dict | None = None,
               *, encode: bool = True) -> None:
@@ -406,18 +396,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8082)
-    args = parser.parse_args()
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
-    print(f"raw mcp server listening on http://{args.host}:{args.port}/mcp", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
+    serve(Handler, __doc__, 8082, "raw mcp server")
 
 if __name__ == "__main__":
     main()

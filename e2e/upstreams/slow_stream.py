@@ -15,11 +15,11 @@ Every request is recorded (method, path, headers, body): GET /_received lists th
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http_plumbing import read_body, serve
 
 _lock = threading.Lock()
 _received: list[dict] = []
@@ -33,17 +33,7 @@ class Handler(BaseHTTPRequestHandler):
         super().log_message(fmt, *args)
 
     def _read_body(self) -> bytes:
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            data = b""
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return data
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+        return read_body(self)
 
     def _send_json(self, status: int, obj) -> None:
         body = json.dumps(obj).encode()
@@ -118,18 +108,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
-    args = parser.parse_args()
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
-    print(f"slow stream upstream listening on http://{args.host}:{args.port}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
+    serve(Handler, __doc__, 8081, "slow stream upstream")
 
 if __name__ == "__main__":
     main()
