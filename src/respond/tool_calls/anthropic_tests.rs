@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
-use super::super::testing::run;
-use super::super::{JsonAnswer, ToolCall};
+use super::super::JsonAnswer;
+use super::super::testing::{deny, run};
 use crate::config::{DeniedToolCall, Format};
 
 fn event(e: Value) -> String {
@@ -92,15 +92,6 @@ fn accumulate(out: &[u8]) -> (Vec<Value>, String) {
         }
     }
     (blocks, stop)
-}
-
-fn deny(names: &'static [&'static str]) -> impl Fn(&ToolCall) -> Option<String> {
-    move |c: &ToolCall| match &c.arguments {
-        Err(why) => Some(why.clone()),
-        Ok(_) => names
-            .contains(&c.name.as_str())
-            .then(|| "not allowed".to_owned()),
-    }
 }
 
 #[test]

@@ -304,6 +304,17 @@ pub(crate) mod testing {
     //! Drives a [`StreamAnswer`] the way the ext_proc leg does, with a fixed judgement.
     use super::*;
 
+    /// A judgement refusing the calls named in `names`, and every call whose arguments do
+    /// not parse (with that reason), as the leg does.
+    pub fn deny(names: &'static [&'static str]) -> impl Fn(&ToolCall) -> Option<String> {
+        move |c: &ToolCall| match &c.arguments {
+            Err(why) => Some(why.clone()),
+            Ok(_) => names
+                .contains(&c.name.as_str())
+                .then(|| "not allowed".to_owned()),
+        }
+    }
+
     /// The bytes a client receives when `stream` arrives in two chunks cut at `cut`, and the
     /// names of the calls judged; `judge` refuses a call by name.
     pub fn run(

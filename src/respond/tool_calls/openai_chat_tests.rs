@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use super::super::testing::run;
+use super::super::testing::{deny, run};
 use super::super::{JsonAnswer, ToolCall};
 use super::*;
 use crate::config::{DeniedToolCall, Format};
@@ -89,15 +89,6 @@ fn accumulate(out: &[u8]) -> (Vec<(String, String, String)>, String, String) {
         }
     }
     (calls, text, finish)
-}
-
-fn deny(names: &'static [&'static str]) -> impl Fn(&ToolCall) -> Option<String> {
-    move |c: &ToolCall| match &c.arguments {
-        Err(why) => Some(why.clone()),
-        Ok(_) => names
-            .contains(&c.name.as_str())
-            .then(|| "not allowed".to_owned()),
-    }
 }
 
 #[test]

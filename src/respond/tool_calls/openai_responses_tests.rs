@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
-use super::super::testing::run;
-use super::super::{JsonAnswer, ToolCall};
+use super::super::JsonAnswer;
+use super::super::testing::{deny, run};
 use crate::config::{DeniedToolCall, Format};
 
 fn event(e: Value) -> String {
@@ -78,15 +78,6 @@ fn read(out: &[u8]) -> (Vec<Value>, Vec<Value>) {
         }
     }
     (items, completed)
-}
-
-fn deny(names: &'static [&'static str]) -> impl Fn(&ToolCall) -> Option<String> {
-    move |c: &ToolCall| match &c.arguments {
-        Err(why) => Some(why.clone()),
-        Ok(_) => names
-            .contains(&c.name.as_str())
-            .then(|| "not allowed".to_owned()),
-    }
 }
 
 #[test]
