@@ -23,7 +23,9 @@ whatever the request's Accept-Encoding says (a compressing proxy in front of the
 Anthropic Messages and Gemini answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
 as `delta.tool_calls` / `input_json_delta` fragments a few bytes long, after some text), as a
 model that decided to call tools would; with "calls_shape" also set, chat answers are spelt
-differently (see _send_shaped_calls).
+differently (see _send_shaped_calls); with "hold_calls": true, a chat answer waits before its
+first tool call (streamed: after the text) until POST /_release, so a test can act between the
+request's decision and the answer's (stop Cerbos, say).
 The tests talk to this port directly for those three.
 """
 
@@ -49,6 +51,8 @@ MODELS = ["gpt-4o-mini", "gpt-4o"]
 _lock = threading.Lock()
 _received: list[dict] = []
 _mode: dict = {}
+# Opened by POST /_release, closed again by POST /_mode: see "hold_calls".
+_released = threading.Event()
 
 
 def _completion(model: str, content: str) -> dict:
@@ -220,6 +224,19 @@ def _tool_call_chunks(chunk_id: str, model: str, calls: list[dict]) -> list[dict
             chunks.append(_chunk(chunk_id, model, {"tool_calls": [piece]}, None))
     chunks.append(_chunk(chunk_id, model, {}, "tool_calls"))
     return chunks
+
+
+def _hold_calls() -> None:
+    """With "hold_calls", waits (at most a minute) for POST /_release."""
+    if _mode.get("hold_calls"):
+        _released.wait(60)
+
+
+def _held_from(pieces: list[bytes], at: int):
+    """`pieces`, waiting before `pieces[at]` as `_hold_calls` says."""
+    yield from pieces[:at]
+    _hold_calls()
+    yield from pieces[at:]
 
 
 def _responses_tool_answer(model: str, script: list[dict]) -> dict:
@@ -590,6 +607,11 @@ class Handler(BaseHTTPRequestHandler):
             with _lock:
                 _mode.clear()
                 _mode.update(json.loads(body or b"{}"))
+                _released.clear()
+            self._send_json(200, dict(_mode))
+            return
+        if self.path == "/_release":
+            _released.set()
             self._send_json(200, dict(_mode))
             return
         path = self.path.split("?")[0]
@@ -615,10 +637,13 @@ class Handler(BaseHTTPRequestHandler):
                 answer = _completion(model, "")
                 answer["choices"][0]["message"] |= {"content": None, "tool_calls": calls}
                 answer["choices"][0]["finish_reason"] = "tool_calls"
+                _hold_calls()
                 self._send_json(200, answer)
                 return
             chunk_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-            self._stream("text/event-stream", [*sse(_tool_call_chunks(chunk_id, model, calls)), b"data: [DONE]\n\n"])
+            chunks = [*sse(_tool_call_chunks(chunk_id, model, calls)), b"data: [DONE]\n\n"]
+            # The role and the text first (never held by the gateway), then the calls.
+            self._stream("text/event-stream", _held_from(chunks, 2))
         elif dialect == "openai_chat":
             if not stream:
                 self._send_json(200, _completion(model, f"hello from {model}"))
