@@ -657,19 +657,6 @@ pub enum DeniedToolCall {
 }
 
 impl Format {
-    /// Whether the ext_proc leg can read this format's answers for tool calls.
-    pub fn reads_tool_calls(self) -> bool {
-        matches!(
-            self,
-            Format::OpenaiChat
-                | Format::AzureOpenaiChat
-                | Format::AnthropicMessages
-                | Format::OpenaiResponses
-                | Format::AzureOpenaiResponses
-                | Format::Gemini
-        )
-    }
-
     /// Whether this format's answers are a model's (and may carry tool calls).
     pub fn answers_with_tool_calls(self) -> bool {
         !matches!(self, Format::Mcp | Format::OpenaiModels)
@@ -1139,20 +1126,6 @@ impl Config {
             route
                 .check()
                 .map_err(|(key, why)| (format!("routes[{i}].{key}"), why))?;
-            // A format whose answers the leg cannot read would pass its calls unjudged.
-            let judged = route.model_tool_calls.unwrap_or(self.model_tool_calls);
-            if judged == ModelToolCalls::Judge
-                && route.format.answers_with_tool_calls()
-                && !route.format.reads_tool_calls()
-            {
-                return Err((
-                    format!("routes[{i}].model_tool_calls"),
-                    format!(
-                        "judge is not supported for {} answers yet: set model_tool_calls: off on this route",
-                        route.format.as_str()
-                    ),
-                ));
-            }
         }
         for (key, paths) in [
             ("audit.mask", &self.audit.mask),

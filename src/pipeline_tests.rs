@@ -1147,15 +1147,10 @@ async fn tool_calls_are_withheld_when_cerbos_cannot_answer() {
 }
 
 #[test]
-fn judging_a_format_the_leg_cannot_read_is_refused_at_load() {
+fn every_model_format_may_be_judged() {
     let base = "identity: {source: envoy_jwt_authn}\nmodel_tool_calls: judge\nroutes:\n";
-    let err = Config::parse(&format!(
-        "{base}  - {{path_prefix: /g, format: bedrock_converse}}\n"
-    ))
-    .unwrap_err();
-    assert_eq!(err.0, "routes[0].model_tool_calls");
     Config::parse(&format!(
-        "{base}  - {{path_prefix: /g, format: bedrock_converse, model_tool_calls: off}}\n  - {{path_prefix: /v1/chat/completions, format: openai_chat}}\n  - {{path_prefix: /mcp, format: mcp, mcp_server: s}}\n"
+        "{base}  - {{path_prefix: /model, format: bedrock_converse}}\n  - {{path_prefix: /v1/chat/completions, format: openai_chat}}\n  - {{path_prefix: /mcp, format: mcp, mcp_server: s}}\n"
     ))
     .unwrap();
 }

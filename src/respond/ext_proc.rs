@@ -321,17 +321,22 @@ impl Exchange {
                 pipeline.max_list_response_bytes(),
                 pipeline.denied_tool_call(),
             ) {
-                Ok(judged) => judged,
-                // A route Envoy names (context extensions) may speak a format whose answers
-                // are not read yet: its calls are not passed unjudged.
-                Err(tool_calls::Unread(format)) => {
+                Ok(judged) => Some(judged),
+                // An answer in a shape no reader reads (text/plain, none, a stream framing the
+                // format does not use): a lenient client could still read calls out of it, so
+                // it is not passed on unjudged.
+                Err(tool_calls::Unread {
+                    format,
+                    content_type,
+                }) => {
                     tracing::error!(
                         format = format.as_str(),
-                        "model_tool_calls: judge on a format whose answers cannot be read; refused"
+                        content_type,
+                        "model_tool_calls: judge on an answer that cannot be read; refused"
                     );
                     return immediate(
                         502,
-                        "agent-authz: tool calls in this answer format cannot be judged",
+                        "agent-authz: tool calls in this answer cannot be judged",
                     );
                 }
             },

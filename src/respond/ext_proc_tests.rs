@@ -569,18 +569,40 @@ async fn a_judged_answer_loses_its_denied_calls_and_keeps_the_stream_open() {
 }
 
 #[tokio::test]
-async fn judging_an_answer_format_the_leg_cannot_read_is_refused() {
+async fn a_judged_answer_in_a_shape_no_reader_reads_is_refused() {
     let p = pipeline().await;
-    let mut h = handoff(&[], None);
-    h.judge_tool_calls = Some("amazon.nova-lite".into());
-    h.format = Some(Format::BedrockConverse);
-    let (mut x, _) = opened(&p, "/model/amazon.nova-lite/converse", &h).await;
-    let answer = [(":status", "200"), ("content-type", "application/json")];
-    let r = answer_headers(&mut x, &p, &answer).await;
-    let Some(Reply::ImmediateResponse(i)) = r.response else {
-        panic!("expected a refusal, got {r:?}")
-    };
-    assert_eq!(i.status.unwrap().code, 502);
+    let cases = [
+        (
+            Format::BedrockConverse,
+            "/model/amazon.nova-lite/converse",
+            "text/plain",
+        ),
+        (
+            Format::BedrockConverse,
+            "/model/amazon.nova-lite/converse",
+            "",
+        ),
+        (
+            Format::OpenaiChat,
+            "/v1/chat/completions",
+            "application/vnd.amazon.eventstream",
+        ),
+    ];
+    for (format, path, content_type) in cases {
+        let mut h = handoff(&[], None);
+        h.judge_tool_calls = Some("amazon.nova-lite".into());
+        h.format = Some(format);
+        let (mut x, _) = opened(&p, path, &h).await;
+        let mut answer = vec![(":status", "200")];
+        if !content_type.is_empty() {
+            answer.push(("content-type", content_type));
+        }
+        let r = answer_headers(&mut x, &p, &answer).await;
+        let Some(Reply::ImmediateResponse(i)) = r.response else {
+            panic!("expected a refusal for {content_type:?}, got {r:?}")
+        };
+        assert_eq!(i.status.unwrap().code, 502);
+    }
 }
 
 #[tokio::test]

@@ -1,43 +1,52 @@
 //! The leg's side of judging: reads an answer in the shape it arrived in, asks the pipeline
 //! about the calls it completes, and hands back the bytes to pass on.
 
+use super::bedrock_converse::ConverseStream;
 use super::{
     AnswerError, DeniedToolCall, Flow, Format, JsonAnswer, Refusals, StreamAnswer, ToolCall,
 };
 
-/// A format whose answers the leg cannot read for tool calls.
+/// An answer the leg cannot read for tool calls (a type no reader reads, or a format's
+/// stream it has no reader for): it is not passed on, since its calls would go unjudged.
 #[derive(Debug)]
-pub struct Unread(pub Format);
+pub struct Unread {
+    pub format: Format,
+    pub content_type: String,
+}
 
 /// The answer of an exchange whose tool calls are judged, in the shape it arrived in.
 pub enum Judged {
     Json(Option<JsonAnswer>),
     Stream(StreamAnswer),
+    /// AWS event-stream framing (Bedrock ConverseStream).
+    EventStream(ConverseStream),
 }
 
 impl Judged {
-    /// The reader for an answer of `content_type` (lower-cased) in `format`; `None` for a
-    /// shape that carries no tool calls a client reads (an error page, say); `Err` for a
-    /// format whose answers cannot be read.
+    /// The reader for a successful answer of `content_type` (lower-cased) in `format`.
     pub fn new(
         format: Format,
         content_type: &str,
         limit: usize,
         denied: DeniedToolCall,
-    ) -> Result<Option<Self>, Unread> {
-        let json = content_type.starts_with("application/json");
-        let sse = content_type.starts_with("text/event-stream");
-        if !json && !sse {
-            return Ok(None);
-        }
-        if !format.reads_tool_calls() {
-            return Err(Unread(format));
-        }
-        Ok(Some(if json {
-            Judged::Json(Some(JsonAnswer::new(format, limit)))
+    ) -> Result<Self, Unread> {
+        let unread = || Unread {
+            format,
+            content_type: content_type.to_owned(),
+        };
+        if content_type.starts_with("application/json") {
+            Ok(Judged::Json(Some(JsonAnswer::new(format, limit))))
+        } else if content_type.starts_with("text/event-stream") {
+            StreamAnswer::new(format, limit, denied)
+                .map(Judged::Stream)
+                .ok_or_else(unread)
+        } else if content_type.starts_with("application/vnd.amazon.eventstream")
+            && format == Format::BedrockConverse
+        {
+            Ok(Judged::EventStream(ConverseStream::new(limit, denied)))
         } else {
-            Judged::Stream(StreamAnswer::new(format, limit, denied).ok_or(Unread(format))?)
-        }))
+            Err(unread())
+        }
     }
 
     /// The bytes to pass on for this chunk of the answer (held parts withheld, judged parts
@@ -91,11 +100,24 @@ impl Judged {
                 }
                 Ok((out, names))
             }
+            Judged::EventStream(answer) => {
+                let mut out = Vec::new();
+                let mut names = Vec::new();
+                for frame in answer.frames(chunk, end_of_stream)? {
+                    let flow = answer.push(frame)?;
+                    Self::settle(answer, flow, pipeline, handoff, path, &mut out, &mut names).await;
+                }
+                if end_of_stream {
+                    let flow = answer.finish();
+                    Self::settle(answer, flow, pipeline, handoff, path, &mut out, &mut names).await;
+                }
+                Ok((out, names))
+            }
         }
     }
 
     async fn settle<E: crate::decide::PolicyEngine>(
-        answer: &mut StreamAnswer,
+        answer: &mut impl HeldCalls,
         flow: Flow,
         pipeline: &crate::pipeline::Pipeline<E>,
         handoff: &crate::handoff::Handoff,
@@ -123,4 +145,28 @@ fn withheld(calls: &[ToolCall], refusals: &Refusals) -> Vec<String> {
         .filter(|(_, r)| r.is_some())
         .map(|(c, _)| c.name.clone())
         .collect()
+}
+
+/// A stream reader holding calls until they are judged.
+trait HeldCalls {
+    fn pending(&self) -> Vec<ToolCall>;
+    fn release(&mut self, refusals: &Refusals) -> Vec<u8>;
+}
+
+impl HeldCalls for StreamAnswer {
+    fn pending(&self) -> Vec<ToolCall> {
+        StreamAnswer::pending(self)
+    }
+    fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
+        StreamAnswer::release(self, refusals)
+    }
+}
+
+impl HeldCalls for ConverseStream {
+    fn pending(&self) -> Vec<ToolCall> {
+        ConverseStream::pending(self)
+    }
+    fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
+        ConverseStream::release(self, refusals)
+    }
 }

@@ -4,7 +4,9 @@
 //!
 //! One reader per answer format, each in the two shapes a provider answers in: a whole JSON
 //! body ([`JsonAnswer`], held until complete, bounded) and a server-sent event stream
-//! ([`StreamAnswer`], framed by [`crate::rewrite::sse`]). A stream is never held as a whole:
+//! ([`StreamAnswer`], framed by [`crate::rewrite::sse`]; Bedrock's binary event stream is
+//! [`bedrock_converse::ConverseStream`], framed by [`crate::rewrite::eventstream`]). A stream
+//! is never held as a whole:
 //! events without tool-call fragments flow through as they arrive; only the fragments of a
 //! call are held, until every call of the answer is complete. Then all of them are judged
 //! together (one Cerbos request) and each is released unchanged or withheld. What a denied
@@ -12,6 +14,7 @@
 //! ordinary assistant answer saying why) or the provider's error.
 
 pub mod anthropic;
+pub mod bedrock_converse;
 pub mod gemini;
 mod judge;
 pub mod openai_chat;
@@ -22,6 +25,7 @@ pub use judge::{Judged, Unread};
 use serde_json::{Map, Value};
 
 use crate::config::{DeniedToolCall, Format};
+use crate::rewrite::eventstream::EventStreamError;
 use crate::rewrite::sse::{Event, EventSplitter, SseError};
 
 /// One tool call as the model emitted it: the resource a Cerbos check is about.
@@ -80,6 +84,11 @@ pub enum AnswerError {
     NotJson,
     #[error(transparent)]
     Sse(#[from] SseError),
+    #[error(transparent)]
+    EventStream(#[from] EventStreamError),
+    /// An answer whose calls no reader here can judge: cut rather than passed unjudged.
+    #[error("{0} cannot be judged")]
+    Unjudged(&'static str),
     /// Parsers disagree on which duplicate key wins: a call judged under one reading could
     /// run under the other, so such an answer is not passed on.
     #[error("the answer has duplicate keys (or cannot be read strictly)")]
@@ -139,6 +148,7 @@ impl JsonAnswer {
             Format::OpenaiChat | Format::AzureOpenaiChat => openai_chat::json_calls(&value),
             Format::AnthropicMessages => anthropic::json_calls(&value),
             Format::Gemini => gemini::json_calls(&value),
+            Format::BedrockConverse => bedrock_converse::json_calls(&value),
             Format::OpenaiResponses | Format::AzureOpenaiResponses => {
                 openai_responses::json_calls(&value)
             }
@@ -175,6 +185,11 @@ impl ParsedAnswer {
                 serde_json::to_vec(&self.value).unwrap_or_default()
             }
             (Format::Gemini, DeniedToolCall::Error) => gemini::error_body(&text),
+            (Format::BedrockConverse, DeniedToolCall::Remove) => {
+                bedrock_converse::remove_from_json(&mut self.value, &self.calls, refusals);
+                serde_json::to_vec(&self.value).unwrap_or_default()
+            }
+            (Format::BedrockConverse, DeniedToolCall::Error) => bedrock_converse::error_body(&text),
             (Format::OpenaiResponses | Format::AzureOpenaiResponses, DeniedToolCall::Remove) => {
                 openai_responses::remove_from_json(&mut self.value, &self.calls, refusals);
                 serde_json::to_vec(&self.value).unwrap_or_default()
