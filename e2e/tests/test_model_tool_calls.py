@@ -1,5 +1,5 @@
 """Question 3 for the tool calls a model emits (`model_tool_calls: judge`), through the real
-`openai`, `anthropic` and `google-genai` SDKs, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
+`openai`, `anthropic`, `google-genai` and `boto3` SDKs, the real Envoy and the real Cerbos: the fake provider answers with scripted tool
 calls; what the SDK hands the agent is compared with what was judged.
 
 alice (support, ticket T-100, refund limit 100000) may call get_weather and lookup_ticket, and
@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types as genai_types
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from clients import openai_client
+from clients import bedrock_client, openai_client
 
 HELLO = [{"role": "user", "content": "refund my ticket"}]
 WEATHER = {"name": "get_weather", "arguments": {"city": "Paris"}}
@@ -255,3 +255,96 @@ def test_gemini_answer_left_without_calls_says_why(clean):
         assert calls == []
         assert text.startswith("Let me do that.agent-authz refused the tool calls refund")
         assert "delete_repo" in text
+
+
+# --- Bedrock Converse, through `boto3` (ConverseStream in AWS's binary event-stream framing) --
+
+NOVA = "amazon.nova-lite-v1:0"
+
+
+def bedrock(stack):
+    return bedrock_client(stack.envoy_url, stack.token_for("alice", allowed_models=["gpt-4o-mini", NOVA]))
+
+
+def tool_uses(content) -> list[tuple[str, dict]]:
+    return [(b["toolUse"]["name"], b["toolUse"]["input"]) for b in content if "toolUse" in b]
+
+
+def converse(stack):
+    """The content blocks and stop reason boto3 parsed from a Converse answer."""
+    answer = bedrock(stack).converse(modelId=NOVA, messages=[{"role": "user", "content": [{"text": "refund my ticket"}]}])
+    return answer["output"]["message"]["content"], answer["stopReason"]
+
+
+def converse_stream(stack):
+    """The message as an agent accumulates boto3's ConverseStream events (blocks by
+    contentBlockIndex, a toolUse's input parsed at contentBlockStop), the stop reason, and every
+    event boto3 parsed."""
+    answer = bedrock(stack).converse_stream(modelId=NOVA, messages=[{"role": "user", "content": [{"text": "refund my ticket"}]}])
+    blocks: dict[int, dict] = {}
+    stop, raw = None, []
+    for event in answer["stream"]:
+        raw.append(json.dumps(event))
+        if "contentBlockStart" in event:
+            start = event["contentBlockStart"]
+            assert start["contentBlockIndex"] == len(blocks), "indices without gaps"
+            blocks[start["contentBlockIndex"]] = {"toolUse": start["start"]["toolUse"] | {"input": ""}}
+        elif "contentBlockDelta" in event:
+            delta = event["contentBlockDelta"]
+            block = blocks.setdefault(delta["contentBlockIndex"], {"text": ""})
+            if "text" in delta["delta"]:
+                block["text"] += delta["delta"]["text"]
+            else:
+                block["toolUse"]["input"] += delta["delta"]["toolUse"]["input"]
+        elif "contentBlockStop" in event:
+            block = blocks[event["contentBlockStop"]["contentBlockIndex"]]
+            if "toolUse" in block:
+                block["toolUse"]["input"] = json.loads(block["toolUse"]["input"])
+        elif "messageStop" in event:
+            stop = event["messageStop"]["stopReason"]
+    assert sorted(blocks) == list(range(len(blocks)))
+    return [blocks[i] for i in sorted(blocks)], stop, "\n".join(raw)
+
+
+def test_bedrock_allowed_calls_arrive_intact(clean):
+    script(clean, WEATHER, OWN_REFUND)
+    expected = [("get_weather", {"city": "Paris"}), ("refund", OWN_REFUND["arguments"])]
+    content, stop = converse(clean)
+    assert tool_uses(content) == expected and stop == "tool_use"
+    assert [b["toolUse"]["toolUseId"] for b in content if "toolUse" in b] == ["tooluse_0_get_weather", "tooluse_1_refund"]
+    content, stop, _ = converse_stream(clean)
+    assert tool_uses(content) == expected and stop == "tool_use"
+    assert content[0] == {"text": "Let me do that."}
+
+
+def test_bedrock_mixed_answers_keep_only_the_allowed_calls(clean):
+    """The prompt-injected refund never reaches the agent, in no event of the stream."""
+    script(clean, INJECTED_REFUND, WEATHER)
+    content, stop = converse(clean)
+    assert tool_uses(content) == [("get_weather", {"city": "Paris"})] and stop == "tool_use"
+    content, stop, raw = converse_stream(clean)
+    assert tool_uses(content) == [("get_weather", {"city": "Paris"})] and stop == "tool_use"
+    assert "T-999" not in raw and "tooluse_0_refund" not in raw
+
+
+def test_bedrock_answer_left_without_calls_ends_the_turn_saying_why(clean):
+    before = len(clean.decisions())
+    script(clean, INJECTED_REFUND, DELETE)
+    for content, stop, *_ in (converse(clean), converse_stream(clean)):
+        assert tool_uses(content) == []
+        assert stop == "end_turn"
+        said = "".join(b.get("text", "") for b in content)
+        assert said.startswith("Let me do that.agent-authz refused the tool calls refund")
+        assert "delete_repo" in said
+    response = clean.wait_for_decision(lambda d: d.get("phase") == "response" and d.get("format") == "bedrock_converse",
+                                       after=before)
+    judged = {r["id"]: r for r in response["resources"]}
+    assert judged["refund"]["attr"]["arguments"] == INJECTED_REFUND["arguments"]
+    assert judged["refund"]["attr"]["type"] == "toolUse"
+
+
+def test_bedrock_arguments_that_are_not_an_object_are_refused(clean):
+    script(clean, {"name": "get_weather", "arguments": "\"Paris\""})
+    for content, stop, *_ in (converse(clean), converse_stream(clean)):
+        assert tool_uses(content) == [] and stop == "end_turn"
+        assert "get_weather: its arguments are not a JSON object" in "".join(b.get("text", "") for b in content)

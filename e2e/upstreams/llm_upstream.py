@@ -20,8 +20,9 @@ POST /_reset. POST /_mode {"gzip_models": true} makes the model-list answers gzi
 whatever the request's Accept-Encoding says (a compressing proxy in front of the provider);
 {"models_json": shape} spells the model list differently (see _model_list_text);
 {"tool_calls": [{"name": ..., "arguments": {...} or "raw text"}, ...]} makes chat, Responses,
-Anthropic Messages and Gemini answers carry those tool calls (JSON `message.tool_calls` / `tool_use` blocks; streamed
-as `delta.tool_calls` / `input_json_delta` fragments a few bytes long, after some text), as a
+Anthropic Messages, Gemini and Bedrock Converse answers carry those tool calls (JSON `message.tool_calls` /
+`tool_use` blocks / `toolUse` blocks; streamed as `delta.tool_calls` / `input_json_delta` / `delta.toolUse.input`
+fragments a few bytes long, after some text), as a
 model that decided to call tools would; with "calls_shape" also set, chat answers are spelt
 differently (see _send_shaped_calls); with "hold_calls": true, a chat answer waits before its
 first tool call (streamed: after the text) until POST /_release, so a test can act between the
@@ -197,6 +198,35 @@ def event_stream_message(event_type: str, payload: dict) -> bytes:
     prelude += struct.pack(">I", zlib.crc32(prelude))
     message = prelude + headers + body
     return message + struct.pack(">I", zlib.crc32(message))
+
+
+def _converse_tool_answer(script: list[dict]) -> dict:
+    """A Converse answer: a text block, then one `toolUse` block per scripted call (raw text
+    arguments are sent as the JSON string they are)."""
+    content = [{"text": "Let me do that."}]
+    content += [{"toolUse": {"toolUseId": f"tooluse_{n}_{c['name']}", "name": c["name"], "input": c["arguments"]}}
+                for n, c in enumerate(script)]
+    return {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": "tool_use",
+            "usage": {"inputTokens": 1, "outputTokens": 9, "totalTokens": 10}, "metrics": {"latencyMs": 1}}
+
+
+def _converse_tool_events(script: list[dict]) -> list[tuple[str, dict]]:
+    """The same answer as ConverseStream sends it: the text block's delta, then each call's
+    contentBlockStart and its input's JSON text in `delta.toolUse.input` fragments of at most
+    7 characters (raw text arguments as they are)."""
+    events = [("messageStart", {"role": "assistant"}),
+              ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Let me do that."}}),
+              ("contentBlockStop", {"contentBlockIndex": 0})]
+    for n, call in enumerate(script, start=1):
+        text = call["arguments"] if isinstance(call["arguments"], str) else json.dumps(call["arguments"])
+        events.append(("contentBlockStart", {"contentBlockIndex": n, "start": {
+            "toolUse": {"toolUseId": f"tooluse_{n - 1}_{call['name']}", "name": call["name"]}}}))
+        events += [("contentBlockDelta", {"contentBlockIndex": n, "delta": {"toolUse": {"input": text[at:at + 7]}}})
+                   for at in range(0, len(text), 7)]
+        events.append(("contentBlockStop", {"contentBlockIndex": n}))
+    events += [("messageStop", {"stopReason": "tool_use"}),
+               ("metadata", {"usage": {"inputTokens": 1, "outputTokens": 9, "totalTokens": 10}, "metrics": {"latencyMs": 1}})]
+    return events
 
 
 def _scripted_calls(script: list[dict]) -> list[dict]:
@@ -689,6 +719,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(200, _gemini_answer(model, f"hello from {model}"))
                 return
             self._stream("text/event-stream", sse(_gemini_answer(model, w) for w in ("hello ", "from ", model)))
+        elif dialect == "bedrock_converse" and script:
+            if not stream:
+                self._send_json(200, _converse_tool_answer(script))
+                return
+            self._stream("application/vnd.amazon.eventstream",
+                         (event_stream_message(name, payload) for name, payload in _converse_tool_events(script)))
         elif dialect == "bedrock_converse":
             if not stream:
                 self._send_json(200, {"output": {"message": {"role": "assistant", "content": [{"text": f"hello from {model}"}]}},
