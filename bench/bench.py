@@ -31,7 +31,16 @@ BENCH_QUIET_WAIT (s to wait for other work on the machine to settle first, defau
 BENCH_MAX_SECONDS (bound on the whole run, default 1800, not counting the LiteLLM install),
 BENCH_LITELLM=1 (the LiteLLM peer), BENCH_ONLY=litellm (only what the peer is compared with: the
 1 KiB and 16 KiB scenarios, their baselines (a), (b), (c), the cached 16 KiB scenario and the
-peer; implies BENCH_LITELLM=1).
+peer; implies BENCH_LITELLM=1), BENCH_ONLY=targets (what issue 17's targets and the SSE answers
+need: the same scenarios through Envoy, Cerbos alone, agent-authz alone, the SSE answers; no
+memory run), BENCH_PIN=1 (servers on CPU BENCH_PIN_SERVERS, default 0, load generators on
+BENCH_PIN_LOAD, default 1, with taskset; Envoy one worker), BENCH_BIN_DIR (prebuilt binaries
+instead of target/release), BENCH_SSE_DELTAS (text deltas per streamed answer, default 200),
+BENCH_SSE_INTERVAL_US (pause between the paced answer's events, default 1000).
+
+The SSE answers (issue 15's response leg): examples/sse_load.rs through four more Envoy listeners
+(ext_authz + ext_proc as envoy/llm-gateway.yaml wires them, the response leg off and on, cache on
+and off) reads streamed answers from the upstream (x-bench-sse), time to first byte and total.
 """
 
 from __future__ import annotations
@@ -65,8 +74,10 @@ from stack import die_with_parent, free_port, http_get, jwk_for, tcp_open  # noq
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-RELEASE = REPO / "target" / "release"
-EXAMPLES = RELEASE / "examples"
+# Where the binaries are: target/release (what bench/run.sh builds), or BENCH_BIN_DIR, e.g. a
+# prebuilt release: agent-authz and the examples, in examples/ when there is one, else beside it.
+RELEASE = Path(os.environ.get("BENCH_BIN_DIR") or REPO / "target" / "release").resolve()
+EXAMPLES = RELEASE / "examples" if (RELEASE / "examples").is_dir() else RELEASE
 TOOLS_BIN = REPO / ".tools" / "bin"
 AGENT_AUTHZ = RELEASE / "agent-authz"
 
@@ -90,11 +101,39 @@ RUN_DEADLINE = time.monotonic() + MAX_SECONDS
 # SLOW_MACHINE times slower than the run's fastest (see Bench.probe).
 SLOW_MACHINE = 1.5
 SLOW_RETRIES = 2
-# A subset, for a quicker run: "litellm" = the LiteLLM peer and what it is compared with.
+# A subset, for a quicker run: "litellm" = the LiteLLM peer and what it is compared with;
+# "targets" = what issue 17's targets and the SSE answers need (bench/run.sh --pin runs it twice,
+# unpinned and pinned).
 ONLY = os.environ.get("BENCH_ONLY", "").strip()
+ONLY_CHOICES = ("", "litellm", "targets")
+# Pinned mode (BENCH_PIN=1): every server on CPU BENCH_PIN_SERVERS (default 0), the load
+# generators (and this script) on CPU BENCH_PIN_LOAD (default 1), with taskset; Envoy runs one
+# worker. So every microsecond of CPU a server spends shows up as latency instead of hiding in
+# the spare CPU.
+PIN = os.environ.get("BENCH_PIN", "") not in ("", "0")
+PIN_SERVERS = os.environ.get("BENCH_PIN_SERVERS", "0")
+PIN_LOAD = os.environ.get("BENCH_PIN_LOAD", "1")
+ENVOY_WORKERS = 1 if PIN else 2
+# The SSE scenarios (issue 15's response leg): text deltas per answer, and the pause between
+# two events of a paced answer.
+SSE_DELTAS = int(os.environ.get("BENCH_SSE_DELTAS", "200"))
+SSE_INTERVAL_US = int(os.environ.get("BENCH_SSE_INTERVAL_US", "1000"))
 WITH_LITELLM = os.environ.get("BENCH_LITELLM", "") not in ("", "0") or ONLY == "litellm"
 # The scenarios BENCH_ONLY=litellm keeps: every row the peer's section and the headline read.
 ONLY_LITELLM_SCENARIOS = {"a_1k", "b_1k", "a_16k", "b_16k", "chat_1k_0tools", "chat_16k_20tools", "repeat_cache"}
+# BENCH_ONLY=targets keeps the same through Envoy (issue 17's targets read no other), Cerbos
+# alone for their questions, agent-authz alone and the SSE answers (no memory run).
+ONLY_TARGET_SCENARIOS = ONLY_LITELLM_SCENARIOS
+
+
+def server_argv(argv: list[str]) -> list[str]:
+    """A server's command line: on the servers' CPU when pinned (taskset execs it: same pid)."""
+    return ["taskset", "-c", PIN_SERVERS] + argv if PIN else argv
+
+
+def load_argv(argv: list[str]) -> list[str]:
+    """A load generator's command line: on the load generators' CPU when pinned."""
+    return ["taskset", "-c", PIN_LOAD] + argv if PIN else argv
 
 # The LiteLLM peer: pinned, in a venv of its own (it is ~750 MiB and pins its own FastAPI,
 # pydantic, openai...; it must not leak into .tools/venv). 1.108.7 is the newest release whose
@@ -120,6 +159,10 @@ ENVOY_TEMPLATE_PORTS = {
     10002: "listener_allow_all",
     10003: "listener_authz",
     10004: "listener_authz_cached",
+    10005: "listener_sse_off",
+    10006: "listener_sse_on",
+    10007: "listener_sse_off_uncached",
+    10008: "listener_sse_on_uncached",
     8081: "upstream",
     9291: "allow_all",
     9191: "authz",
@@ -136,6 +179,10 @@ TOOLS = [
 
 KIB = 1024
 MIB = 1024 * 1024
+# The tool examples/bench_upstream.rs's streamed tool answer calls (x-bench-sse: tool), and what
+# its arguments must carry to be allowed (bench/policies/llm_tool.yaml: alice's own ticket).
+SSE_TOOL = "lookup_ticket"
+SSE_TOOL_EXPECT = ['"name":"lookup_ticket"', 'T-100']
 
 
 def log(msg: str) -> None:
@@ -263,6 +310,15 @@ def chat_body(size: int, n_tools: int, model: str = "gpt-4o-mini", conversation:
     return pad_to(body, size, rng)
 
 
+def sse_chat_body() -> bytes:
+    """A 2 KiB streamed chat (`"stream": true`) declaring the one tool the SSE tool answer calls."""
+    rng = random.Random(77)
+    body: dict = {"model": "gpt-4o-mini", "stream": True, "tools": [tool_declaration(SSE_TOOL)], "tool_choice": "auto",
+                  "messages": [{"role": "system", "content": "You are a careful support assistant."},
+                               {"role": "user", "content": ""}]}
+    return pad_to(body, 2 * KIB, rng)
+
+
 def mcp_call_body() -> bytes:
     return dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                   "params": {"name": "refund", "arguments": {"ticket_id": "T-100", "amount_cents": 2500,
@@ -306,7 +362,7 @@ class Procs:
         full_env = dict(os.environ)
         full_env.update(env or {})
         with open(self.dir / f"{name}.log", "ab") as err, open(self.dir / f"{name}.stdout.log", "ab") as out:
-            self.popen[name] = subprocess.Popen(argv, cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
+            self.popen[name] = subprocess.Popen(server_argv(argv), cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
                                                 stdout=out, stderr=err, preexec_fn=die_with_parent)
 
     def pid(self, name: str) -> int:
@@ -567,7 +623,7 @@ class Bench:
         self.tokens: dict[str, str] = {}
         self.cerbos_specs: dict[str, Path] = {}
         self.results: dict[str, Any] = {"http": {}, "cerbos": {}, "cerbos_paced": {}, "direct": {}, "direct_uncached": {},
-                                        "litellm": {"ran": False}}
+                                        "sse": {}, "litellm": {"ran": False}}
         self.fastest_probe = float("inf")
         self.probe_spec: Path | None = None
         self.tracked = ["agent_authz", "agent_authz_cached", "cerbos", "envoy", "upstream", "allow_all"]
@@ -588,6 +644,7 @@ class Bench:
             "chat_256k_20tools": chat_body(256 * KIB, 20, conversation=True),
             "chat_1m_20tools": chat_body(1 * MIB, 20, conversation=True),
             "mcp_call": mcp_call_body(),
+            "chat_sse": sse_chat_body(),
         }
         for name, data in bodies.items():
             path = d / f"{name}.json"
@@ -664,7 +721,7 @@ class Bench:
                                     ("agent_authz_cached", "agent-authz-cached.yaml", "authz_cached_admin")):
             p.spawn(name, [str(AGENT_AUTHZ), "serve", "--config", str(d / config)], env={"RUST_LOG": "warn"})
             p.wait_ready(name, lambda a=admin: http_get(f"http://127.0.0.1:{self.ports[a]}/readyz")[0] == 200)
-        p.spawn("envoy", [str(TOOLS_BIN / "envoy"), "-c", str(d / "envoy.yaml"), "--concurrency", "2",
+        p.spawn("envoy", [str(TOOLS_BIN / "envoy"), "-c", str(d / "envoy.yaml"), "--concurrency", str(ENVOY_WORKERS),
                           "--disable-hot-restart", "--base-id", str(random.randrange(1000, 60000)),
                           "--log-level", "warn"])
         p.wait_ready("envoy", lambda: http_get(f"http://127.0.0.1:{self.ports['envoy_admin']}/ready")[0] == 200)
@@ -711,6 +768,8 @@ class Bench:
                         "cerbos": cerbos, "cached": cached})
         if ONLY == "litellm":
             out = [s for s in out if s["id"] in ONLY_LITELLM_SCENARIOS]
+        elif ONLY == "targets":
+            out = [s for s in out if s["id"] in ONLY_TARGET_SCENARIOS]
         # Body by body: (a), (b), then the scenarios compared with them, so that a scenario and
         # its baselines are measured within a minute of each other (this VM's speed drifts).
         order = [key for key, *_ in baseline_bodies]
@@ -736,6 +795,13 @@ class Bench:
                 path.write_text(json.dumps(spec, indent=1))
                 self.cerbos_specs[s["cerbos"]] = path
         log("sanity: every scenario answers as expected")
+
+    def decisions(self, proc: str, offset: int) -> list[dict]:
+        """The decision records `proc` has logged from byte `offset` of its log on."""
+        with open(self.run_dir / f"{proc}.stdout.log", "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and '"decision_id"' in line]
 
     def last_decision(self, proc: str) -> dict:
         deadline = time.monotonic() + 5
@@ -835,7 +901,8 @@ class Bench:
             script = "wrk_rotate.lua"
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "5s",
                 "-s", str(BENCH / script), self.url(s["listener"], s["path"])]
-        done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=seconds + 60)
+        done = subprocess.run(load_argv(argv), env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=seconds + 60)
         for line in done.stdout.splitlines():
             if line.startswith("BENCH_JSON "):
                 out = json.loads(line[len("BENCH_JSON "):])
@@ -852,7 +919,7 @@ class Bench:
                 "--spec", str(spec), "--concurrency", str(concurrency), "--requests", str(requests),
                 "--max-seconds", str(max_seconds), "--connections", str(connections), "--threads", "1",
                 "--interval-us", str(interval_us)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=max_seconds * 2 + 60)
+        done = subprocess.run(load_argv(argv), capture_output=True, text=True, timeout=max_seconds * 2 + 60)
         if done.returncode != 0:
             raise BenchError(f"grpc_load failed: {done.stderr}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -969,6 +1036,75 @@ class Bench:
             log(f"direct uncached {key:<12} agent-authz p50 {out['agent_authz']['p50_ms']:.3f} ms, allow-all "
                 f"{out['allow_all']['p50_ms']:.3f} ms, Cerbos paced {out['cerbos_paced']['p50_ms']:.3f} ms: "
                 f"own share {own * 1000:.0f} µs")
+
+    def sse_load(self, listener: str, answer: str, interval_us: int, expect: list[str], requests: int,
+                 seconds: float) -> dict:
+        """examples/sse_load.rs: one connection, the streamed chat, the answer x-bench-sse names."""
+        argv = [str(EXAMPLES / "sse_load"), "--url", self.url(listener, "/v1/chat/completions"),
+                "--body-file", str(self.files["chat_sse"]), "--header", f"authorization: Bearer {self.tokens['alice']}",
+                "--header", f"x-bench-sse: {answer}", "--header", f"x-bench-sse-interval-us: {interval_us}",
+                "--concurrency", "1", "--requests", str(requests), "--max-seconds", str(seconds)]
+        for e in expect:
+            argv += ["--expect", e]
+        done = subprocess.run(load_argv(argv), capture_output=True, text=True, timeout=seconds * 2 + 60)
+        if done.returncode != 0:
+            raise BenchError(f"sse_load failed: {done.stderr}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def sse_sanity(self) -> None:
+        """Before the SSE load: the response leg does read the answers on the "on" listeners (a
+        tool call answer leaves a `phase: response` decision record naming the call) and not on
+        the "off" ones; the tool call arrives either way (it is allowed)."""
+        for listener, proc in (("sse_on", "agent_authz_cached"), ("sse_on_uncached", "agent_authz"),
+                               ("sse_off", "agent_authz_cached"), ("sse_off_uncached", "agent_authz")):
+            on = listener.startswith("sse_on")
+            before = (self.run_dir / f"{proc}.stdout.log").stat().st_size
+            r = self.sse_load(listener, "tool", 0, SSE_TOOL_EXPECT, 1, 10)
+            if r["requests"] != 1:
+                raise BenchError(f"SSE sanity: {listener}: {r.get('first_error')}\n" + self.procs.tail(proc))
+            # The request's record, and with the leg on the answer's (written by the log thread).
+            deadline = time.monotonic() + 5
+            while len(self.decisions(proc, before)) < (2 if on else 1) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2 if not on else 0)  # an unexpected response record would follow the request's
+            new = self.decisions(proc, before)
+            judged = [rec for rec in new if rec.get("phase") == "response"
+                      and any(res.get("id") == SSE_TOOL for res in rec.get("resources", []))]
+            if bool(judged) != on:
+                raise BenchError(f"SSE sanity: {listener}: {proc} logged {len(judged)} judgements of the answer's "
+                                 f"tool call (expected {int(on)}): {json.dumps(new)[:800]}")
+        log("SSE sanity: the response leg judges the tool call on the 'on' listeners only; it arrives on all")
+
+    def run_sse(self) -> None:
+        """Issue 15's numbers: a streamed answer of text deltas with the response leg on and off
+        (time to first byte, total time), and the added latency of one judged tool call in a
+        stream, with the cache off (the leg asks Cerbos) and on. One connection; off then on,
+        each right after the other."""
+        self.sse_sanity()
+        text = f"text:{SSE_DELTAS}"
+        expect_text = [f'"word{SSE_DELTAS - 1} "']
+        runs = [
+            ("text_paced", f"{SSE_DELTAS} text deltas, one every {SSE_INTERVAL_US} µs", text, SSE_INTERVAL_US,
+             expect_text, "", "agent_authz_cached"),
+            ("text_burst", f"{SSE_DELTAS} text deltas, back to back", text, 0, expect_text, "", "agent_authz_cached"),
+            ("tool_cached", f"one tool call ({SSE_TOOL}, arguments in 7-byte fragments), cache on", "tool", 0,
+             SSE_TOOL_EXPECT, "", "agent_authz_cached"),
+            ("tool_uncached", f"one tool call ({SSE_TOOL}, arguments in 7-byte fragments), cache off", "tool", 0,
+             SSE_TOOL_EXPECT, "_uncached", "agent_authz"),
+        ]
+        for key, title, answer, interval, expect, suffix, proc in runs:
+            out = {"title": title, "answer": answer, "interval_us": interval, "instance": proc}
+            for leg in ("off", "on"):
+                listener = f"sse_{leg}{suffix}"
+                self.sse_load(listener, answer, interval, expect, 100000, WARMUP)
+                r = self.measure(lambda: self.sse_load(listener, answer, interval, expect, 100000, DURATION))
+                r["ok"] = r["errors"] == 0
+                out[leg] = r
+                log(f"sse {key:<14} leg {leg:<3} {r['requests']:6d} answers  ttfb p50 {r['ttfb_p50_ms']:.3f} ms  "
+                    f"total p50 {r['p50_ms']:.3f} ms  {proc} cpu/answer "
+                    f"{r['cpu_s'][proc] / r['requests'] * 1e6 if r['requests'] else float('nan'):.0f} µs  "
+                    f"{'ok' if r['ok'] else 'ERRORS ' + str(r['errors']) + ': ' + str(r.get('first_error'))}")
+            self.results["sse"][key] = out
 
     def run_memory(self) -> None:
         """The issue's memory targets: agent-authz's resident set idle (restarted, ready, one
@@ -1139,6 +1275,8 @@ class Bench:
         if ONLY != "litellm":
             self.run_direct()
             self.run_direct_uncached()
+            self.run_sse()
+        if ONLY == "":
             self.run_memory()
         if WITH_LITELLM:
             self.run_litellm()
@@ -1146,6 +1284,9 @@ class Bench:
         self.results["fastest_probe_ms"] = self.fastest_probe
         self.results["settings"] = {"duration_s": DURATION, "warmup_s": WARMUP, "concurrency": CONCURRENCY,
                                     "distinct_tokens": N_TOKENS, "only": ONLY or None,
+                                    "pinned": {"servers_cpu": PIN_SERVERS, "load_cpu": PIN_LOAD} if PIN else None,
+                                    "envoy_workers": ENVOY_WORKERS,
+                                    "sse": {"deltas": SSE_DELTAS, "interval_us": SSE_INTERVAL_US},
                                     "authz_worker_threads": yaml.safe_load((BENCH / "agent-authz.yaml").read_text())
                                     ["server"].get("worker_threads"),
                                     "bodies": {k: v.stat().st_size for k, v in self.files.items() if k != "tokens"}}
@@ -1153,8 +1294,15 @@ class Bench:
         self.results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         self.results["scenarios"] = scenarios
         OUT.mkdir(parents=True, exist_ok=True)
+        from report import previous_summaries, render  # bench/report.py
+
+        # "No check slower than today": the run this one replaces, summarised to compare with.
+        if (OUT / "results.json").exists():
+            try:
+                self.results["previous"] = previous_summaries(json.loads((OUT / "results.json").read_text()))
+            except (ValueError, KeyError, TypeError) as e:
+                log(f"the previous {OUT / 'results.json'} is not comparable ({e!r}): no comparison")
         (OUT / "results.json").write_text(json.dumps(self.results, indent=1, default=str) + "\n")
-        from report import render  # bench/report.py
 
         (OUT / "RESULTS.md").write_text(render(self.results))
         log(f"wrote {OUT / 'RESULTS.md'} and {OUT / 'results.json'} ({self.results['bench_seconds']:.0f} s)")
@@ -1166,15 +1314,27 @@ def _interrupted(*_: Any) -> None:
 
 def main() -> int:
     missing = [str(p) for p in (AGENT_AUTHZ, EXAMPLES / "grpc_load", EXAMPLES / "allow_all", EXAMPLES / "bench_upstream",
+                                EXAMPLES / "sse_load",
                                 TOOLS_BIN / "envoy", TOOLS_BIN / "cerbos") if not p.exists()]
     if shutil.which("wrk") is None:
         missing.append("wrk")
     if missing:
         print("bench: missing " + ", ".join(missing) + " (run bench/run.sh)", file=sys.stderr)
         return 2
-    if ONLY not in ("", "litellm"):
-        print(f"bench: BENCH_ONLY={ONLY!r}: the only subset is 'litellm'", file=sys.stderr)
+    if ONLY not in ONLY_CHOICES:
+        print(f"bench: BENCH_ONLY={ONLY!r}: the subsets are 'litellm' and 'targets'", file=sys.stderr)
         return 2
+    if PIN:
+        cpus = os.sched_getaffinity(0)
+        if shutil.which("taskset") is None:
+            print("bench: BENCH_PIN=1 needs taskset (util-linux; bench/run.sh installs it)", file=sys.stderr)
+            return 2
+        if not {int(PIN_SERVERS), int(PIN_LOAD)} <= cpus or PIN_SERVERS == PIN_LOAD:
+            print(f"bench: BENCH_PIN=1 needs two distinct CPUs (servers {PIN_SERVERS}, load {PIN_LOAD}); "
+                  f"this process may use {sorted(cpus)}", file=sys.stderr)
+            return 2
+        # This script (and so every child it does not pin itself) stays off the servers' CPU.
+        os.sched_setaffinity(0, {int(PIN_LOAD)})
     if WITH_LITELLM:
         try:
             ensure_litellm()

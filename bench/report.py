@@ -79,7 +79,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(res: dict) -> str:
+def render(res: dict, summaries: bool = True) -> str:
+    """RESULTS.md of one run; `summaries` False leaves out the sections bench/run.sh --pin's
+    combined report shows for both modes at its top (issue 17, the SSE answers, the comparison)."""
     http, cerbos, direct, m = res["http"], res["cerbos"], res["direct"], res["machine"]
     paced = res.get("cerbos_paced", {})
     NPROC[0] = m["nproc"] or 1
@@ -125,8 +127,15 @@ def render(res: dict) -> str:
     workers = st.get("authz_worker_threads")
     workers = f"{workers} tokio worker{'s' if workers != 1 else ''} (`server.worker_threads`)" if workers \
         else "tokio, one worker per CPU"
-    out.append(f"Everything shares these {m['nproc']} CPUs, unpinned: wrk, Envoy (`--concurrency 2`), agent-authz "
-               f"({workers}), Cerbos, the upstream (1 tokio worker), the allow-all server (tokio, one worker per CPU). Each "
+    pin = st.get("pinned")
+    placement = (f"Pinned (`taskset`): the servers on CPU {pin['servers_cpu']}: Envoy (`--concurrency "
+                 f"{st.get('envoy_workers', 1)}`), agent-authz ({workers}), Cerbos, the upstream (1 tokio worker), the "
+                 f"allow-all server (tokio, one worker per CPU it may use: 1); the load generators on CPU "
+                 f"{pin['load_cpu']}. " if pin else
+                 f"Everything shares these {m['nproc']} CPUs, unpinned: wrk, Envoy (`--concurrency "
+                 f"{st.get('envoy_workers', 2)}`), agent-authz ({workers}), Cerbos, the upstream (1 tokio worker), the "
+                 f"allow-all server (tokio, one worker per CPU). ")
+    out.append(placement + f"Each "
                f"measured run: {st['duration_s']:g} s of closed-loop load at a fixed number of connections "
                f"({', '.join(conc)}), after {st['warmup_s']:g} s of unmeasured warm-up ({2 * st['warmup_s']:g} s for "
                f"cached scenarios). Latency is wrk's (client side, through Envoy) or grpc_load's. CPU per request is "
@@ -171,6 +180,12 @@ def render(res: dict) -> str:
 
     # ---------------------------------------------------------------- every target
     out.append(all_targets(res, r, scen, added_b, cerbos_p50, cerbos_hot_p50, conc))
+    if summaries:
+        out.append(issue17_section({"this run": res}))
+    if summaries and res.get("sse"):
+        out.append(sse_section({"this run": res}))
+    if summaries and "previous" in res:
+        out.append(compare_section({"pinned" if st.get("pinned") else "unpinned": res}, res["previous"]))
 
     # ---------------------------------------------------------------- target
     out.append("## Target: added p50 over (b), uncached, ≤ Cerbos' p50 for the same resources (c) + 100 µs\n")
@@ -746,9 +761,333 @@ def targets(res: dict, scen: dict, r: Any, added_b: Any, cerbos_p50: Any, c: str
     return out
 
 
+# --------------------------------------------------------------------------- issue 17 and the SSE answers
+# Issue 17's targets (16 KiB chat declaring 20 tools, 1 connection unless said; "allow-all" is
+# baseline (b), the Envoy + allow-all ext_authz hop, same body and connections).
+I17_HOT_ADDED_MS = 0.1
+I17_HOT_THROUGHPUT = 0.80
+I17_HOT_CPU_SLACK_US = 30.0
+I17_HOT_THROUGHPUT_HIGH = 0.70
+I17_UNCACHED_CPU_SLACK_US = 100.0
+I17_UNCACHED_SLACK_MS = 0.1
+I17_CERBOS_THROUGHPUT = 0.90
+# Issue 15: TTFB and total time of a streamed text answer with the response leg on, within 5 %
+# of the leg off.
+SSE_WITHIN = 0.05
+
+
+def issue17_targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 17's targets from one run: (target, limit, measured, pass), in the issue's order;
+    pass is None where the run lacks the numbers."""
+    http, cerbos, paced = res["http"], res["cerbos"], res.get("cerbos_paced", {})
+    conc = [str(c) for c in res["settings"]["concurrency"]]
+    low, high = conc[0], conc[-1]
+
+    def r(sid: str, c: str) -> dict | None:
+        return http.get(sid, {}).get(c)
+
+    out: list[tuple[str, str, str, bool | None]] = []
+
+    def missing(name: str, limit: str) -> None:
+        out.append((name, limit, "not measured in this run", None))
+
+    name = f"Hot cache: added p50 over allow-all (16 KiB chat, 20 tools, {low} conn)"
+    x, b = r("repeat_cache", low), r("b_16k", low)
+    if x and b:
+        add = x["p50_ms"] - b["p50_ms"]
+        out.append((name, us(I17_HOT_ADDED_MS * 1000), f"{us(add * 1000)} ({ms(x['p50_ms'])} vs {ms(b['p50_ms'])})",
+                    add <= I17_HOT_ADDED_MS))
+    else:
+        missing(name, us(I17_HOT_ADDED_MS * 1000))
+    name = f"Hot cache: throughput vs allow-all ({low} conn)"
+    if x and b:
+        share = x["throughput_rps"] / b["throughput_rps"]
+        out.append((name, f"≥ {I17_HOT_THROUGHPUT * 100:.0f} %", f"{share * 100:.1f} % ({x['throughput_rps']:.0f} vs "
+                    f"{b['throughput_rps']:.0f} req/s)", share >= I17_HOT_THROUGHPUT))
+    else:
+        missing(name, f"≥ {I17_HOT_THROUGHPUT * 100:.0f} %")
+    name = f"Hot cache: service CPU per check vs allow-all's ({low} conn, through Envoy)"
+    if x and b:
+        mine, floor = per_request_us(x, "agent_authz_cached"), per_request_us(b, "allow_all")
+        out.append((name, f"≤ allow-all + {I17_HOT_CPU_SLACK_US:.0f} µs = {us(floor + I17_HOT_CPU_SLACK_US)}",
+                    f"{us(mine)} (allow-all {us(floor)})", mine <= floor + I17_HOT_CPU_SLACK_US))
+    else:
+        missing(name, f"≤ allow-all + {I17_HOT_CPU_SLACK_US:.0f} µs")
+    name = f"Hot cache, {high} connections: throughput vs allow-all"
+    x, b = r("repeat_cache", high), r("b_16k", high)
+    if x and b and high != low:
+        share = x["throughput_rps"] / b["throughput_rps"]
+        out.append((name, f"≥ {I17_HOT_THROUGHPUT_HIGH * 100:.0f} %", f"{share * 100:.1f} % ({x['throughput_rps']:.0f} "
+                    f"vs {b['throughput_rps']:.0f} req/s)", share >= I17_HOT_THROUGHPUT_HIGH))
+    else:
+        missing(name, f"≥ {I17_HOT_THROUGHPUT_HIGH * 100:.0f} %")
+    name = f"Uncached, 1 KiB chat (1 resource): service CPU per check vs allow-all's ({low} conn)"
+    x, b = r("chat_1k_0tools", low), r("b_1k", low)
+    if x and b:
+        mine, floor = per_request_us(x, "agent_authz"), per_request_us(b, "allow_all")
+        out.append((name, f"≤ allow-all + {I17_UNCACHED_CPU_SLACK_US:.0f} µs = "
+                    f"{us(floor + I17_UNCACHED_CPU_SLACK_US)}", f"{us(mine)} (allow-all {us(floor)})",
+                    mine <= floor + I17_UNCACHED_CPU_SLACK_US))
+    else:
+        missing(name, f"≤ allow-all + {I17_UNCACHED_CPU_SLACK_US:.0f} µs")
+    name = f"Uncached, 1 KiB chat: added p50 over allow-all vs Cerbos' own p50 for that question ({low} conn)"
+    if x and b:
+        add = x["p50_ms"] - b["p50_ms"]
+        c_paced = (paced.get("chat_1k_0tools") or {}).get(low)
+        c_hot = (cerbos.get("model") or {}).get(low)
+        floor = c_paced or c_hot
+        if floor:
+            other = f"; hot loop {ms(c_hot['p50_ms'])}" if c_paced and c_hot else ""
+            out.append((name, f"≤ Cerbos + {I17_UNCACHED_SLACK_MS * 1000:.0f} µs = "
+                        f"{ms(floor['p50_ms'] + I17_UNCACHED_SLACK_MS)}",
+                        f"{add:+.3f} ms vs Cerbos {ms(floor['p50_ms'])} ({'at the scenario' + chr(39) + 's pace' if c_paced else 'hot loop'}{other})",
+                        add <= floor["p50_ms"] + I17_UNCACHED_SLACK_MS))
+        else:
+            missing(name, "≤ Cerbos + 0.1 ms")
+    else:
+        missing(name, "≤ Cerbos + 0.1 ms")
+    name = (f"Uncached, 20 tools, {high} connections (Cerbos-bound): throughput vs Cerbos answering the same "
+            f"CheckResources alone")
+    x, c = r("chat_16k_20tools", high), (cerbos.get("model_20tools") or {}).get(high)
+    if x and c:
+        share = x["throughput_rps"] / c["throughput_rps"]
+        out.append((name, f"≥ {I17_CERBOS_THROUGHPUT * 100:.0f} %", f"{share * 100:.1f} % ({x['throughput_rps']:.0f} vs "
+                    f"{c['throughput_rps']:.0f} checks/s)", share >= I17_CERBOS_THROUGHPUT))
+    else:
+        missing(name, f"≥ {I17_CERBOS_THROUGHPUT * 100:.0f} %")
+    return out
+
+
+def result_cell(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**pass**" if ok else "**FAIL**")
+
+
+def issue17_section(modes: dict[str, dict]) -> str:
+    """Issue 17's targets table, one pair of columns (measured, result) per mode."""
+    per_mode = {mode: issue17_targets(res) for mode, res in modes.items()}
+    first = next(iter(per_mode.values()))
+    header = ["target", "limit"]
+    for mode in per_mode:
+        header += [f"{mode}: measured", f"{mode}: result"]
+    rows = []
+    for i, (name, limit, _, _) in enumerate(first):
+        row = [name, limit]
+        for targets in per_mode.values():
+            _, lim, measured, ok = targets[i]
+            row += [measured + (f" (limit {lim})" if lim != limit else ""), result_cell(ok)]
+        rows.append(row)
+    passes = {mode: sum(1 for t in targets if t[3]) for mode, targets in per_mode.items()}
+    summary = "; ".join(f"{mode}: {n} of {len(first)} pass" for mode, n in passes.items())
+    return ("## Issue 17's targets (performance round 2)\n\n"
+            "16 KiB chat declaring 20 tools, 1 connection unless said. \"allow-all\" is baseline (b): Envoy with "
+            "the allow-all ext_authz server (examples/allow_all.rs), same body, same connections, same run. Service "
+            "CPU per check is the server process's utime+stime over the run divided by the requests answered. "
+            "Cerbos' own p50 is (c) asked at the scenario's pace (hot loop shown beside it); Cerbos alone at "
+            "16 connections is grpc_load's hot loop with the CheckResources agent-authz sent. "
+            f"**{summary}.**\n\n" + table(header, rows))
+
+
+def sse_rows(res: dict) -> list[list[str]]:
+    sse = res.get("sse") or {}
+    rows = []
+    for key, x in sse.items():
+        off, on = x.get("off"), x.get("on")
+        if not off or not on:
+            continue
+        proc = x["instance"]
+        cpu = [per_request_us(r, proc) for r in (off, on)]
+        d_ttfb, d_total = on["ttfb_p50_ms"] - off["ttfb_p50_ms"], on["p50_ms"] - off["p50_ms"]
+        f_ttfb, f_total = d_ttfb / off["ttfb_p50_ms"], d_total / off["p50_ms"]
+        if key.startswith("text"):
+            ok = f_ttfb <= SSE_WITHIN and f_total <= SSE_WITHIN
+            verdict = result_cell(ok) + ("" if ok else f" (TTFB {f_ttfb * 100:+.1f} %, total {f_total * 100:+.1f} %)")
+        else:
+            verdict = f"judged tool call adds **{ms(d_total)}** p50 ({ms(d_ttfb)} to the first byte)"
+        errors = sum(r["errors"] for r in (off, on))
+        rows.append([x["title"], f"{on['requests']}/{off['requests']}",
+                     f"{ms(off['ttfb_p50_ms'])} → {ms(on['ttfb_p50_ms'])} ({f_ttfb * 100:+.1f} %)",
+                     f"{ms(off['p50_ms'])} → {ms(on['p50_ms'])} ({f_total * 100:+.1f} %)",
+                     f"{ms(off['p99_ms'])} → {ms(on['p99_ms'])}",
+                     f"{us(cpu[0])} → {us(cpu[1])}", verdict + (f"; **{errors} errors**" if errors else "")
+                     + noisy(on)])
+    return rows
+
+
+def sse_section(modes: dict[str, dict]) -> str:
+    """Issue 15's numbers: streamed answers with the response leg off → on."""
+    out = ["## Streamed answers: the response leg (`model_tool_calls: judge`) off → on (issue 15)\n"]
+    first = next(iter(modes.values()))
+    st = (first.get("settings") or {}).get("sse") or {}
+    out.append("examples/sse_load.rs, one connection, closed loop: a 2 KiB streamed chat (`\"stream\": true`, one "
+               "tool declared) through Envoy with ext_authz and ext_proc on the same agent-authz, as "
+               "envoy/llm-gateway.yaml wires them; examples/bench_upstream.rs answers with a Chat Completions stream "
+               "(`x-bench-sse`), every event its own chunk. Leg off: ext_proc sees the request only (a route "
+               "without `model_tool_calls: judge`); leg on: the answer streams through ext_proc too. Off, then on, "
+               "each right after the other. TTFB = time to the answer's first body byte (its first event); total = "
+               "to its last byte (`data: [DONE]`). An answer counts only if it arrived whole (and, for the tool "
+               "call, with the call: it is allowed). Target (issue 15): the text answer's TTFB and total time with "
+               f"the leg on within {SSE_WITHIN * 100:.0f} % of off" +
+               (f"; {st.get('deltas')} deltas" if st else "") + ". The tool-call rows give what judging one "
+               "streamed call adds: its fragments are held until the call is complete, then judged in one "
+               "CheckResources (cache off: Cerbos is asked; cache on: the verdict cache answers).\n")
+    header = ["answer", "answers on/off", "TTFB p50 off → on", "total p50 off → on", "total p99 off → on",
+              "agent-authz CPU/answer off → on", "result"]
+    for mode, res in modes.items():
+        rows = sse_rows(res)
+        if len(modes) > 1:
+            out.append(f"**{mode}**:\n")
+        out.append(table(header, rows) if rows else "(not run in this run)\n")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- "no check slower than today"
+COMPARE_TOLERANCE = 0.10  # a change within ±10 % is the noise of 5 s runs on a shared VM
+
+
+def summary_of(res: dict) -> dict:
+    """The numbers a later run is compared with: p50, throughput and service CPU per check of
+    every scenario through Envoy and of agent-authz alone, and the SSE answers."""
+    out: dict[str, Any] = {"date": res.get("date"), "pinned": bool((res.get("settings") or {}).get("pinned")),
+                           "http": {}, "direct": {}, "sse": {}}
+    scen = {s["id"]: s for s in res.get("scenarios", [])}
+    for sid, by_c in res.get("http", {}).items():
+        proc = (scen.get(sid) or {}).get("target")
+        for c, x in by_c.items():
+            out["http"].setdefault(sid, {})[c] = {"p50_ms": x["p50_ms"], "throughput_rps": x["throughput_rps"],
+                                                  "cpu_us": per_request_us(x, proc) if proc else None}
+    for name, x in res.get("direct", {}).items():
+        out["direct"][name] = {"p50_ms": x["p50_ms"], "throughput_rps": x["throughput_rps"],
+                               "cpu_us": per_request_us(x, x["instance"])}
+    for key, x in (res.get("sse") or {}).items():
+        if x.get("on"):
+            out["sse"][key] = {"p50_ms": x["on"]["p50_ms"], "ttfb_p50_ms": x["on"]["ttfb_p50_ms"]}
+    return out
+
+
+def previous_summaries(old: dict) -> dict[str, dict]:
+    """A previous results.json (single run, or bench/run.sh --pin's two modes) as summaries by mode."""
+    if "modes" in old:
+        return {mode: (res if "http" in res and "scenarios" not in res else summary_of(res))
+                for mode, res in old["modes"].items()}
+    s = summary_of(old)
+    return {"pinned" if s["pinned"] else "unpinned": s}
+
+
+def compare_section(modes: dict[str, dict], previous: dict[str, dict] | None) -> str:
+    out = ["## Compared with the previous run (\"no check slower than today\")\n"]
+    if not previous:
+        out.append("No previous results were given (`bench/report.py --compare old-results.json`; `bench/run.sh` "
+                   "compares with the committed `bench/results.json` it replaces).\n")
+        return "\n".join(out)
+    out.append(f"Each check against the same check in the previous run, same mode, where both have it. A change "
+               f"within ±{COMPARE_TOLERANCE * 100:.0f} % is within the noise of one short run; beyond it, a higher "
+               f"p50, a lower throughput or a higher service CPU per check is marked **slower**.\n")
+    for mode, res in modes.items():
+        old = previous.get(mode)
+        if not old:
+            out.append(f"**{mode}**: no previous {mode} run to compare with.\n")
+            continue
+        new = summary_of(res)
+        rows = []
+        slower = 0
+        total = 0
+        for section, label in (("http", "through Envoy"), ("direct", "agent-authz alone"), ("sse", "SSE, leg on")):
+            items = []
+            if section == "http":
+                for sid, by_c in new["http"].items():
+                    for c, x in by_c.items():
+                        if (o := old.get("http", {}).get(sid, {}).get(c)):
+                            items.append((f"{sid}, {c} conn{'s' if c != '1' else ''}", o, x))
+            else:
+                for key, x in new[section].items():
+                    if (o := old.get(section, {}).get(key)):
+                        items.append((key, o, x))
+            for name, o, x in items:
+                total += 1
+                worse = []
+                cells = []
+                for k, unit, higher_is_worse in (("p50_ms", "ms", True), ("ttfb_p50_ms", "ms", True),
+                                                 ("throughput_rps", "req/s", False), ("cpu_us", "µs", True)):
+                    if o.get(k) is None or x.get(k) is None or not o[k]:
+                        cells.append("–")
+                        continue
+                    change = x[k] / o[k] - 1
+                    bad = change > COMPARE_TOLERANCE if higher_is_worse else change < -COMPARE_TOLERANCE
+                    if bad:
+                        worse.append({"p50_ms": "p50", "ttfb_p50_ms": "TTFB", "throughput_rps": "throughput", "cpu_us": "CPU"}[k])
+                    fmt = ".3f" if unit == "ms" else ".0f"
+                    cells.append(f"{o[k]:{fmt}} → {x[k]:{fmt}} {unit} ({change * 100:+.0f} %)")
+                slower += bool(worse)
+                rows.append([label, name] + cells + ["**slower** (" + ", ".join(worse) + ")" if worse else "ok"])
+        out.append(f"**{mode}** (previous: {old.get('date') or 'unknown date'}): **{slower} of {total} checks "
+                   f"slower** beyond ±{COMPARE_TOLERANCE * 100:.0f} %.\n")
+        out.append(table(["", "check", "p50", "TTFB p50", "throughput", "service CPU/check", "verdict"], rows))
+    return "\n".join(out)
+
+
+def render_modes(combined: dict) -> str:
+    """RESULTS.md of bench/run.sh --pin: issue 17's targets and the SSE answers in both modes side
+    by side, the comparison with the previous run, then each mode's full report."""
+    modes = combined["modes"]
+    out = ["# agent-authz benchmark: pinned and unpinned, side by side\n"]
+    order = ", ".join(f"{m} ({modes[m]['date']}, {modes[m]['bench_seconds']:.0f} s)" for m in modes)
+    pinned = next((m for m in modes.values() if (m["settings"].get("pinned"))), None)
+    pin_text = (f"Pinned: every server (Envoy with {pinned['settings'].get('envoy_workers', 1)} worker, agent-authz, "
+                f"Cerbos, the upstream, the allow-all server) on CPU {pinned['settings']['pinned']['servers_cpu']} and "
+                f"the load generators (wrk, grpc_load, sse_load) on CPU {pinned['settings']['pinned']['load_cpu']} "
+                "(`taskset`), so every microsecond of CPU a server spends shows up as latency. Unpinned: everything "
+                "shares the CPUs, Envoy with 2 workers, where spare CPU hides cost. " if pinned else "")
+    only = {m["settings"].get("only") for m in modes.values()}
+    out.append(f"Generated by `{combined.get('command', 'bench/run.sh --pin')}`: {order}, after the build. {pin_text}"
+               + ("Both modes ran the `BENCH_ONLY=targets` selection (the scenarios issue 17's targets and the SSE "
+                  "answers read, Cerbos alone for their questions, agent-authz alone); `bench/run.sh` without "
+                  "`--pin` runs every scenario, unpinned. " if only == {"targets"} else "")
+               + "Raw numbers: `bench/results.json` (`modes`). Every number below comes from this one command.\n")
+    out.append(issue17_section(modes))
+    out.append(sse_section(modes))
+    out.append(compare_section(modes, combined.get("previous")))
+    for mode, res in modes.items():
+        full = render(res, summaries=False)
+        out.append(f"# Full report: {mode}\n")
+        out.append("\n".join("#" + line if line.startswith("#") else line for line in full.splitlines()[1:]) + "\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Renders RESULTS.md from results.json.")
+    parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).resolve().parent / "results.json",
+                        help="a results.json (one run, or bench/run.sh --pin's combined one)")
+    parser.add_argument("--combine", nargs="+", metavar="MODE=RESULTS_JSON",
+                        help="combine runs into one results.json with modes, e.g. unpinned=a.json pinned=b.json")
+    parser.add_argument("--compare", type=Path, help="a previous results.json to compare every check with")
+    parser.add_argument("--out", type=Path, help="where RESULTS.md (and, with --combine, results.json) go")
+    parser.add_argument("--command", default="bench/run.sh --pin", help="the command line named in RESULTS.md")
+    args = parser.parse_args(argv)
+    previous = previous_summaries(json.loads(args.compare.read_text())) if args.compare else None
+    if args.combine:
+        modes = {}
+        for item in args.combine:
+            mode, _, path = item.partition("=")
+            modes[mode] = json.loads(Path(path).read_text())
+        results = {"modes": modes, "command": args.command,
+                   "date": max(m["date"] for m in modes.values())}
+        if previous:
+            results["previous"] = previous
+        out_dir = args.out or Path(__file__).resolve().parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    else:
+        results = json.loads(args.results.read_text())
+        if previous:
+            results["previous"] = previous
+        out_dir = args.out or args.results.parent
+    text = render_modes(results) if "modes" in results else render(results)
+    (out_dir / "RESULTS.md").write_text(text)
+    print(f"wrote {out_dir / 'RESULTS.md'}")
+    return 0
+
+
 if __name__ == "__main__":
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results.json"
-    results = json.loads(path.read_text())
-    out = path.parent / "RESULTS.md"
-    out.write_text(render(results))
-    print(f"wrote {out}")
+    sys.exit(main(sys.argv[1:]))
