@@ -7,8 +7,9 @@
 //! tool call (`lookup_ticket` on T-100, its arguments in fragments of 7 bytes, after one text
 //! delta), each ending with `data: [DONE]`: the answers the response leg
 //! (`model_tool_calls: judge`) reads. Every event is its own chunk on the wire;
-//! `x-bench-sse-interval-us: <us>` paces them (0, the default: back to back, yielding between
-//! events so each is written on its own).
+//! `x-bench-sse-interval-us: <us>` paces them on a fixed schedule, the n-th event n intervals
+//! after the first (0, the default: back to back, yielding between events so each is written on
+//! its own).
 //!
 //!   cargo run --release --example bench_upstream -- 127.0.0.1:8081 [worker_threads]
 
@@ -92,18 +93,26 @@ fn sse_events(spec: &str) -> Option<Vec<Bytes>> {
 }
 
 fn sse(events: Vec<Bytes>, interval: Duration) -> Response {
+    // A fixed schedule (the n-th event at n × interval), not a sleep per event: timer
+    // granularity then delays single events, not the whole answer.
+    let ticks = (!interval.is_zero()).then(|| {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticks
+    });
     let stream = futures_util::stream::unfold(
-        (events.into_iter(), true),
-        move |(mut it, first)| async move {
+        (events.into_iter(), ticks, true),
+        |(mut it, mut ticks, first)| async move {
             let event = it.next()?;
             if !first {
-                if interval.is_zero() {
-                    tokio::task::yield_now().await;
-                } else {
-                    tokio::time::sleep(interval).await;
+                match ticks.as_mut() {
+                    Some(ticks) => {
+                        ticks.tick().await;
+                    }
+                    None => tokio::task::yield_now().await,
                 }
             }
-            Some((Ok::<_, Infallible>(event), (it, false)))
+            Some((Ok::<_, Infallible>(event), (it, ticks, false)))
         },
     );
     (
