@@ -9,6 +9,8 @@
 //! boundaries: bytes are carried over until a message is complete, and each complete message
 //! is handed over with its bytes as received, so what is not changed passes byte for byte.
 
+use std::collections::BTreeSet;
+
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder, write_message_to};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 
@@ -63,6 +65,14 @@ impl MessageSplitter {
             match MessageFrameDecoder::new().decode_frame(&mut rest) {
                 Ok(DecodedFrame::Incomplete) => break,
                 Ok(DecodedFrame::Complete(message)) => {
+                    // Readers disagree on which of two same-named headers counts (botocore
+                    // keeps the last): such a message is not read one way and passed the other.
+                    let names = message.headers().iter().map(|h| h.name().as_str());
+                    if names.collect::<BTreeSet<_>>().len() != message.headers().len() {
+                        return Err(EventStreamError::Unreadable(
+                            "a header appears twice".to_owned(),
+                        ));
+                    }
                     let used = self.pending.len() - rest.len();
                     let raw = self.pending.drain(..used).collect();
                     frames.push(Frame { raw, message });
@@ -166,6 +176,14 @@ mod tests {
             MessageSplitter::new(8).push(&good[..4]),
             Err(EventStreamError::TooLarge(8))
         );
+        let twice = message(
+            &[(":message-type", "exception"), (":message-type", "event")],
+            b"{}".to_vec(),
+        );
+        assert!(matches!(
+            MessageSplitter::new(1 << 10).push(&twice),
+            Err(EventStreamError::Unreadable(_))
+        ));
     }
 
     #[test]

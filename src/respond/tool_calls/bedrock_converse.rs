@@ -10,8 +10,8 @@
 //! blocks before the first tool block flow as they arrive; from the first tool block on,
 //! content-block messages are held (a later block's `contentBlockIndex` depends on which calls
 //! remain) until `messageStop` (or the end), when the calls are judged at once. Released blocks
-//! are renumbered without gaps; an answer left without calls gains a text block saying why and
-//! ends `end_turn`. `error` mode ends the stream with a `validationException` message, as
+//! shift down past the refused ones, so indices stay without gaps; an answer left without
+//! calls gains a text block saying why and ends `end_turn`. `error` mode ends the stream with a `validationException` message, as
 //! Bedrock frames a stream's exceptions (boto3 raises `EventStreamError`).
 //!
 //! An InvokeModel stream (`chunk` messages, each a base64 provider event) is passed on while
@@ -137,8 +137,10 @@ impl ConverseStream {
         if self.ended {
             return Ok(Flow::Emit(Vec::new()));
         }
-        // Exceptions (and anything else not an event) carry no call: they pass as they are.
-        if eventstream::header(&frame.message, ":message-type") != Some("event") {
+        // Exceptions carry no call: they pass as they are. Anything else is read as an event,
+        // as botocore reads it (whatever its `:message-type`).
+        let message_type = eventstream::header(&frame.message, ":message-type");
+        if matches!(message_type, Some("exception" | "error")) {
             return Ok(Flow::Emit(frame.raw));
         }
         let kind = eventstream::header(&frame.message, ":event-type").unwrap_or_default();
@@ -148,20 +150,35 @@ impl ConverseStream {
         let index = payload["contentBlockIndex"].as_u64();
         match kind {
             "contentBlockStart" if payload["start"].get("toolUse").is_some() => {
+                let Some(index) = index else {
+                    return Err(AnswerError::Unjudged(
+                        "a tool block without contentBlockIndex",
+                    ));
+                };
                 self.calls.push(Call {
-                    index: index.unwrap_or(0),
+                    index,
                     name: payload["start"]["toolUse"]["name"]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
                     partial: String::new(),
                 });
-                self.holding_from.get_or_insert(index.unwrap_or(0));
+                self.holding_from.get_or_insert(index);
             }
             "contentBlockDelta" => {
-                if let Some(call) = self.calls.iter_mut().find(|c| Some(c.index) == index) {
-                    let input = &payload["delta"]["toolUse"]["input"];
-                    call.partial.push_str(input.as_str().unwrap_or_default());
+                let fragment = payload["delta"].get("toolUse");
+                match self.calls.iter_mut().find(|c| Some(c.index) == index) {
+                    Some(call) => {
+                        let input = fragment.map_or(&Value::Null, |f| &f["input"]);
+                        call.partial.push_str(input.as_str().unwrap_or_default());
+                    }
+                    // Arguments of no call a start named: nothing to judge them as.
+                    None if fragment.is_some() => {
+                        return Err(AnswerError::Unjudged(
+                            "a toolUse fragment outside a tool block",
+                        ));
+                    }
+                    None => {}
                 }
             }
             "messageStop" if !self.calls.is_empty() => {
@@ -214,7 +231,7 @@ impl ConverseStream {
             .map(|(c, _)| c.index)
             .collect();
         let kept = calls.len() - refused.len();
-        // Held blocks renumbered past the refused ones.
+        // Held blocks shift down past the refused ones (nothing refused: nothing changes).
         let mut renumber = BTreeMap::new();
         let mut next = from;
         let indices: BTreeSet<u64> = held
@@ -223,8 +240,9 @@ impl ConverseStream {
             .collect();
         for index in indices {
             if !refused.contains(&index) {
-                renumber.insert(index, next);
-                next += 1;
+                let below = refused.range(..index).count() as u64;
+                renumber.insert(index, index - below);
+                next = index - below + 1;
             }
         }
         let text = (kept == 0 && !refused.is_empty()).then(|| refusal_text(&judged, refusals));

@@ -378,3 +378,37 @@ fn invoke_model_answers_of_anthropic_bodies_are_read_as_anthropic_messages() {
         .collect();
     assert_eq!(names, [json!("get_weather")]);
 }
+
+#[test]
+fn tool_messages_no_reader_could_place_are_errors() {
+    let no_index = event(
+        "contentBlockStart",
+        &json!({"start": {"toolUse": {"toolUseId": "t", "name": "refund"}}}),
+    );
+    let orphan = event(
+        "contentBlockDelta",
+        &json!({"contentBlockIndex": 3, "delta": {"toolUse": {"input": "{}"}}}),
+    );
+    for bad in [no_index, orphan] {
+        let mut answer = ConverseStream::new(1 << 20, DeniedToolCall::Remove);
+        let frame = answer.frames(&bad, true).unwrap().pop().unwrap();
+        assert!(answer.push(frame).is_err());
+    }
+}
+
+#[test]
+fn a_message_botocore_reads_as_an_event_is_judged_whatever_its_message_type_says() {
+    let start = eventstream::message(
+        &[
+            (":event-type", "contentBlockStart"),
+            (":message-type", "Event"),
+        ],
+        json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "refund"}}})
+            .to_string()
+            .into_bytes(),
+    );
+    let mut answer = ConverseStream::new(1 << 20, DeniedToolCall::Remove);
+    let frame = answer.frames(&start, true).unwrap().pop().unwrap();
+    assert_eq!(answer.push(frame).unwrap(), Flow::Emit(vec![]), "held");
+    assert_eq!(answer.finish(), Flow::Judge);
+}
