@@ -27,11 +27,16 @@ use super::{AnswerError, Flow, Refusals, ToolCall, anthropic, read_json, refusal
 use crate::config::DeniedToolCall;
 use crate::rewrite::eventstream::{self, Frame, MessageSplitter};
 
-/// The calls of a JSON answer, in content order.
+/// The calls of a JSON answer: Converse's `toolUse` blocks, then any Anthropic `tool_use`
+/// blocks (an InvokeModel answer). Both are read whatever the answer looks like, so no call
+/// is left unjudged because the answer also carries the other shape.
 pub fn json_calls(answer: &Value) -> Vec<ToolCall> {
-    if answer.get("output").is_none() {
-        return anthropic::json_calls(answer);
-    }
+    let mut calls = converse_calls(answer);
+    calls.extend(anthropic::json_calls(answer));
+    calls
+}
+
+fn converse_calls(answer: &Value) -> Vec<ToolCall> {
     content(answer)
         .iter()
         .filter_map(|block| block.get("toolUse"))
@@ -57,11 +62,18 @@ fn object_call(name: &str, input: &Value) -> ToolCall {
     }
 }
 
-/// Removes the refused `toolUse` blocks; an answer left without calls gains a text block
-/// saying why and ends `end_turn`.
+/// Removes the refused `toolUse` blocks (and `tool_use` blocks, as [`anthropic`] does); an
+/// answer left without calls gains a text block saying why and ends `end_turn`.
 pub fn remove_from_json(answer: &mut Value, calls: &[ToolCall], refusals: &Refusals) {
-    if answer.get("output").is_none() {
-        return anthropic::remove_from_json(answer, calls, refusals);
+    let converse = converse_calls(answer).len().min(calls.len());
+    let (calls, invoke_calls) = calls.split_at(converse);
+    let (refusals, invoke_refusals) = refusals.split_at(converse.min(refusals.len()));
+    // (Indexing a missing member mutably would add it: each shape is edited only if present.)
+    if !invoke_calls.is_empty() {
+        anthropic::remove_from_json(answer, invoke_calls, invoke_refusals);
+    }
+    if calls.is_empty() {
+        return;
     }
     let Some(content) = answer["output"]["message"]["content"].as_array_mut() else {
         return;

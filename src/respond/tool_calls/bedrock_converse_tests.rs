@@ -331,6 +331,7 @@ fn json_answers_lose_only_the_refused_blocks() {
     assert_eq!(content.as_array().unwrap().len(), 2);
     assert_eq!(content[1]["toolUse"]["name"], "get_weather");
     assert_eq!(out["stopReason"], "tool_use");
+    assert!(out.get("content").is_none(), "no Anthropic member added");
     let out = judge_json(
         JSON_ANSWER,
         &[Some("a".into()), Some("b".into())],
@@ -377,6 +378,7 @@ fn invoke_model_answers_of_anthropic_bodies_are_read_as_anthropic_messages() {
         .map(|b| b["name"].clone())
         .collect();
     assert_eq!(names, [json!("get_weather")]);
+    assert!(out.get("output").is_none(), "no Converse member added");
 }
 
 #[test]
@@ -411,4 +413,31 @@ fn a_message_botocore_reads_as_an_event_is_judged_whatever_its_message_type_says
     let frame = answer.frames(&start, true).unwrap().pop().unwrap();
     assert_eq!(answer.push(frame).unwrap(), Flow::Emit(vec![]), "held");
     assert_eq!(answer.finish(), Flow::Judge);
+}
+
+#[test]
+fn an_answer_in_both_shapes_has_both_read() {
+    let both = JSON_ANSWER.replacen(
+        '{',
+        r#"{"content":[{"type":"tool_use","id":"c","name":"delete_repo","input":{}}],"#,
+        1,
+    );
+    let mut json = JsonAnswer::new(Format::BedrockConverse, 1 << 20);
+    json.push(both.as_bytes()).unwrap();
+    let parsed = json.finish().unwrap().1.unwrap();
+    let names: Vec<_> = parsed.calls.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["get_weather", "refund", "delete_repo"]);
+    let out: Value = serde_json::from_slice(
+        &parsed.rewrite(&[None, None, Some("no".into())], DeniedToolCall::Remove),
+    )
+    .unwrap();
+    assert!(!out.to_string().contains("delete_repo\""));
+    assert_eq!(
+        out["output"]["message"]["content"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(out["stopReason"], "tool_use");
 }
