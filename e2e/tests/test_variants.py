@@ -879,14 +879,64 @@ def client_function_call_parts(response: httpx.Response, stream: bool) -> list[t
     return calls
 
 
+def client_tool_uses_converse(response: httpx.Response, stream: bool) -> list[tuple[str, Any]]:
+    """The toolUse blocks an agent reads from a Converse answer: JSON `output.message.content[]`,
+    or a ConverseStream decoded as botocore decodes it (AWS event-stream messages, headers
+    last-wins), contentBlockStart naming the block and `delta.toolUse.input` fragments by index."""
+    from botocore.eventstream import EventStreamBuffer
+
+    calls: list[tuple[str, Any]] = []
+    if stream:
+        buffer = EventStreamBuffer()
+        buffer.add_data(response.content)
+        try:
+            texts = [(m.headers.get(":event-type"), m.payload.decode()) for m in buffer
+                     if m.headers.get(":message-type") not in ("exception", "error")]
+        except Exception:  # noqa: BLE001 - an unreadable stream hands the agent nothing past it
+            texts = []
+    else:
+        texts = [(None, response.text)]
+    for hook in ANSWER_READINGS:
+        blocks: dict[Any, dict[str, Any]] = {}
+        for kind, text in texts:
+            try:
+                obj = json.loads(text, object_pairs_hook=hook)
+            except ValueError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if not stream:
+                content = ((obj.get("output") or {}).get("message") or {}).get("content") or []
+                for n, block in enumerate(content):
+                    tool = block.get("toolUse") if isinstance(block, dict) else None
+                    if isinstance(tool, dict):
+                        blocks[n] = {"name": tool.get("name"), "input": tool.get("input"), "json": ""}
+            elif kind == "contentBlockStart" and isinstance((obj.get("start") or {}).get("toolUse"), dict):
+                blocks[obj.get("contentBlockIndex")] = {"name": obj["start"]["toolUse"].get("name"), "input": {}, "json": ""}
+            elif kind == "contentBlockDelta" and obj.get("contentBlockIndex") in blocks:
+                fragment = ((obj.get("delta") or {}).get("toolUse") or {}).get("input")
+                blocks[obj["contentBlockIndex"]]["json"] += fragment if isinstance(fragment, str) else ""
+        for block in blocks.values():
+            args = block["input"]
+            if block["json"]:
+                try:
+                    args = json.loads(block["json"])
+                except ValueError:
+                    args = block["json"]
+            if (block["name"], args) not in calls:
+                calls.append((block["name"], args))
+    return calls
+
+
+CONVERSE_SHAPES = ["plain", "escaped_name", "dup_name", "dup_input", "dup_header"]
 GEMINI_SHAPES = ["plain", "snake_case", "escaped_name", "dup_name"]
 RESPONSES_SHAPES = ["plain", "escaped_name", "dup_name", "completed_adds", "done_differs"]
 ANTHROPIC_SHAPES = ["plain", "escaped_name", "dup_name", "dup_input", "dup_content", "input_in_start"]
 
 
 def test_tool_calls_in_answers_in_every_spelling(vstack):
-    """A model's tool calls, spelt differently: every call the agent reads (as the openai and
-    anthropic SDKs accumulate them) was judged and allowed with those arguments in a
+    """A model's tool calls, spelt differently: every call the agent reads (as the openai,
+    anthropic, google-genai and boto3 SDKs accumulate them) was judged and allowed with those arguments in a
     response-phase record under the request's decision id, or the answer was refused."""
     token, rng = vstack.token_for("alice"), random.Random(SEED)
     failures, tried = [], 0
@@ -909,12 +959,22 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
              for stream in (False, True)]
     core += [("gemini", script, "plain", True, extra) for script in ("denied", "mixed") for extra in (
         {"sse_eol": "\r\n"}, {"sse_comments": True}, {"gzip_chat": True})]
+    core += [("bedrock_converse", script, shape, stream, {}) for script in CALL_SCRIPTS for shape in CONVERSE_SHAPES
+             for stream in (False, True) if not (shape == "dup_header" and not stream)
+             and not (shape == "dup_input" and stream)]
+    core += [("bedrock_converse", script, "plain", stream, {"gzip_chat": True}) for script in ("denied", "mixed")
+             for stream in (False, True)]
     for dialect, script, shape, stream, extra in core:
         tried += 1
         vstack.llm_reset()
         httpx.post(f"{vstack.llm_direct_url}/_mode",
                    json={"tool_calls": CALL_SCRIPTS[script], "calls_shape": shape, **extra}, timeout=5).raise_for_status()
-        if dialect == "gemini":
+        if dialect == "bedrock_converse":
+            path = "/model/gpt-4o-mini/" + ("converse-stream" if stream else "converse")
+            read = client_tool_uses_converse
+            body = {"messages": [{"role": "user", "content": [{"text": "go"}]}],
+                    "toolConfig": {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]}}
+        elif dialect == "gemini":
             path = "/v1beta/models/gpt-4o-mini:" + ("streamGenerateContent?alt=sse" if stream else "generateContent")
             read = client_function_call_parts
             body = {"contents": [{"role": "user", "parts": [{"text": "go"}]}],
@@ -932,7 +992,7 @@ def test_tool_calls_in_answers_in_every_spelling(vstack):
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], "stream": stream,
                     "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
         try:
-            url = f"{vstack.envoy_url}{path}" if dialect == "gemini" else f"{vstack.llm_base_url}{path}"
+            url = f"{vstack.envoy_url}{path}" if dialect in ("gemini", "bedrock_converse") else f"{vstack.llm_base_url}{path}"
             r = httpx.post(url, json=body,
                            headers={"authorization": f"Bearer {token}"}, timeout=15)
             status, calls = r.status_code, read(r, stream) if r.status_code == 200 else []

@@ -187,16 +187,17 @@ def _converse_events(model: str) -> list[tuple[str, dict]]:
     ]
 
 
-def event_stream_message(event_type: str, payload: dict) -> bytes:
-    """One message of AWS's `application/vnd.amazon.eventstream` framing (what botocore parses)."""
-    headers = b""
-    for name, value in ((":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")):
-        headers += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
-    body = json.dumps(payload).encode()
-    total = 12 + len(headers) + len(body) + 4
-    prelude = struct.pack(">II", total, len(headers))
+def event_stream_message(event_type: str, payload: dict | str, headers: list[tuple[str, str]] | None = None) -> bytes:
+    """One message of AWS's `application/vnd.amazon.eventstream` framing (what botocore parses):
+    `payload` as JSON (a str is sent as it is), string headers (the usual three by default)."""
+    encoded = b""
+    for name, value in headers or ((":event-type", event_type), (":content-type", "application/json"), (":message-type", "event")):
+        encoded += bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
+    body = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+    total = 12 + len(encoded) + len(body) + 4
+    prelude = struct.pack(">II", total, len(encoded))
     prelude += struct.pack(">I", zlib.crc32(prelude))
-    message = prelude + headers + body
+    message = prelude + encoded + body
     return message + struct.pack(">I", zlib.crc32(message))
 
 
@@ -493,6 +494,37 @@ class Handler(BaseHTTPRequestHandler):
             content_type = "text/event-stream"
         self._write_pieces(content_type, pieces)
 
+    def _send_shaped_converse(self, script: list[dict], stream: bool) -> None:
+        """A Converse toolUse answer spelt as `_mode` says: calls_shape "plain" | "escaped_name"
+        | "dup_name" (each toolUse names get_weather, then its own tool) | "dup_input" (JSON:
+        `input` twice, {} first) | "dup_header" (streamed: each tool block's start carries
+        `:event-type` twice, metadata first; botocore keeps the last); gzip_chat as for Chat
+        Completions. Streams are AWS event-stream messages."""
+        shape = _mode["calls_shape"]
+
+        def spell(text: str) -> str:
+            for call in script:
+                name = call["name"]
+                if shape == "escaped_name":
+                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+                if shape == "dup_name":
+                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            if shape == "dup_input":
+                text = text.replace('"input": {', '"input": {}, "input": {')
+            return text
+
+        if not stream:
+            self._write_pieces("application/json", [spell(json.dumps(_converse_tool_answer(script))).encode()])
+            return
+        pieces = []
+        for name, payload in _converse_tool_events(script):
+            body = spell(json.dumps(payload))
+            headers = [(":event-type", name), (":content-type", "application/json"), (":message-type", "event")]
+            if shape == "dup_header" and name == "contentBlockStart" and "toolUse" in payload["start"]:
+                headers.insert(0, (":event-type", "metadata"))
+            pieces.append(event_stream_message(name, body, headers))
+        self._write_pieces("application/vnd.amazon.eventstream", pieces)
+
     def _send_shaped_responses(self, model: str, script: list[dict], stream: bool) -> None:
         """A Responses function_call answer spelt as `_mode` says: calls_shape "plain" |
         "escaped_name" | "dup_name" (each function_call item names get_weather, then its own
@@ -719,6 +751,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(200, _gemini_answer(model, f"hello from {model}"))
                 return
             self._stream("text/event-stream", sse(_gemini_answer(model, w) for w in ("hello ", "from ", model)))
+        elif dialect == "bedrock_converse" and script and _mode.get("calls_shape"):
+            self._send_shaped_converse(script, stream)
         elif dialect == "bedrock_converse" and script:
             if not stream:
                 self._send_json(200, _converse_tool_answer(script))
