@@ -16,6 +16,9 @@ use crate::console::ring::Ring;
 use crate::decide::{Effect, Verdict};
 use crate::identity::Principal;
 
+mod resources;
+pub use resources::{Resources, SharedResources};
+
 /// Everything known about one decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionRecord {
@@ -48,7 +51,7 @@ pub struct DecisionRecord {
     /// The model an LLM call invokes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    pub resources: Vec<ResourceRecord>,
+    pub resources: Resources,
     /// Declared tools the policy allowed (the other half of `denied_tools`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_tools: Vec<String>,
@@ -297,7 +300,7 @@ pub(crate) mod tests {
             route: None,
             format: None,
             model: None,
-            resources: Vec::new(),
+            resources: Resources::default(),
             allowed_tools: Vec::new(),
             denied_tools: Vec::new(),
             hidden: Vec::new(),

@@ -139,7 +139,7 @@ pub struct CacheConfig {
     /// How long a verdict is reused.
     #[serde(default = "default_cache_ttl", with = "humantime_serde")]
     pub ttl: Duration,
-    /// Most verdicts kept.
+    /// Most verdicts kept (a whole-request entry counts one per verdict it holds).
     #[serde(default = "default_cache_entries")]
     pub max_entries: u64,
 }

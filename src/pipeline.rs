@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, now_rfc3339};
+use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, Resources, now_rfc3339};
 use crate::config::{
     Config, DeniedToolCall, DeniedTools, ForcedDeniedTool, Format, ModelToolCalls, RouteConfig,
     SessionBinding, UnclassifiedRoutes,
@@ -355,7 +355,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         // usually two of them, not 21. Actions are labelled from a bounded set (a tool's
         // name is request text: one series per name would grow without end).
         let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &str, u64)> = Vec::new();
-        for r in &record.resources {
+        for r in record.resources.iter() {
             let action = self.vocabulary.action_label(&r.action);
             match tally
                 .iter_mut()
@@ -792,12 +792,7 @@ fn record(
         route: trace.route.map(|r| r.label().to_owned()),
         format: trace.format.map(Format::as_str),
         model,
-        resources: trace
-            .decision
-            .verdicts
-            .into_iter()
-            .map(ResourceRecord::from)
-            .collect(),
+        resources: Resources::of(trace.decision.verdicts, trace.decision.shared_records),
         allowed_tools,
         denied_tools: trace.denied_tools,
         hidden: Vec::new(),

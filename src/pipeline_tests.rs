@@ -924,6 +924,7 @@ impl PolicyEngine for WithOutputs {
             verdicts,
             call_ids: vec![],
             engine_ms: None,
+            shared_records: None,
         })
     }
 }

@@ -1,11 +1,23 @@
 //! A bounded, TTL-based cache of Cerbos verdicts, so an agent loop that sends the same model
 //! and tools every turn skips the PDP.
 //!
-//! The key is everything Cerbos sees for one verdict, serialised exactly: principal id, roles
-//! and attributes; resource kind, id and attributes; the action; policy version and scope. Any
-//! attribute change is a different key, so a cached verdict is only ever reused for an
-//! identical question. PDP errors are never cached. A policy change takes effect for cached
-//! questions when their entries expire (`cache.ttl`); the cache is off by default.
+//! Two kinds of entries share one cache. A verdict entry answers one resource check; its key
+//! is everything Cerbos sees for that verdict, serialised exactly: principal id, roles and
+//! attributes; resource kind, id and attributes; the action; policy version and scope. A
+//! request entry answers a whole request (a model and its 20 tools) with one lookup; its key
+//! is the whole question ([`question`]): the same principal and namespace, and every check in
+//! order. It also holds the decision record's resources, serialised once
+//! ([`SharedResources`]). A request that matches no request entry is answered check by check,
+//! so requests sharing only some tools still share their verdicts, and then leaves a request
+//! entry for its next turn.
+//!
+//! Keys are compared in full on a hit (the hash only finds the slot), so a cached verdict is
+//! only ever reused for an identical question, and any attribute change is a different key.
+//! PDP errors are never cached. A policy change takes effect for cached questions when their
+//! entries expire (`cache.ttl`); a configuration reload starts an empty cache. `max_entries`
+//! bounds the verdicts held: a request entry weighs one per verdict it holds. The cache is
+//! off by default; identical questions in flight at once share one call either way
+//! ([`InFlight`]).
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Arc;
@@ -13,7 +25,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::in_flight::InFlight;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
+use crate::audit::SharedResources;
 use crate::identity::Principal;
 use crate::metrics::Metrics;
 
@@ -25,12 +39,52 @@ struct Cached {
     derived_roles: Vec<String>,
 }
 
-/// One cache key. Its two halves are two JSON documents, so distinct questions can never
-/// produce the same key. The principal's half (namespace, id, roles, attributes: most of the
-/// bytes) is serialised and hashed once per request and shared by the entries of all its
-/// resources, so a 20-tool request neither hashes nor stores it 21 times.
+impl Cached {
+    fn of(verdict: &Verdict) -> Cached {
+        Cached {
+            effect: verdict.effect,
+            policy: verdict.policy.clone(),
+            outputs: verdict.outputs.clone(),
+            derived_roles: verdict.derived_roles.clone(),
+        }
+    }
+
+    fn answer(&self, check: ResourceCheck) -> Verdict {
+        Verdict {
+            check,
+            effect: self.effect,
+            policy: self.policy.clone(),
+            outputs: self.outputs.clone(),
+            derived_roles: self.derived_roles.clone(),
+        }
+    }
+}
+
+/// A whole request's verdicts, in check order, and its decision record's resources.
+struct RequestEntry {
+    verdicts: Vec<Cached>,
+    records: Arc<SharedResources>,
+}
+
 #[derive(Clone)]
-struct Key {
+enum Entry {
+    Verdict(Cached),
+    Request(Arc<RequestEntry>),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Verdict(VerdictKey),
+    /// The bytes of [`question`].
+    Request(Arc<[u8]>),
+}
+
+/// The key of one verdict. Its two halves are two JSON documents, so distinct questions can
+/// never produce the same key. The principal's half (namespace, id, roles, attributes: most
+/// of the bytes) is serialised and hashed once per request and shared by the entries of all
+/// its resources, so a 20-tool request neither hashes nor stores it 21 times.
+#[derive(Clone)]
+struct VerdictKey {
     principal: Arc<PrincipalKey>,
     resource: Box<[u8]>,
 }
@@ -42,7 +96,7 @@ struct PrincipalKey {
     hash: u64,
 }
 
-impl PartialEq for Key {
+impl PartialEq for VerdictKey {
     fn eq(&self, other: &Self) -> bool {
         let same_principal = Arc::ptr_eq(&self.principal, &other.principal)
             || (self.principal.hash == other.principal.hash
@@ -51,22 +105,50 @@ impl PartialEq for Key {
     }
 }
 
-impl Eq for Key {}
+impl Eq for VerdictKey {}
 
-impl Hash for Key {
+impl Hash for VerdictKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.principal.hash);
         self.resource.hash(state);
     }
 }
 
-/// An engine with an optional verdict cache in front.
+/// Everything Cerbos is asked for `checks`, serialised exactly as one JSON document: policy
+/// version and scope, the principal's id, roles and attributes, and each check's kind, id,
+/// action and attributes, in order. Two requests with the same bytes ask Cerbos the same
+/// question (a bearer token sent as auxData is not in it: requests carrying one are neither
+/// cached nor shared).
+pub(super) fn question(
+    namespace: &str,
+    principal: &Principal,
+    checks: &[ResourceCheck],
+) -> Arc<[u8]> {
+    let mut bytes = Vec::with_capacity(256 + 128 * checks.len());
+    let resources: Vec<_> = checks
+        .iter()
+        .map(|c| (&c.kind, &c.id, &c.action, &c.attr))
+        .collect();
+    let whole = (
+        namespace,
+        &principal.id,
+        &principal.roles,
+        &principal.attr,
+        resources,
+    );
+    // Serialising strings, lists and maps of JSON values cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, &whole);
+    Arc::from(bytes)
+}
+
+/// An engine with an optional verdict cache in front, sharing identical calls in flight.
 pub struct CachedEngine<E> {
-    inner: E,
-    cache: Option<moka::sync::Cache<Key, Cached>>,
+    inner: Arc<E>,
+    cache: Option<moka::sync::Cache<Key, Entry>>,
     /// Policy version and scope: part of every key.
     namespace: String,
     principal_hasher: RandomState,
+    in_flight: InFlight,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -82,14 +164,19 @@ impl<E: PolicyEngine> CachedEngine<E> {
         let cache = (!ttl.is_zero() && max_entries > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(max_entries)
+                .weigher(|_: &Key, entry: &Entry| match entry {
+                    Entry::Verdict(_) => 1,
+                    Entry::Request(r) => u32::try_from(r.verdicts.len()).unwrap_or(u32::MAX),
+                })
                 .time_to_live(ttl)
                 .build()
         });
         Self {
-            inner,
+            inner: Arc::new(inner),
             cache,
             namespace,
             principal_hasher: RandomState::new(),
+            in_flight: InFlight::default(),
             metrics,
         }
     }
@@ -112,16 +199,45 @@ impl<E: PolicyEngine> CachedEngine<E> {
         })
     }
 
-    /// The key of one check, serialised straight from it without building a JSON tree first:
-    /// 21 keys per 20-tool request are on the hot path.
+    /// The key of one check, serialised straight from it without building a JSON tree first.
     fn key(principal: &Arc<PrincipalKey>, check: &ResourceCheck) -> Key {
         let mut resource = Vec::with_capacity(128);
         let whole = (&check.kind, &check.id, &check.action, &check.attr);
         let _ = serde_json::to_writer(&mut resource, &whole);
-        Key {
+        Key::Verdict(VerdictKey {
             principal: Arc::clone(principal),
             resource: resource.into_boxed_slice(),
+        })
+    }
+
+    /// Asks the engine `question` (the bytes of exactly these checks), sharing the call with
+    /// identical questions in flight.
+    async fn ask(
+        &self,
+        question: Arc<[u8]>,
+        principal: &Principal,
+        checks: Vec<ResourceCheck>,
+        request_id: &str,
+    ) -> Result<Decision, DecideError> {
+        // What a check is about is not part of the question: each request keeps its own.
+        let subjects: Vec<_> = checks.iter().map(|c| c.subject.clone()).collect();
+        let inner = Arc::clone(&self.inner);
+        let (principal, request_id) = (principal.clone(), request_id.to_owned());
+        let call = move || async move { inner.check(&principal, checks, &request_id).await };
+        let answer = self.in_flight.share(question, call).await?;
+        // The only holder unless other requests shared the call.
+        let mut decision = Arc::try_unwrap(answer).unwrap_or_else(|shared| (*shared).clone());
+        if decision.verdicts.len() != subjects.len() {
+            return Err(DecideError::Protocol(format!(
+                "{} verdicts for {} questions",
+                decision.verdicts.len(),
+                subjects.len()
+            )));
         }
+        for (verdict, subject) in decision.verdicts.iter_mut().zip(subjects) {
+            verdict.check.subject = subject;
+        }
+        Ok(decision)
     }
 }
 
@@ -132,15 +248,32 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> Result<Decision, DecideError> {
-        let Some(cache) = &self.cache else {
-            return self.inner.check(principal, checks, request_id).await;
-        };
-        // Tokens travel to Cerbos as auxData and may change its answer: never cache those.
-        if principal.token.is_some() {
+        // Tokens travel to Cerbos as auxData and may change its answer: never cache or share
+        // those.
+        if checks.is_empty() || principal.token.is_some() {
             return self.inner.check(principal, checks, request_id).await;
         }
-        let principal_key = self.principal_key(principal);
+        let whole = question(&self.namespace, principal, &checks);
+        let Some(cache) = &self.cache else {
+            return self.ask(whole, principal, checks, request_id).await;
+        };
         let asked = checks.len();
+        let request_key = Key::Request(Arc::clone(&whole));
+        if let Some(Entry::Request(hit)) = cache.get(&request_key) {
+            self.metrics.cache_hits.inc_by(asked as u64);
+            let verdicts = checks
+                .into_iter()
+                .zip(&hit.verdicts)
+                .map(|(check, cached)| cached.answer(check))
+                .collect();
+            return Ok(Decision {
+                verdicts,
+                call_ids: Vec::new(),
+                engine_ms: None,
+                shared_records: Some(Arc::clone(&hit.records)),
+            });
+        }
+        let principal_key = self.principal_key(principal);
         let keys: Vec<Key> = checks
             .iter()
             .map(|c| Self::key(&principal_key, c))
@@ -149,14 +282,8 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
         let mut misses = Vec::new();
         for (check, key) in checks.into_iter().zip(&keys) {
             match cache.get(key) {
-                Some(hit) => slots.push(Some(Verdict {
-                    check,
-                    effect: hit.effect,
-                    policy: hit.policy,
-                    outputs: hit.outputs,
-                    derived_roles: hit.derived_roles,
-                })),
-                None => {
+                Some(Entry::Verdict(hit)) => slots.push(Some(hit.answer(check))),
+                _ => {
                     slots.push(None);
                     misses.push(check);
                 }
@@ -168,7 +295,12 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
         self.metrics.cache_misses.inc_by(misses.len() as u64);
         let mut call_ids = Vec::new();
         if !misses.is_empty() {
-            let answer = self.inner.check(principal, misses, request_id).await?;
+            let asking = if misses.len() == asked {
+                whole
+            } else {
+                question(&self.namespace, principal, &misses)
+            };
+            let answer = self.ask(asking, principal, misses, request_id).await?;
             call_ids = answer.call_ids;
             let mut fresh = answer.verdicts.into_iter();
             for (slot, key) in slots.iter_mut().zip(keys) {
@@ -176,27 +308,26 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
                     let verdict = fresh.next().ok_or_else(|| {
                         DecideError::Protocol("fewer verdicts than questions".into())
                     })?;
-                    cache.insert(
-                        key,
-                        Cached {
-                            effect: verdict.effect,
-                            policy: verdict.policy.clone(),
-                            outputs: verdict.outputs.clone(),
-                            derived_roles: verdict.derived_roles.clone(),
-                        },
-                    );
+                    cache.insert(key, Entry::Verdict(Cached::of(&verdict)));
                     *slot = Some(verdict);
                 }
             }
         }
-        let verdicts = slots
+        let verdicts: Vec<Verdict> = slots
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| DecideError::Protocol("missing verdict".into()))?;
+        let records = SharedResources::of(&verdicts);
+        let entry = RequestEntry {
+            verdicts: verdicts.iter().map(Cached::of).collect(),
+            records: Arc::clone(&records),
+        };
+        cache.insert(request_key, Entry::Request(Arc::new(entry)));
         Ok(Decision {
             verdicts,
             call_ids,
             engine_ms: None,
+            shared_records: Some(records),
         })
     }
 
@@ -206,170 +337,5 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use serde_json::{Map, json};
-
-    use super::*;
-    use crate::decide::Subject;
-
-    /// Allows everything; counts the questions it is asked.
-    #[derive(Default)]
-    struct Counting(AtomicUsize);
-
-    impl PolicyEngine for Counting {
-        async fn check(
-            &self,
-            _: &Principal,
-            checks: Vec<ResourceCheck>,
-            _: &str,
-        ) -> Result<Decision, DecideError> {
-            self.0.fetch_add(checks.len(), Ordering::SeqCst);
-            Ok(Decision::each(checks, Some("p"), |_| Effect::Allow))
-        }
-    }
-
-    fn principal(attr: Value) -> Principal {
-        Principal {
-            id: "alice".into(),
-            roles: vec!["support".into()],
-            attr: attr.as_object().cloned().unwrap_or_default(),
-            token: None,
-        }
-    }
-
-    fn check(id: &str, attr: Value) -> ResourceCheck {
-        ResourceCheck {
-            kind: "llm_tool".into(),
-            id: id.into(),
-            action: "expose".into(),
-            attr: attr.as_object().cloned().unwrap_or_else(Map::new),
-            subject: Subject::Tool(id.into()),
-        }
-    }
-
-    fn engine(ttl: Duration) -> CachedEngine<Counting> {
-        CachedEngine::new(
-            Counting::default(),
-            ttl,
-            100,
-            "default/".into(),
-            Arc::new(Metrics::new()),
-        )
-    }
-
-    #[tokio::test]
-    async fn repeated_questions_skip_the_pdp_and_keep_their_order() {
-        let e = engine(Duration::from_secs(60));
-        let p = principal(json!({"team": "a"}));
-        let first = e
-            .check(&p, vec![check("a", json!({})), check("b", json!({}))], "r")
-            .await
-            .unwrap();
-        assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
-        let second = e
-            .check(
-                &p,
-                vec![
-                    check("c", json!({})),
-                    check("b", json!({})),
-                    check("a", json!({})),
-                ],
-                "r",
-            )
-            .await
-            .unwrap();
-        assert_eq!(e.inner.0.load(Ordering::SeqCst), 3, "only c was asked");
-        let ids: Vec<_> = second
-            .verdicts
-            .iter()
-            .map(|v| v.check.id.as_str())
-            .collect();
-        assert_eq!(ids, ["c", "b", "a"]);
-        assert_eq!(first.verdicts[0].policy.as_deref(), Some("p"));
-        let text = e.metrics.encode();
-        assert!(
-            text.contains("agent_authz_cache_hits_total 2")
-                && text.contains("agent_authz_cache_misses_total 3"),
-            "{text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn any_attribute_change_misses() {
-        let e = engine(Duration::from_secs(60));
-        e.check(
-            &principal(json!({"limit": 1})),
-            vec![check("a", json!({"model": "m"}))],
-            "r",
-        )
-        .await
-        .unwrap();
-        for (p, c) in [
-            (
-                principal(json!({"limit": 2})),
-                check("a", json!({"model": "m"})),
-            ),
-            (
-                principal(json!({"limit": 1})),
-                check("a", json!({"model": "n"})),
-            ),
-            (
-                principal(json!({"limit": 1, "extra": true})),
-                check("a", json!({"model": "m"})),
-            ),
-            (
-                Principal {
-                    roles: vec!["admin".into()],
-                    ..principal(json!({"limit": 1}))
-                },
-                check("a", json!({"model": "m"})),
-            ),
-            (
-                Principal {
-                    id: "bob".into(),
-                    ..principal(json!({"limit": 1}))
-                },
-                check("a", json!({"model": "m"})),
-            ),
-            (
-                principal(json!({"limit": 1})),
-                ResourceCheck {
-                    action: "invoke".into(),
-                    ..check("a", json!({"model": "m"}))
-                },
-            ),
-            (
-                principal(json!({"limit": 1})),
-                ResourceCheck {
-                    kind: "llm_model".into(),
-                    ..check("a", json!({"model": "m"}))
-                },
-            ),
-        ] {
-            let before = e.inner.0.load(Ordering::SeqCst);
-            e.check(&p, vec![c], "r").await.unwrap();
-            assert_eq!(e.inner.0.load(Ordering::SeqCst), before + 1);
-        }
-    }
-
-    #[tokio::test]
-    async fn entries_expire_and_zero_ttl_disables() {
-        let e = engine(Duration::from_millis(50));
-        let p = principal(json!({}));
-        e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
-        assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
-        let off = engine(Duration::ZERO);
-        off.check(&p, vec![check("a", json!({}))], "r")
-            .await
-            .unwrap();
-        off.check(&p, vec![check("a", json!({}))], "r")
-            .await
-            .unwrap();
-        assert_eq!(off.inner.0.load(Ordering::SeqCst), 2);
-    }
-}
+#[path = "cache_tests.rs"]
+mod tests;

@@ -7,13 +7,16 @@
 pub mod cache;
 pub mod cerbos;
 mod cerbos_answer;
+mod in_flight;
 pub mod vocabulary;
 mod whole_body;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::audit::SharedResources;
 use crate::identity::Principal;
 
 /// One question for the PDP: may the principal perform `action` on this resource?
@@ -163,6 +166,9 @@ pub struct Decision {
     pub call_ids: Vec<String>,
     /// How long the engine took to answer (cache included), set by the pipeline that asked.
     pub engine_ms: Option<f64>,
+    /// The decision record's resources for exactly these verdicts, serialised once, when a
+    /// request-level cache entry answered (or was made by) this decision.
+    pub shared_records: Option<Arc<SharedResources>>,
 }
 
 #[cfg(test)]
@@ -188,6 +194,7 @@ impl Decision {
             verdicts,
             call_ids: vec!["call-1".into()],
             engine_ms: None,
+            shared_records: None,
         }
     }
 }

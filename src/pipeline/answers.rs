@@ -144,7 +144,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         if !refused.is_empty() {
             record.effect = "deny";
         }
-        record.resources = verdicts.into_iter().map(ResourceRecord::from).collect();
+        record.resources = Resources::of(verdicts, None);
         record.denied_tools = refused.clone();
         record.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.audit.write(record);
@@ -198,11 +198,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         };
         record.principal = Some(PrincipalRecord::from(principal));
         record.method = if format == Format::Mcp { "POST" } else { "GET" }.to_owned();
-        record.resources = decision
-            .verdicts
-            .into_iter()
-            .map(ResourceRecord::from)
-            .collect();
+        record.resources = Resources::of(decision.verdicts, decision.shared_records);
         record.hidden = hidden.clone();
         record.cerbos_call_ids = decision.call_ids;
         record.cerbos_ms = decision.engine_ms;
@@ -247,7 +243,7 @@ fn leg_record(
         route: None,
         format: format.map(Format::as_str),
         model: None,
-        resources: Vec::new(),
+        resources: Resources::default(),
         allowed_tools: Vec::new(),
         denied_tools: Vec::new(),
         hidden: Vec::new(),
