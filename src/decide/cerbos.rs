@@ -6,17 +6,12 @@
 //! set the request id, and takes `&mut self` (one call at a time); the tonic stub is cheap to
 //! clone and multiplexes concurrent calls over one connection.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use cerbos::genpb::cerbos::effect::v1::Effect as PbEffect;
-use cerbos::genpb::cerbos::engine::v1 as engine;
-use cerbos::genpb::cerbos::request::v1::{
-    AuxData, CheckResourcesRequest, aux_data, check_resources_request::ResourceEntry,
-};
-use cerbos::genpb::google::protobuf::{ListValue, Struct, Value as PbValue, value::Kind};
+use cerbos::genpb::google::protobuf::{Value as PbValue, value::Kind};
 use futures_util::future::try_join_all;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -26,6 +21,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_prost::ProstCodec;
 
 use super::cerbos_answer::CheckResourcesAnswer;
+use super::cerbos_request::{EncodedRequest, Question};
 use super::whole_body::WholeBodyChannel;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
@@ -67,39 +63,16 @@ impl CerbosEngine {
         })
     }
 
-    fn principal(&self, principal: &Principal) -> engine::Principal {
-        engine::Principal {
-            id: principal.id.clone(),
-            policy_version: self.policy_version.clone(),
-            roles: principal.roles.clone(),
-            attr: to_pb_map(&principal.attr),
-            scope: self.scope.clone(),
-        }
-    }
-
-    fn entry(&self, check: &ResourceCheck) -> ResourceEntry {
-        ResourceEntry {
-            actions: vec![check.action.clone()],
-            resource: Some(engine::Resource {
-                kind: check.kind.clone(),
-                policy_version: self.policy_version.clone(),
-                id: check.id.clone(),
-                attr: to_pb_map(&check.attr),
-                scope: self.scope.clone(),
-            }),
-        }
-    }
-
     /// `cerbos.svc.v1.CerbosService/CheckResources`, its answer decoded as
     /// [`CheckResourcesAnswer`] (what the generated client would do, with the lean type).
     async fn call(
         &self,
-        request: CheckResourcesRequest,
+        request: EncodedRequest,
+        request_id: &str,
     ) -> Result<CheckResourcesAnswer, DecideError> {
         let mut client = self.client.clone();
-        let request_id = request.request_id.parse();
         let mut grpc = tonic::Request::new(request);
-        if let Ok(value) = request_id {
+        if let Ok(value) = request_id.parse() {
             // Cerbos' audit log records this when `includeMetadataKeys` lists it.
             grpc.metadata_mut().insert("x-request-id", value);
         }
@@ -107,7 +80,7 @@ impl CerbosEngine {
             client.ready().await.map_err(|e| {
                 tonic::Status::unavailable(format!("Cerbos channel not ready: {e}"))
             })?;
-            let codec = ProstCodec::<CheckResourcesRequest, CheckResourcesAnswer>::default();
+            let codec = ProstCodec::<EncodedRequest, CheckResourcesAnswer>::default();
             let path = PathAndQuery::from_static("/cerbos.svc.v1.CerbosService/CheckResources");
             client.unary(grpc, path, codec).await
         };
@@ -144,13 +117,13 @@ impl PolicyEngine for CerbosEngine {
         if checks.is_empty() {
             return Ok(Decision::default());
         }
-        let pb_principal = self.principal(principal);
-        let aux_data = principal.token.as_ref().map(|t| AuxData {
-            jwt: Some(aux_data::Jwt {
-                token: t.expose().to_owned(),
-                key_set_id: String::new(),
-            }),
-        });
+        let question = Question {
+            request_id,
+            principal,
+            policy_version: &self.policy_version,
+            scope: &self.scope,
+            token: principal.token.as_ref().map(|t| t.expose()),
+        };
         let chunks: Vec<&[ResourceCheck]> = checks.chunks(self.max_per_request).collect();
         let calls = chunks.iter().enumerate().map(|(i, chunk)| {
             let request_id = if chunks.len() == 1 {
@@ -158,18 +131,21 @@ impl PolicyEngine for CerbosEngine {
             } else {
                 format!("{request_id}/{i}")
             };
-            self.call(CheckResourcesRequest {
-                request_id,
-                include_meta: true,
-                principal: Some(pb_principal.clone()),
-                resources: chunk.iter().map(|c| self.entry(c)).collect(),
-                aux_data: aux_data.clone(),
-            })
+            let request = Question {
+                request_id: &request_id,
+                ..question
+            }
+            .encode(chunk);
+            async move { self.call(request, &request_id).await }
         });
         let responses = try_join_all(calls).await?;
+        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        // The checks move into their verdicts (the request is done with them).
+        let mut checks = checks.into_iter();
         let mut decision = Decision::default();
-        for (chunk, response) in chunks.iter().zip(responses) {
+        for (size, response) in sizes.into_iter().zip(responses) {
             decision.call_ids.push(response.cerbos_call_id.clone());
+            let chunk = checks.by_ref().take(size).collect();
             decision.verdicts.extend(verdicts(chunk, response)?);
         }
         Ok(decision)
@@ -179,7 +155,7 @@ impl PolicyEngine for CerbosEngine {
 /// Pairs each check with its result. Cerbos answers in request order; the id and kind are
 /// checked anyway so that a reordering can never attach one resource's effect to another.
 fn verdicts(
-    checks: &[ResourceCheck],
+    checks: Vec<ResourceCheck>,
     response: CheckResourcesAnswer,
 ) -> Result<Vec<Verdict>, DecideError> {
     if response.results.len() != checks.len() {
@@ -190,7 +166,7 @@ fn verdicts(
         )));
     }
     checks
-        .iter()
+        .into_iter()
         .zip(response.results)
         .map(|(check, mut result)| {
             let (id, kind) = result
@@ -220,7 +196,7 @@ fn verdicts(
                 .map(|o| (o.src, o.val.map(from_pb).unwrap_or(Value::Null)))
                 .collect();
             Ok(Verdict {
-                check: check.clone(),
+                check,
                 effect,
                 policy,
                 outputs,
@@ -230,28 +206,7 @@ fn verdicts(
         .collect()
 }
 
-fn to_pb_map(map: &Map<String, Value>) -> HashMap<String, PbValue> {
-    map.iter().map(|(k, v)| (k.clone(), to_pb(v))).collect()
-}
-
-/// JSON → protobuf `Value`. Numbers become doubles, as in every protobuf Struct; CEL compares
-/// them with the principal's (also double) attributes.
-fn to_pb(value: &Value) -> PbValue {
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.iter().map(to_pb).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(Struct {
-            fields: to_pb_map(map),
-        }),
-    };
-    PbValue { kind: Some(kind) }
-}
-
+/// A rule output's value, as JSON.
 fn from_pb(value: PbValue) -> Value {
     match value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
@@ -271,14 +226,33 @@ fn from_pb(value: PbValue) -> Value {
 mod tests {
     use serde_json::json;
 
+    use cerbos::genpb::google::protobuf::{ListValue, Struct};
+    use serde_json::Map;
+
     use super::super::Subject;
     use super::super::cerbos_answer::{ActionEffect, Meta, Resource, ResultEntry};
     use super::*;
 
     #[test]
-    fn json_round_trips_through_protobuf_values() {
-        let v = json!({"a": [1.5, "x", true, null, {"b": 2.0}]});
-        assert_eq!(from_pb(to_pb(&v)), v);
+    fn rule_outputs_read_as_json() {
+        let pb = |kind| PbValue { kind: Some(kind) };
+        let output = pb(Kind::StructValue(Struct {
+            fields: [
+                ("reason".to_owned(), pb(Kind::StringValue("no".into()))),
+                (
+                    "list".to_owned(),
+                    pb(Kind::ListValue(ListValue {
+                        values: vec![pb(Kind::NumberValue(1.5)), pb(Kind::BoolValue(true))],
+                    })),
+                ),
+                ("none".to_owned(), pb(Kind::NullValue(0))),
+            ]
+            .into(),
+        }));
+        assert_eq!(
+            from_pb(output),
+            json!({"reason": "no", "list": [1.5, true], "none": null})
+        );
     }
 
     #[test]
@@ -308,7 +282,7 @@ mod tests {
                 outputs: vec![],
             }],
         };
-        let verdicts = verdicts(&[check], answer).unwrap();
+        let verdicts = verdicts(vec![check], answer).unwrap();
         assert_eq!(verdicts[0].effect, Effect::Allow);
         assert_eq!(verdicts[0].derived_roles, ["ticket_owner"]);
     }

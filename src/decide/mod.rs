@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod cerbos;
 mod cerbos_answer;
+mod cerbos_request;
 mod in_flight;
 pub mod vocabulary;
 mod whole_body;
