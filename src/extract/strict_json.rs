@@ -388,6 +388,30 @@ mod tests {
         );
     }
 
+    /// Decimals are rounded to the nearest `f64`, as Python, JavaScript and Go read them: an
+    /// MCP argument or a read member judged as one number and executed as another (one ulp
+    /// apart) would be two readings of one body. serde_json's default parser is off by one
+    /// ulp on some long decimals; its `float_roundtrip` feature is not.
+    #[test]
+    fn long_decimals_are_read_as_upstream_parsers_read_them() {
+        let body = br#"{"a":131447044970104456659733,"b":27955896730047547.4708123870035e-151,"c":7.159532431055664e-222}"#;
+        let expected = [
+            1.3144704497010445e23,
+            2.7955896730047546e-135,
+            7.159532431055664e-222,
+        ];
+        let whole = parse(body).unwrap();
+        let reading = Reading {
+            members: &["a", "b", "c"],
+            unread: &[],
+        };
+        let members = parse_members(body, &reading).unwrap().unwrap();
+        for (key, expected) in ["a", "b", "c"].into_iter().zip(expected) {
+            assert_eq!(whole[key].as_f64(), Some(expected), "{key}");
+            assert_eq!(members[key].as_f64(), Some(expected), "{key}");
+        }
+    }
+
     #[test]
     fn malformed_bodies_are_refused() {
         for bad in [
