@@ -156,9 +156,8 @@ impl ConverseStream {
             return Ok(Flow::Emit(frame.raw));
         }
         let kind = eventstream::header(&frame.message, ":event-type").unwrap_or_default();
-        let Some(payload) = read_json(frame.message.payload())? else {
-            return Ok(Flow::Emit(frame.raw));
-        };
+        // A payload that is not JSON carries no call; it keeps its place among held messages.
+        let payload = read_json(frame.message.payload())?.unwrap_or(Value::Null);
         let index = payload["contentBlockIndex"].as_u64();
         match kind {
             "contentBlockStart" if payload["start"].get("toolUse").is_some() => {
@@ -204,9 +203,10 @@ impl ConverseStream {
             }
             _ => {}
         }
+        // Once a tool block started, everything but the blocks before it waits its turn.
         let held = self
             .holding_from
-            .is_some_and(|from| index.is_some_and(|i| i >= from));
+            .is_some_and(|from| index.is_none_or(|i| i >= from));
         if held {
             self.held.push(Held { frame, payload });
             Ok(Flow::Emit(Vec::new()))
@@ -272,11 +272,11 @@ impl ConverseStream {
                 }
                 continue;
             }
-            if let Some(text) = text.as_ref().filter(|_| !said) {
+            let stop = eventstream::header(&frame.message, ":event-type") == Some("messageStop");
+            if let Some(text) = text.as_ref().filter(|_| stop && !said) {
                 out.extend(text_block(next, text));
                 said = true;
             }
-            let stop = eventstream::header(&frame.message, ":event-type") == Some("messageStop");
             if stop && text.is_some() {
                 payload["stopReason"] = "end_turn".into();
                 out.extend(rewritten(&frame, &payload));

@@ -441,3 +441,31 @@ fn an_answer_in_both_shapes_has_both_read() {
     );
     assert_eq!(out["stopReason"], "tool_use");
 }
+
+/// Fuzz regression: a message whose payload is not JSON, after the first tool block, was
+/// passed at once, ahead of the held blocks (and a broken `messageStop` with it).
+#[test]
+fn a_message_that_is_not_json_keeps_its_place_among_held_ones() {
+    let not_json = eventstream::message(
+        &[
+            (":event-type", "contentBlockStart"),
+            (":message-type", "event"),
+        ],
+        b"{\"contentBlockIndex\": 2, \"start\": {\"to\x02".to_vec(),
+    );
+    let mut messages = vec![event("messageStart", &json!({"role": "assistant"}))];
+    messages.extend(tool_block(0, "t", "get_weather", r#"{"city":"Paris"}"#));
+    messages.push(not_json);
+    messages.push(eventstream::message(
+        &[(":event-type", "messageStop"), (":message-type", "event")],
+        b"{\"stopReason : \"tool_use\"}".to_vec(),
+    ));
+    let s = messages.concat();
+    for cut in 0..=s.len() {
+        let (out, judged) = run(DeniedToolCall::Remove, &s, cut, &deny(&[]));
+        assert_eq!(out, s, "cut at {cut}");
+        assert_eq!(judged.len(), 1);
+    }
+    let (out, _) = run(DeniedToolCall::Remove, &s, 9, &deny(&["get_weather"]));
+    assert!(!String::from_utf8_lossy(&out).contains("get_weather\""));
+}
