@@ -121,6 +121,8 @@ pub struct ConverseStream {
     /// Index of the first tool block: from it on, content-block messages are held.
     holding_from: Option<u64>,
     held: Vec<Held>,
+    /// Indices of the blocks already passed on: a tool block may not reuse one.
+    passed: BTreeSet<u64>,
     ended: bool,
 }
 
@@ -132,6 +134,7 @@ impl ConverseStream {
             calls: Vec::new(),
             holding_from: None,
             held: Vec::new(),
+            passed: BTreeSet::new(),
             ended: false,
         }
     }
@@ -166,6 +169,11 @@ impl ConverseStream {
                         "a tool block without contentBlockIndex",
                     ));
                 };
+                if self.passed.contains(&index) {
+                    return Err(AnswerError::Unjudged(
+                        "a tool block reusing a block's index",
+                    ));
+                }
                 self.calls.push(Call {
                     index,
                     name: payload["start"]["toolUse"]["name"]
@@ -203,14 +211,18 @@ impl ConverseStream {
             }
             _ => {}
         }
-        // Once a tool block started, everything but the blocks before it waits its turn.
-        let held = self
-            .holding_from
-            .is_some_and(|from| index.is_none_or(|i| i >= from));
+        // A call's own messages are held whatever their index; once a tool block started,
+        // everything but the blocks before it waits its turn.
+        let a_call = index.is_some_and(|i| self.calls.iter().any(|c| c.index == i));
+        let held = a_call
+            || self
+                .holding_from
+                .is_some_and(|from| index.is_none_or(|i| i >= from));
         if held {
             self.held.push(Held { frame, payload });
             Ok(Flow::Emit(Vec::new()))
         } else {
+            self.passed.extend(index);
             Ok(Flow::Emit(frame.raw))
         }
     }
@@ -262,10 +274,12 @@ impl ConverseStream {
         let mut said = false;
         for Held { frame, mut payload } in held {
             if let Some(index) = payload["contentBlockIndex"].as_u64() {
-                match renumber.get(&index) {
+                let new = renumber.get(&index).copied();
+                self.passed.extend(new);
+                match new {
                     None => continue,
-                    Some(&new) if new == index => out.extend(frame.raw),
-                    Some(&new) => {
+                    Some(new) if new == index => out.extend(frame.raw),
+                    Some(new) => {
                         payload["contentBlockIndex"] = new.into();
                         out.extend(rewritten(&frame, &payload));
                     }
@@ -275,6 +289,7 @@ impl ConverseStream {
             let stop = eventstream::header(&frame.message, ":event-type") == Some("messageStop");
             if let Some(text) = text.as_ref().filter(|_| stop && !said) {
                 out.extend(text_block(next, text));
+                self.passed.insert(next);
                 said = true;
             }
             if stop && text.is_some() {
@@ -286,6 +301,7 @@ impl ConverseStream {
         }
         if let Some(text) = text.filter(|_| !said) {
             out.extend(text_block(next, &text));
+            self.passed.insert(next);
         }
         out
     }

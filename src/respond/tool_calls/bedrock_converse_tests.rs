@@ -391,6 +391,21 @@ fn tool_messages_no_reader_could_place_are_errors() {
         "contentBlockDelta",
         &json!({"contentBlockIndex": 3, "delta": {"toolUse": {"input": "{}"}}}),
     );
+    let reused = [
+        event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"text": "hi"}}),
+        ),
+        event(
+            "contentBlockStart",
+            &json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t", "name": "refund"}}}),
+        ),
+    ]
+    .concat();
+    let mut answer = ConverseStream::new(1 << 20, DeniedToolCall::Remove);
+    let mut frames = answer.frames(&reused, true).unwrap().into_iter();
+    assert!(matches!(answer.push(frames.next().unwrap()), Ok(Flow::Emit(b)) if !b.is_empty()));
+    assert!(answer.push(frames.next().unwrap()).is_err());
     for bad in [no_index, orphan] {
         let mut answer = ConverseStream::new(1 << 20, DeniedToolCall::Remove);
         let frame = answer.frames(&bad, true).unwrap().pop().unwrap();
@@ -468,4 +483,25 @@ fn a_message_that_is_not_json_keeps_its_place_among_held_ones() {
     }
     let (out, _) = run(DeniedToolCall::Remove, &s, 9, &deny(&["get_weather"]));
     assert!(!String::from_utf8_lossy(&out).contains("get_weather\""));
+}
+
+/// Fuzz regression: a tool block numbered below the first one was passed at once (index
+/// below the holding point), so a refused call's start reached the client.
+#[test]
+fn a_tool_block_numbered_below_the_first_is_held_too() {
+    let mut messages = vec![event("messageStart", &json!({"role": "assistant"}))];
+    messages.extend(tool_block(5, "w", "get_weather", r#"{"city":"Paris"}"#));
+    messages.extend(tool_block(3, "r", "refund", r#"{"ticket_id":"T-999"}"#));
+    messages.push(event("messageStop", &json!({"stopReason": "tool_use"})));
+    let s = messages.concat();
+    for cut in 0..=s.len() {
+        let (out, judged) = run(DeniedToolCall::Remove, &s, cut, &deny(&["refund"]));
+        assert_eq!(judged.len(), 2);
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains("refund") && !out.contains("T-999"),
+            "cut at {cut}"
+        );
+        assert!(out.contains("get_weather"));
+    }
 }
