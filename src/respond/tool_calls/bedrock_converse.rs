@@ -8,7 +8,7 @@
 //! (`delta.text`, or `delta.toolUse.input`: fragments of the input's JSON text),
 //! `contentBlockStop`, `messageStop` (`stopReason`), `metadata`. As with Anthropic's stream,
 //! blocks before the first tool block flow as they arrive; from the first tool block on,
-//! content-block messages are held (a later block's `contentBlockIndex` depends on which calls
+//! messages are held in order (a later block's `contentBlockIndex` depends on which calls
 //! remain) until `messageStop` (or the end), when the calls are judged at once. Released blocks
 //! shift down past the refused ones, so indices stay without gaps; an answer left without
 //! calls gains a text block saying why and ends `end_turn`. `error` mode ends the stream with a `validationException` message, as
@@ -118,7 +118,8 @@ pub struct ConverseStream {
     splitter: MessageSplitter,
     denied: DeniedToolCall,
     calls: Vec<Call>,
-    /// Index of the first tool block: from it on, content-block messages are held.
+    /// While calls are held, the lowest index of their tool blocks (where the refusal text
+    /// goes when no block is left after it); every message is held meanwhile.
     holding_from: Option<u64>,
     held: Vec<Held>,
     /// Indices of the blocks already passed on: a tool block may not reuse one.
@@ -182,7 +183,7 @@ impl ConverseStream {
                         .to_owned(),
                     partial: String::new(),
                 });
-                self.holding_from.get_or_insert(index);
+                self.holding_from = Some(self.holding_from.map_or(index, |f| f.min(index)));
             }
             "contentBlockDelta" => {
                 let fragment = payload["delta"].get("toolUse");
@@ -211,14 +212,9 @@ impl ConverseStream {
             }
             _ => {}
         }
-        // A call's own messages are held whatever their index; once a tool block started,
-        // everything but the blocks before it waits its turn.
-        let a_call = index.is_some_and(|i| self.calls.iter().any(|c| c.index == i));
-        let held = a_call
-            || self
-                .holding_from
-                .is_some_and(|from| index.is_none_or(|i| i >= from));
-        if held {
+        // Once a tool block started, every message waits its turn (in order: a late message
+        // of an earlier block too), until the calls are judged.
+        if self.holding_from.is_some() {
             self.held.push(Held { frame, payload });
             Ok(Flow::Emit(Vec::new()))
         } else {

@@ -505,3 +505,22 @@ fn a_tool_block_numbered_below_the_first_is_held_too() {
         assert!(out.contains("get_weather"));
     }
 }
+
+/// Fuzz regression: a late message of a block before the first tool block passed ahead of
+/// the held ones.
+#[test]
+fn a_late_message_of_an_earlier_block_keeps_its_place() {
+    let mut messages = vec![event("messageStart", &json!({"role": "assistant"}))];
+    messages.push(event(
+        "contentBlockDelta",
+        &json!({"contentBlockIndex": 0, "delta": {"text": "hi"}}),
+    ));
+    messages.extend(tool_block(1, "w", "get_weather", r#"{"city":"Paris"}"#));
+    messages.push(event("contentBlockStop", &json!({"contentBlockIndex": 0})));
+    messages.push(event("messageStop", &json!({"stopReason": "tool_use"})));
+    let s = messages.concat();
+    for cut in 0..=s.len() {
+        let (out, _) = run(DeniedToolCall::Error, &s, cut, &deny(&[]));
+        assert_eq!(out, s, "cut at {cut}");
+    }
+}
