@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::{AnswerError, Flow, Held, Refusals, ToolCall, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, as_received, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -124,7 +124,10 @@ impl MessagesStream {
                     start_input: block["input"].clone(),
                     partial: String::new(),
                 });
-                self.holding_from.get_or_insert(index.unwrap_or(0));
+                // The lowest tool block so far: a block that arrives out of order must not
+                // pass as it arrives because a later-numbered one came first.
+                let at = index.unwrap_or(0);
+                self.holding_from = Some(self.holding_from.map_or(at, |from| from.min(at)));
             }
             "content_block_delta" => {
                 if let Some(call) = self.calls.iter_mut().find(|c| Some(c.index) == index) {
@@ -165,6 +168,9 @@ impl MessagesStream {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
         let from = self.holding_from.take().unwrap_or(0);
+        if refusals.iter().all(Option::is_none) {
+            return as_received(held);
+        }
         let judged = judged(&calls);
         if self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some) {
             self.ended = true;

@@ -225,3 +225,34 @@ fn json_answers_lose_only_the_refused_blocks() {
     );
     assert_eq!(out["stop_reason"], "end_turn");
 }
+
+#[test]
+fn a_tool_block_numbered_below_an_earlier_one_is_held_too() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs (in Responses): holding began at the
+    // first tool block's index, so a lower-numbered block arriving later passed unjudged.
+    let s = [
+        tool_block(2, "toolu_w", "get_weather", r#"{"city":"Paris"}"#),
+        tool_block(1, "toolu_r", "refund", r#"{"ticket_id":"T-999"}"#),
+        vec![event(
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+        )],
+    ]
+    .concat()
+    .concat()
+    .into_bytes();
+    for cut in 0..=s.len() {
+        let (out, judged) = run(
+            Format::AnthropicMessages,
+            DeniedToolCall::Remove,
+            &s,
+            cut,
+            &deny(&["refund"]),
+        );
+        assert_eq!(judged.len(), 2, "cut at {cut}");
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.contains("T-999") && !out.contains("toolu_r"),
+            "cut at {cut}: {out}"
+        );
+    }
+}

@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 
-use super::{AnswerError, Flow, Held, Refusals, ToolCall, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, as_received, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -173,6 +173,9 @@ impl GeminiStream {
     pub fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
+        if refusals.iter().all(Option::is_none) {
+            return as_received(held);
+        }
         let text = refusal_text(&calls, refusals);
         if self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some) {
             self.ended = true;

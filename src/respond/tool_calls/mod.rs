@@ -209,6 +209,12 @@ struct Held {
     chunk: Value,
 }
 
+/// The held events as they arrived: what a judgement that refused nothing releases, byte for
+/// byte (renumbering or re-serialising would change what the upstream said for no reason).
+fn as_received(held: Vec<Held>) -> Vec<u8> {
+    held.into_iter().flat_map(|h| h.event.raw).collect()
+}
+
 /// What the stream reader makes of one event.
 #[derive(Debug, PartialEq)]
 pub enum Flow {
@@ -223,6 +229,13 @@ pub enum Flow {
 pub struct StreamAnswer {
     splitter: EventSplitter,
     reader: StreamReader,
+    denied: DeniedToolCall,
+    limit: usize,
+    /// Bytes of the events held since the calls were last judged: an upstream that never
+    /// completes its calls must not grow the leg's memory past `limit`.
+    held: usize,
+    /// An error event ended the answer: the readers drop what follows instead of holding it.
+    ended: bool,
 }
 
 enum StreamReader {
@@ -251,6 +264,10 @@ impl StreamAnswer {
         Some(Self {
             splitter: EventSplitter::new(limit),
             reader,
+            denied,
+            limit,
+            held: 0,
+            ended: false,
         })
     }
 
@@ -266,13 +283,23 @@ impl StreamAnswer {
         Ok(events)
     }
 
+    /// What to do with `event`; an answer holding more than the limit is refused (fail
+    /// closed: the held calls are never passed unjudged).
     pub fn push(&mut self, event: Event) -> Result<Flow, AnswerError> {
-        match &mut self.reader {
+        let size = event.raw.len();
+        let flow = match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.push(event),
             StreamReader::Anthropic(r) => r.push(event),
             StreamReader::Responses(r) => r.push(event),
             StreamReader::Gemini(r) => r.push(event),
+        }?;
+        if matches!(&flow, Flow::Emit(bytes) if bytes.is_empty()) && !self.ended {
+            self.held += size;
+            if self.held > self.limit {
+                return Err(AnswerError::TooLarge(self.limit));
+            }
         }
+        Ok(flow)
     }
 
     /// At the end of the stream: calls still held (an answer cut short) are judged too.
@@ -297,6 +324,8 @@ impl StreamAnswer {
 
     /// The held events with the judgement applied, and the event that completed the answer.
     pub fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
+        self.held = 0;
+        self.ended |= self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some);
         match &mut self.reader {
             StreamReader::OpenaiChat(r) => r.release(refusals),
             StreamReader::Anthropic(r) => r.release(refusals),

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::{AnswerError, Flow, Held, Refusals, ToolCall, data_event, read_json, refusal_text};
+use super::{
+    AnswerError, Flow, Held, Refusals, ToolCall, as_received, data_event, read_json, refusal_text,
+};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -284,6 +286,9 @@ impl ChatStream {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
         self.finished.clear();
+        if refusals.iter().all(Option::is_none) {
+            return as_received(held);
+        }
         let judged = judged(&calls);
         if self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some) {
             self.ended = true;

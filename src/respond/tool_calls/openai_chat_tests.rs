@@ -344,3 +344,54 @@ fn answers_with_duplicate_keys_are_not_passed_on() {
     let events = stream.events(event.as_bytes(), true).unwrap();
     assert!(stream.push(events.into_iter().next().unwrap()).is_err());
 }
+
+#[test]
+fn a_call_whose_fragments_outgrow_the_limit_fails_closed() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs: every event was bounded, the events
+    // held for a call were not.
+    let s = stream();
+    let mut answer =
+        super::super::StreamAnswer::new(Format::OpenaiChat, 300, DeniedToolCall::Remove).unwrap();
+    let mut out = Vec::new();
+    let mut refused = false;
+    for event in answer.events(&s, true).unwrap() {
+        match answer.push(event) {
+            Ok(Flow::Emit(bytes)) => out.extend(bytes),
+            Ok(Flow::Judge) => panic!("judged although the answer outgrew the limit"),
+            Err(e) => {
+                assert!(matches!(e, AnswerError::TooLarge(300)), "{e}");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "the held fragments grew past the limit");
+    assert!(!String::from_utf8(out).unwrap().contains("get_weather"));
+}
+
+#[test]
+fn nothing_refused_releases_the_upstreams_own_indices() {
+    // Found by the fuzz target: a lone call at index 3 came out renumbered to 0.
+    let s = [
+        chunk(
+            fragment(3, Some(("call_w", "get_weather")), "{\"city\":"),
+            Value::Null,
+        ),
+        chunk(fragment(3, None, "\"Paris\"}"), Value::Null),
+        chunk(json!({}), json!("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat()
+    .into_bytes();
+    for cut in 0..=s.len() {
+        let (out, judged) = run(
+            Format::OpenaiChat,
+            DeniedToolCall::Remove,
+            &s,
+            cut,
+            &deny(&[]),
+        );
+        assert_eq!(out, s, "cut at {cut}");
+        assert_eq!(judged.len(), 1);
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::{AnswerError, Flow, Held, Refusals, ToolCall, read_json, refusal_text};
+use super::{AnswerError, Flow, Held, Refusals, ToolCall, as_received, read_json, refusal_text};
 use crate::config::DeniedToolCall;
 use crate::rewrite::sse::Event;
 
@@ -161,7 +161,9 @@ impl ResponsesStream {
                         .to_owned(),
                     readings: Vec::new(),
                 });
-                self.holding_from.get_or_insert(at);
+                // The lowest call item so far: an item that arrives out of order must not
+                // pass as it arrives because a later-numbered one came first.
+                self.holding_from = Some(self.holding_from.map_or(at, |from| from.min(at)));
             }
             "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
                 if let Some(call) = self.call(index) {
@@ -239,6 +241,9 @@ impl ResponsesStream {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
         let from = self.holding_from.take().unwrap_or(self.items_seen);
+        if refusals.iter().all(Option::is_none) {
+            return as_received(held);
+        }
         let judged = judged(&calls);
         let text = refusal_text(&judged, refusals);
         if self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some) {

@@ -212,3 +212,52 @@ fn a_call_only_the_completed_list_names_is_judged() {
         "{completed:?}"
     );
 }
+
+#[test]
+fn nothing_refused_releases_every_byte_as_spelt() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs: `response.completed` was re-serialised
+    // (compact) although no call was refused; providers put spaces after `:`.
+    let s = String::from_utf8(stream())
+        .unwrap()
+        .replace(r#""status":"completed""#, r#""status": "completed""#)
+        .into_bytes();
+    for cut in (0..=s.len()).step_by(7) {
+        let (out, judged) = run(
+            Format::OpenaiResponses,
+            DeniedToolCall::Remove,
+            &s,
+            cut,
+            &deny(&[]),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&s),
+            "cut at {cut}"
+        );
+        assert_eq!(judged.len(), 2);
+    }
+}
+
+#[test]
+fn a_call_item_numbered_below_an_earlier_one_is_held_too() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs: holding began at the first call's
+    // output_index, so a lower-numbered call arriving later passed unjudged.
+    let mut events = call_events(2, "fc_w", "get_weather", WEATHER);
+    events.extend(call_events(1, "fc_r", "refund", REFUND));
+    let s = events.concat().into_bytes();
+    for cut in (0..=s.len()).step_by(3) {
+        let (out, judged) = run(
+            Format::OpenaiResponses,
+            DeniedToolCall::Remove,
+            &s,
+            cut,
+            &deny(&["refund"]),
+        );
+        assert_eq!(judged.len(), 2, "cut at {cut}");
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.contains("T-999") && !out.contains("fc_r"),
+            "cut at {cut}: {out}"
+        );
+    }
+}
