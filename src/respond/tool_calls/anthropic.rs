@@ -118,15 +118,15 @@ impl MessagesStream {
         match chunk["type"].as_str().unwrap_or_default() {
             "content_block_start" if chunk["content_block"]["type"] == "tool_use" => {
                 let block = &chunk["content_block"];
+                let at = index.ok_or(AnswerError::Unplaced)?;
                 self.calls.push(Call {
-                    index: index.unwrap_or(0),
+                    index: at,
                     name: block["name"].as_str().unwrap_or_default().to_owned(),
                     start_input: block["input"].clone(),
                     partial: String::new(),
                 });
                 // The lowest tool block so far: a block that arrives out of order must not
                 // pass as it arrives because a later-numbered one came first.
-                let at = index.unwrap_or(0);
                 self.holding_from = Some(self.holding_from.map_or(at, |from| from.min(at)));
             }
             "content_block_delta" => {

@@ -256,3 +256,18 @@ fn a_tool_block_numbered_below_an_earlier_one_is_held_too() {
         );
     }
 }
+
+#[test]
+fn a_tool_block_without_its_index_is_not_passed_on() {
+    // Read as block 0 before, its deltas and its refusal went by another index.
+    let s = event(json!({"type": "content_block_start",
+        "content_block": {"type": "tool_use", "id": "toolu_r", "name": "refund", "input": {"ticket_id": "T-999"}}}));
+    let mut answer =
+        super::super::StreamAnswer::new(Format::AnthropicMessages, 1 << 20, DeniedToolCall::Remove)
+            .unwrap();
+    let events = answer.events(s.as_bytes(), true).unwrap();
+    let refused = events
+        .into_iter()
+        .any(|e| matches!(answer.push(e), Err(super::super::AnswerError::Unplaced)));
+    assert!(refused);
+}

@@ -93,6 +93,10 @@ pub enum AnswerError {
     /// run under the other, so such an answer is not passed on.
     #[error("the answer has duplicate keys (or cannot be read strictly)")]
     Ambiguous,
+    /// A call whose event does not say where it goes (no index): it could not be kept out of
+    /// every event a client reads if it were refused, so such an answer is not passed on.
+    #[error("the answer has a tool call without its index")]
+    Unplaced,
 }
 
 /// An answer (or one event's data) as every client reads it: `None` when it is not JSON (no

@@ -149,7 +149,7 @@ impl ResponsesStream {
         match kind.as_str() {
             "response.output_item.added" if is_call(&chunk["item"]) => {
                 let item = &chunk["item"];
-                let at = index.unwrap_or(0);
+                let at = index.ok_or(AnswerError::Unplaced)?;
                 self.calls.push(Call {
                     output_index: at,
                     kind: item["type"].as_str().unwrap_or_default().to_owned(),
@@ -179,11 +179,27 @@ impl ResponsesStream {
             }
             "response.output_item.done" if is_call(&chunk["item"]) => {
                 let item = chunk["item"].clone();
-                if let Some(call) = self.call(index) {
-                    let text = item["arguments"].as_str().or(item["input"].as_str());
-                    call.readings.push(text.unwrap_or_default().to_owned());
-                    if item["name"].as_str() != Some(call.name.as_str()) {
-                        call.readings.push(format!("\u{0}name {}", item["name"]));
+                let at = index.ok_or(AnswerError::Unplaced)?;
+                let text = item["arguments"].as_str().or(item["input"].as_str());
+                let text = text.unwrap_or_default().to_owned();
+                match self.call(index) {
+                    Some(call) => {
+                        call.readings.push(text);
+                        if item["name"].as_str() != Some(call.name.as_str()) {
+                            call.readings.push(format!("\u{0}name {}", item["name"]));
+                        }
+                    }
+                    // A call item no `.added` announced is what the client keeps: judged
+                    // as it stands, held like any other.
+                    None => {
+                        self.calls.push(Call {
+                            output_index: at,
+                            kind: item["type"].as_str().unwrap_or_default().to_owned(),
+                            name: item["name"].as_str().unwrap_or_default().to_owned(),
+                            streamed: text,
+                            readings: Vec::new(),
+                        });
+                        self.holding_from = Some(self.holding_from.map_or(at, |from| from.min(at)));
                     }
                 }
             }

@@ -261,3 +261,43 @@ fn a_call_item_numbered_below_an_earlier_one_is_held_too() {
         );
     }
 }
+
+#[test]
+fn a_call_item_only_its_done_event_announces_is_judged_and_held() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs: an `.added` without `output_index`
+    // was read as item 0, the item's own events (at 1) were not tied to it, and the refusal
+    // of "item 0" renumbered the real item to 0 and released it, arguments and all.
+    let s = [
+        event(json!({"type": "response.output_item.done", "output_index": 1, "item": call_item("fc_r", "refund", REFUND)})),
+        event(json!({"type": "response.completed", "response": {"output": [call_item("fc_m", "x", "{}"), call_item("fc_r", "refund", REFUND)]}})),
+    ]
+    .concat()
+    .into_bytes();
+    for cut in 0..=s.len() {
+        let (out, judged) = run(
+            Format::OpenaiResponses,
+            DeniedToolCall::Remove,
+            &s,
+            cut,
+            &deny(&["refund"]),
+        );
+        assert!(judged.iter().any(|c| c.name == "refund"), "cut at {cut}");
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("T-999"), "cut at {cut}: {out}");
+    }
+}
+
+#[test]
+fn a_call_item_without_its_index_is_not_passed_on() {
+    let mut added = call_item("fc_r", "refund", "");
+    added["status"] = "in_progress".into();
+    let s = event(json!({"type": "response.output_item.added", "item": added}));
+    let mut answer =
+        super::super::StreamAnswer::new(Format::OpenaiResponses, 1 << 20, DeniedToolCall::Remove)
+            .unwrap();
+    let events = answer.events(s.as_bytes(), true).unwrap();
+    let refused = events
+        .into_iter()
+        .any(|e| matches!(answer.push(e), Err(super::super::AnswerError::Unplaced)));
+    assert!(refused);
+}
