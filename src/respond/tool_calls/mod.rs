@@ -279,8 +279,13 @@ impl StreamAnswer {
     pub fn events(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Vec<Event>, SseError> {
         let mut events = self.splitter.push(chunk)?;
         if end_of_stream {
-            let tail = self.splitter.finish();
+            let mut tail = self.splitter.finish();
             if !tail.raw.is_empty() {
+                // The stream ends inside an event, which the readers read as a whole one.
+                // Held calls released after it would run into it on the client's side (their
+                // first event lost, a call read without its first fragment): it is closed so
+                // the client reads what was judged.
+                tail.raw.extend_from_slice(b"\n\n");
                 events.push(tail);
             }
         }

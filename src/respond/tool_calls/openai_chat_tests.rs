@@ -395,3 +395,42 @@ fn nothing_refused_releases_the_upstreams_own_indices() {
         assert_eq!(judged.len(), 1);
     }
 }
+
+#[test]
+fn calls_released_after_an_unfinished_last_event_reach_the_client_whole() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs: the stream ended inside an event that
+    // passed, the held call was released after it, and its first fragment ran into that
+    // event: the client read a call without the name (or arguments) that were judged.
+    let tail = chunk(json!({"content": "bye"}), Value::Null);
+    let s = [
+        chunk(
+            fragment(0, Some(("call_w", "get_weather")), "{\"x\":"),
+            Value::Null,
+        ),
+        chunk(fragment(0, None, "{\"city\":\"Paris\"}}"), Value::Null),
+        tail.trim_end().to_owned(),
+    ]
+    .concat()
+    .into_bytes();
+    for cut in 0..=s.len() {
+        let (out, judged) = run(
+            Format::OpenaiChat,
+            DeniedToolCall::Remove,
+            &s,
+            cut,
+            &deny(&[]),
+        );
+        assert_eq!(judged[0].name, "get_weather");
+        let (calls, text, _) = accumulate(&out);
+        assert_eq!(text, "bye", "cut at {cut}");
+        assert_eq!(
+            calls,
+            [(
+                "call_w".to_owned(),
+                "get_weather".to_owned(),
+                "{\"x\":{\"city\":\"Paris\"}}".to_owned()
+            )],
+            "cut at {cut}"
+        );
+    }
+}
