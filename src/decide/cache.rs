@@ -5,7 +5,7 @@
 //! is everything Cerbos sees for that verdict, serialised exactly: principal id, roles and
 //! attributes; resource kind, id and attributes; the action; policy version and scope. A
 //! request entry answers a whole request (a model and its 20 tools) with one lookup; its key
-//! is the whole question ([`question`]): the same principal and namespace, and every check in
+//! is the whole question ([`Question`]): the same principal and namespace, and every check in
 //! order. It also holds the decision record's resources, serialised once
 //! ([`SharedResources`]). A request that matches no request entry is answered check by check,
 //! so requests sharing only some tools still share their verdicts, and then leaves a request
@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::in_flight::InFlight;
+use super::question::Question;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::audit::SharedResources;
 use crate::identity::Principal;
@@ -75,8 +76,7 @@ enum Entry {
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     Verdict(VerdictKey),
-    /// The bytes of [`question`].
-    Request(Arc<[u8]>),
+    Request(Arc<Question>),
 }
 
 /// The key of one verdict. Its two halves are two JSON documents, so distinct questions can
@@ -114,40 +114,13 @@ impl Hash for VerdictKey {
     }
 }
 
-/// Everything Cerbos is asked for `checks`, serialised exactly as one JSON document: policy
-/// version and scope, the principal's id, roles and attributes, and each check's kind, id,
-/// action and attributes, in order. Two requests with the same bytes ask Cerbos the same
-/// question (a bearer token sent as auxData is not in it: requests carrying one are neither
-/// cached nor shared).
-pub(super) fn question(
-    namespace: &str,
-    principal: &Principal,
-    checks: &[ResourceCheck],
-) -> Arc<[u8]> {
-    let mut bytes = Vec::with_capacity(256 + 128 * checks.len());
-    let resources: Vec<_> = checks
-        .iter()
-        .map(|c| (&c.kind, &c.id, &c.action, &c.attr))
-        .collect();
-    let whole = (
-        namespace,
-        &principal.id,
-        &principal.roles,
-        &principal.attr,
-        resources,
-    );
-    // Serialising strings, lists and maps of JSON values cannot fail.
-    let _ = serde_json::to_writer(&mut bytes, &whole);
-    Arc::from(bytes)
-}
-
 /// An engine with an optional verdict cache in front, sharing identical calls in flight.
 pub struct CachedEngine<E> {
     inner: Arc<E>,
     cache: Option<moka::sync::Cache<Key, Entry>>,
     /// Policy version and scope: part of every key.
     namespace: String,
-    principal_hasher: RandomState,
+    hasher: RandomState,
     in_flight: InFlight,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -175,7 +148,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
             inner: Arc::new(inner),
             cache,
             namespace,
-            principal_hasher: RandomState::new(),
+            hasher: RandomState::new(),
             in_flight: InFlight::default(),
             metrics,
         }
@@ -192,7 +165,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
         );
         // Serialising strings, lists and maps of JSON values cannot fail.
         let _ = serde_json::to_writer(&mut bytes, &whole);
-        let hash = self.principal_hasher.hash_one(&bytes);
+        let hash = self.hasher.hash_one(&bytes);
         Arc::new(PrincipalKey {
             bytes: bytes.into_boxed_slice(),
             hash,
@@ -214,7 +187,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
     /// identical questions in flight.
     async fn ask(
         &self,
-        question: Arc<[u8]>,
+        question: Arc<Question>,
         principal: &Principal,
         checks: Vec<ResourceCheck>,
         request_id: &str,
@@ -253,7 +226,7 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
         if checks.is_empty() || principal.token.is_some() {
             return self.inner.check(principal, checks, request_id).await;
         }
-        let whole = question(&self.namespace, principal, &checks);
+        let whole = Question::new(&self.hasher, &self.namespace, principal, &checks);
         let Some(cache) = &self.cache else {
             return self.ask(whole, principal, checks, request_id).await;
         };
@@ -298,7 +271,7 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
             let asking = if misses.len() == asked {
                 whole
             } else {
-                question(&self.namespace, principal, &misses)
+                Question::new(&self.hasher, &self.namespace, principal, &misses)
             };
             let answer = self.ask(asking, principal, misses, request_id).await?;
             call_ids = answer.call_ids;

@@ -2,8 +2,8 @@
 //! agent's parallel turns) send the same request together, and the verdict cache is off or
 //! does not hold it yet, Cerbos is asked once and every request gets that answer.
 //!
-//! Sharing is keyed on the exact bytes of the question ([`super::cache::question`]: policy
-//! version and scope, the principal as sent, every resource check in order), so a call is
+//! Sharing is keyed on the whole question ([`Question`]: policy version and scope, the
+//! principal as sent, every resource check in order), so a call is
 //! only ever shared by requests asking exactly the same thing. Every request waiting gets
 //! the call's result, errors included. The call is driven by whichever of its requests is
 //! still waiting: when Envoy cancels the request that started it (tonic drops its future),
@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use super::question::Question;
 use super::{DecideError, Decision};
 
 /// Shared calls at most: one per distinct question in flight.
@@ -37,13 +38,13 @@ where
 /// The questions being asked right now.
 #[derive(Default)]
 pub struct InFlight {
-    calls: Mutex<HashMap<Arc<[u8]>, Call>>,
+    calls: Mutex<HashMap<Arc<Question>, Call>>,
 }
 
 impl InFlight {
     /// The answer to the question `key`: from the call in flight for it, or from `ask()`,
     /// which later identical questions then share.
-    pub async fn share<F>(&self, key: Arc<[u8]>, ask: impl FnOnce() -> F) -> Answer
+    pub async fn share<F>(&self, key: Arc<Question>, ask: impl FnOnce() -> F) -> Answer
     where
         F: Future<Output = Result<Decision, DecideError>> + Send + 'static,
     {
@@ -53,7 +54,7 @@ impl InFlight {
 
     /// The call in flight for `key`, or a new one from `start`, listed for later identical
     /// questions unless too many are listed (then it is this request's alone).
-    fn join(&self, key: &Arc<[u8]>, start: impl FnOnce() -> Call) -> Call {
+    fn join(&self, key: &Arc<Question>, start: impl FnOnce() -> Call) -> Call {
         let Ok(mut calls) = self.calls.lock() else {
             return start();
         };
@@ -78,13 +79,13 @@ impl InFlight {
 /// waits for it (dropping the table's handle then drops the call).
 struct Waiting<'a> {
     in_flight: &'a InFlight,
-    key: Arc<[u8]>,
+    key: Arc<Question>,
     call: Call,
     answered: bool,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(in_flight: &'a InFlight, key: Arc<[u8]>, call: Call) -> Self {
+    fn new(in_flight: &'a InFlight, key: Arc<Question>, call: Call) -> Self {
         Waiting {
             in_flight,
             key,
@@ -156,8 +157,8 @@ mod tests {
         }
     }
 
-    fn key(text: &str) -> Arc<[u8]> {
-        Arc::from(text.as_bytes())
+    fn key(text: &str) -> Arc<Question> {
+        Question::of_text(text)
     }
 
     fn decision(call_id: &str) -> Decision {

@@ -9,6 +9,7 @@ pub mod cerbos;
 mod cerbos_answer;
 mod cerbos_request;
 mod in_flight;
+mod question;
 pub mod vocabulary;
 mod whole_body;
 
