@@ -423,7 +423,9 @@ impl<E: PolicyEngine> Pipeline<E> {
         };
         let mut principal = principal;
         self.redaction.claims(&mut principal.attr);
-        trace.principal = Some(principal.clone());
+        // The trace keeps the principal; the stages below borrow it (a copy of its claims
+        // showed in profiles).
+        let principal: &Principal = trace.principal.insert(principal);
         let Some(route) = route else {
             return match self.unclassified {
                 UnclassifiedRoutes::Allow => (Ok(()), dialect),
@@ -450,7 +452,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 ids: mcp.messages.iter().map(|m| m.id.clone()).collect(),
                 batch: mcp.batch,
             };
-            match self.unseal_session(&principal, &input.headers) {
+            match self.unseal_session(principal, &input.headers) {
                 Ok(session) => trace.session = session,
                 Err(refusal) => return (Err(refusal), dialect),
             }
@@ -472,7 +474,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             };
             return (Err(Refusal::BadRequest(too_many)), dialect);
         }
-        match self.ask(&principal, checks, &trace.request_id).await {
+        match self.ask(principal, checks, &trace.request_id).await {
             Ok(decision) => trace.decision = decision,
             Err(e) => return (Err(Refusal::PolicyUnavailable(e)), dialect),
         }
