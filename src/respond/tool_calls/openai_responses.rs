@@ -213,7 +213,16 @@ impl ResponsesStream {
                     let text = item["arguments"].as_str().or(item["input"].as_str());
                     let text = text.unwrap_or_default().to_owned();
                     match self.call(Some(at as u64)) {
-                        Some(call) => call.readings.push(text),
+                        // The list is what the SDK hands the agent: a name (or type) other
+                        // than the events' is a reading that disagrees.
+                        Some(call) => {
+                            call.readings.push(text);
+                            if item["name"].as_str() != Some(call.name.as_str())
+                                || item["type"].as_str() != Some(call.kind.as_str())
+                            {
+                                call.readings.push(format!("\u{0}name {}", item["name"]));
+                            }
+                        }
                         None => self.calls.push(Call {
                             output_index: at as u64,
                             kind: item["type"].as_str().unwrap_or_default().to_owned(),

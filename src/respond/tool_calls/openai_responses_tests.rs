@@ -301,3 +301,26 @@ fn a_call_item_without_its_index_is_not_passed_on() {
         .any(|e| matches!(answer.push(e), Err(super::super::AnswerError::Unplaced)));
     assert!(refused);
 }
+
+#[test]
+fn a_completed_list_naming_a_call_otherwise_refuses_it() {
+    // Found by fuzz/fuzz_targets/tool_call_answers.rs: only the arguments of
+    // `response.completed` were compared with the events, so the SDK's final response named
+    // a tool ("vefund") that was never judged.
+    let s = [
+        call_events(0, "fc_r", "refund", REFUND),
+        vec![event(json!({"type": "response.completed", "response": {"output": [call_item("fc_r", "vefund", REFUND)]}}))],
+    ]
+    .concat()
+    .concat()
+    .into_bytes();
+    let (out, judged) = run(
+        Format::OpenaiResponses,
+        DeniedToolCall::Remove,
+        &s,
+        0,
+        &deny(&[]),
+    );
+    assert!(judged[0].arguments.is_err(), "{judged:?}");
+    assert!(!String::from_utf8(out).unwrap().contains("vefund"));
+}
