@@ -122,6 +122,10 @@ pub struct ConverseStream {
     /// goes when no block is left after it); every message is held meanwhile.
     holding_from: Option<u64>,
     held: Vec<Held>,
+    /// Bytes of the messages held, bounded by `limit` like every other reader's: each message
+    /// is bounded by the splitter, their sum must be too.
+    held_bytes: usize,
+    limit: usize,
     /// Indices of the blocks already passed on: a tool block may not reuse one.
     passed: BTreeSet<u64>,
     ended: bool,
@@ -135,6 +139,8 @@ impl ConverseStream {
             calls: Vec::new(),
             holding_from: None,
             held: Vec::new(),
+            held_bytes: 0,
+            limit,
             passed: BTreeSet::new(),
             ended: false,
         }
@@ -202,7 +208,7 @@ impl ConverseStream {
                 }
             }
             "messageStop" if !self.calls.is_empty() => {
-                self.held.push(Held { frame, payload });
+                self.hold(frame, payload)?;
                 return Ok(Flow::Judge);
             }
             "chunk" if invoke_chunk_calls(&payload) => {
@@ -215,12 +221,23 @@ impl ConverseStream {
         // Once a tool block started, every message waits its turn (in order: a late message
         // of an earlier block too), until the calls are judged.
         if self.holding_from.is_some() {
-            self.held.push(Held { frame, payload });
+            self.hold(frame, payload)?;
             Ok(Flow::Emit(Vec::new()))
         } else {
             self.passed.extend(index);
             Ok(Flow::Emit(frame.raw))
         }
+    }
+
+    /// Holds a message until the calls are judged; an answer holding more than the limit is
+    /// refused (fail closed) rather than growing the leg's memory.
+    fn hold(&mut self, frame: Frame, payload: Value) -> Result<(), AnswerError> {
+        self.held_bytes += frame.raw.len();
+        if self.held_bytes > self.limit {
+            return Err(AnswerError::TooLarge(self.limit));
+        }
+        self.held.push(Held { frame, payload });
+        Ok(())
     }
 
     pub fn finish(&mut self) -> Flow {
@@ -238,6 +255,7 @@ impl ConverseStream {
     pub fn release(&mut self, refusals: &Refusals) -> Vec<u8> {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
         let from = self.holding_from.take().unwrap_or(0);
         let judged = judged(&calls);
         if self.denied == DeniedToolCall::Error && refusals.iter().any(Option::is_some) {

@@ -524,3 +524,22 @@ fn a_late_message_of_an_earlier_block_keeps_its_place() {
         assert_eq!(out, s, "cut at {cut}");
     }
 }
+
+#[test]
+fn a_tool_call_held_past_the_limit_is_refused_not_grown() {
+    // Every message fits the limit; together, the held ones do not.
+    let input = format!(r#"{{"note":"{}"}}"#, "x".repeat(600));
+    let mut messages = tool_block(0, "tooluse_big", "get_weather", &input);
+    messages.push(event("messageStop", &json!({"stopReason": "tool_use"})));
+    let limit = 1024;
+    assert!(messages.iter().all(|m| m.len() < limit));
+    let mut answer = ConverseStream::new(limit, DeniedToolCall::Remove);
+    let refused = messages.iter().find_map(|message| {
+        let frames = answer.frames(message, false).unwrap();
+        frames.into_iter().find_map(|f| answer.push(f).err())
+    });
+    assert!(
+        matches!(refused, Some(super::super::AnswerError::TooLarge(1024))),
+        "{refused:?}"
+    );
+}
