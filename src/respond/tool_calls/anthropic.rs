@@ -90,6 +90,9 @@ pub struct MessagesStream {
     /// Index of the first tool block: from it on, content-block events are held.
     holding_from: Option<u64>,
     held: Vec<Held>,
+    /// The calls were judged (at `message_delta`): content after that is refused, since the
+    /// SDK would add a late `input_json_delta` to a call already judged and released.
+    judged: bool,
     ended: bool,
 }
 
@@ -100,6 +103,7 @@ impl MessagesStream {
             calls: Vec::new(),
             holding_from: None,
             held: Vec::new(),
+            judged: false,
             ended: false,
         }
     }
@@ -115,7 +119,13 @@ impl MessagesStream {
             return Ok(Flow::Emit(event.raw));
         };
         let index = chunk["index"].as_u64();
-        match chunk["type"].as_str().unwrap_or_default() {
+        let kind = chunk["type"].as_str().unwrap_or_default();
+        if self.judged && kind.starts_with("content_block_") {
+            return Err(AnswerError::Unjudged(
+                "a content block after the answer's calls were judged",
+            ));
+        }
+        match kind {
             "content_block_start" if chunk["content_block"]["type"] == "tool_use" => {
                 let block = &chunk["content_block"];
                 let at = index.ok_or(AnswerError::Unplaced)?;
@@ -168,6 +178,7 @@ impl MessagesStream {
         let calls = std::mem::take(&mut self.calls);
         let held = std::mem::take(&mut self.held);
         let from = self.holding_from.take().unwrap_or(0);
+        self.judged = true;
         if refusals.iter().all(Option::is_none) {
             return as_received(held);
         }

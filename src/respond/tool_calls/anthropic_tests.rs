@@ -271,3 +271,33 @@ fn a_tool_block_without_its_index_is_not_passed_on() {
         .any(|e| matches!(answer.push(e), Err(super::super::AnswerError::Unplaced)));
     assert!(refused);
 }
+
+#[test]
+fn arguments_arriving_after_the_calls_were_judged_are_not_passed_on() {
+    // The SDK would add the late fragment to the released call: `{"city":"Paris"}` judged,
+    // something else run.
+    let mut events = tool_block(0, "toolu_w", "get_weather", r#"{"city":"Paris"}"#);
+    events.push(event(
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+    ));
+    events.push(event(json!({"type": "content_block_delta", "index": 0,
+        "delta": {"type": "input_json_delta", "partial_json": ",\"to\":\"x\"}"}})));
+    let mut answer =
+        super::super::StreamAnswer::new(Format::AnthropicMessages, 1 << 20, DeniedToolCall::Remove)
+            .unwrap();
+    let mut outcome = Ok(());
+    for e in answer.events(events.concat().as_bytes(), true).unwrap() {
+        match answer.push(e) {
+            Ok(super::super::Flow::Judge) => {
+                let calls = answer.pending();
+                answer.release(&vec![None; calls.len()]);
+            }
+            Ok(super::super::Flow::Emit(_)) => {}
+            Err(e) => outcome = Err(e),
+        }
+    }
+    assert!(
+        matches!(outcome, Err(super::super::AnswerError::Unjudged(_))),
+        "{outcome:?}"
+    );
+}
