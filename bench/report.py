@@ -636,8 +636,8 @@ LOADED_RSS_MIB = 100.0  # with 64 concurrent 1 MiB bodies
 # Why a target is missed, from the profiles (README "Performance"); shown next to a FAIL.
 WHY = {
     "uncached": "agent-authz's own part of an uncached check, which a hot cache removes (hot-cache rows: <= 0.1 ms "
-                "with the same body): the second gRPC round trip (the principal and every resource encoded as "
-                "protobuf Structs; h2 sends the request's headers and message in two writes, because a stream's data "
+                "with the same body): the second gRPC round trip (the principal and every resource encoded "
+                "straight from the resource checks; h2 sends the request's headers and message in two writes, because a stream's data "
                 "may only follow its HEADERS frame once that is written, and acknowledges Cerbos' flow-control PING "
                 "after each answer; decoding the answer; agent-authz's worker sleeping while Cerbos evaluates and "
                 "being woken), reading the body (~0.6 ms per MiB of conversation, validated but not built) and the "
@@ -650,12 +650,12 @@ WHY = {
                  "concurrency that CPU is shared with Envoy, Cerbos and the load generator on 2 CPUs, so requests "
                  "queue.",
     "hot_throughput": "same cause: at saturation throughput follows the CPU each request costs all processes.",
-    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~743k instructions "
-           "per check against allow-all's ~138k): reading the body (~40 %: the tool schemas, 14 KiB of short keys and "
-           "strings, validated by serde_json at ~18 instructions a byte; the members a dialect reads built as JSON "
-           "values), serialising the decision record with its 21 resources (~12 %, on the log thread), the 21 "
-           "verdict-cache keys and lookups (~9 %), building the 21 resource checks (~5 %) and the Envoy answer with "
-           "its metadata and handoff (~6 %), allocation throughout (README, Performance).",
+    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~620k instructions "
+           "per check against allow-all's ~138k): reading the body (~56 %: the tool schemas, 14 KiB of short keys and "
+           "strings, validated by serde_json at ~13 instructions a byte, and the 20 tool entries built as JSON maps, "
+           "~84k; simd-json measured no faster on these short tokens), HTTP/2 and gRPC (~15 %), building the 21 "
+           "resource checks (~7 %), the request's cache key and its one lookup (~5 %), identity (~4 %), the Envoy "
+           "answer and the decision record (~3 % each) (README, Performance; bench/CALLGRIND.md).",
     "idle_rss": "",
     "loaded_rss": "each of the 64 requests holds its 1 MiB body (gRPC decode buffer plus the decoded message) "
                   "until it is answered.",
