@@ -23,7 +23,13 @@ pub fn json_calls(answer: &Value) -> Vec<ToolCall> {
     blocks(answer)
         .iter()
         .filter(|b| b["type"] == "tool_use")
-        .map(|b| object_call(b["name"].as_str().unwrap_or_default(), &b["input"]))
+        .map(|b| {
+            ToolCall::from_object(
+                b["name"].as_str().unwrap_or_default(),
+                "tool_use",
+                &b["input"],
+            )
+        })
         .collect()
 }
 
@@ -32,17 +38,6 @@ fn blocks(answer: &Value) -> &[Value] {
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[])
-}
-
-fn object_call(name: &str, input: &Value) -> ToolCall {
-    ToolCall {
-        name: name.to_owned(),
-        kind: "tool_use".to_owned(),
-        arguments: match input {
-            Value::Object(map) => Ok(map.clone()),
-            _ => Err("its arguments are not a JSON object".to_owned()),
-        },
-    }
 }
 
 /// Removes the refused `tool_use` blocks; an answer left without calls gains a text block
@@ -249,7 +244,7 @@ fn judged(calls: &[Call]) -> Vec<ToolCall> {
         .iter()
         .map(|c| {
             if c.partial.trim().is_empty() {
-                object_call(&c.name, &c.start_input)
+                ToolCall::from_object(&c.name, "tool_use", &c.start_input)
             } else {
                 ToolCall::from_text(&c.name, "tool_use", &c.partial)
             }

@@ -40,7 +40,13 @@ fn converse_calls(answer: &Value) -> Vec<ToolCall> {
     content(answer)
         .iter()
         .filter_map(|block| block.get("toolUse"))
-        .map(|tool| object_call(tool["name"].as_str().unwrap_or_default(), &tool["input"]))
+        .map(|tool| {
+            ToolCall::from_object(
+                tool["name"].as_str().unwrap_or_default(),
+                "toolUse",
+                &tool["input"],
+            )
+        })
         .collect()
 }
 
@@ -49,17 +55,6 @@ fn content(answer: &Value) -> &[Value] {
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[])
-}
-
-fn object_call(name: &str, input: &Value) -> ToolCall {
-    ToolCall {
-        name: name.to_owned(),
-        kind: "toolUse".to_owned(),
-        arguments: match input {
-            Value::Object(map) => Ok(map.clone()),
-            _ => Err("its arguments are not a JSON object".to_owned()),
-        },
-    }
 }
 
 /// Removes the refused `toolUse` blocks (and `tool_use` blocks, as [`anthropic`] does); an

@@ -39,6 +39,18 @@ pub struct ToolCall {
 }
 
 impl ToolCall {
+    /// A call whose arguments arrive as a JSON value (Anthropic's and Bedrock's `input`).
+    pub fn from_object(name: &str, kind: &str, arguments: &Value) -> ToolCall {
+        ToolCall {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            arguments: match arguments {
+                Value::Object(map) => Ok(map.clone()),
+                _ => Err("its arguments are not a JSON object".to_owned()),
+            },
+        }
+    }
+
     /// A call whose arguments arrive as JSON text (OpenAI's `arguments` strings).
     pub fn from_text(name: &str, kind: &str, arguments: &str) -> ToolCall {
         let arguments = match serde_json::from_str::<Value>(arguments) {
