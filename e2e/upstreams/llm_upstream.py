@@ -369,6 +369,18 @@ def _chunk(chunk_id: str, model: str, delta: dict, finish_reason: str | None) ->
     }
 
 
+def _respell_names(text: str, names: list[str], shape: str) -> str:
+    """The differential shapes every format's tool-call answers share: "escaped_name" (each
+    call's name as JSON unicode escapes) and "dup_name" (each call names get_weather, then its
+    own tool: a reader that takes the first name judges another call than the SDK runs)."""
+    for name in names:
+        if shape == "escaped_name":
+            text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
+        if shape == "dup_name":
+            text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+    return text
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "llm-upstream/1"
@@ -414,12 +426,7 @@ class Handler(BaseHTTPRequestHandler):
         eol = _mode.get("sse_eol", "\n")
 
         def spell(text: str) -> str:
-            for call in calls:
-                name = call["function"]["name"]
-                if shape == "escaped_name":
-                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
-                if shape == "dup_name":
-                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            text = _respell_names(text, [c["function"]["name"] for c in calls], shape)
             if shape == "dup_tool_calls":
                 text = text.replace('"tool_calls": [', '"tool_calls": [], "tool_calls": [', 1)
             return text
@@ -462,12 +469,7 @@ class Handler(BaseHTTPRequestHandler):
         eol = _mode.get("sse_eol", "\n")
 
         def spell(text: str) -> str:
-            for call in script:
-                name = call["name"]
-                if shape == "escaped_name":
-                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
-                if shape == "dup_name":
-                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            text = _respell_names(text, [c["name"] for c in script], shape)
             if shape == "dup_input":
                 text = text.replace('"input": {', '"input": {}, "input": {')
             if shape == "dup_content":
@@ -503,12 +505,7 @@ class Handler(BaseHTTPRequestHandler):
         shape = _mode["calls_shape"]
 
         def spell(text: str) -> str:
-            for call in script:
-                name = call["name"]
-                if shape == "escaped_name":
-                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
-                if shape == "dup_name":
-                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            text = _respell_names(text, [c["name"] for c in script], shape)
             if shape == "dup_input":
                 text = text.replace('"input": {', '"input": {}, "input": {')
             return text
@@ -535,12 +532,7 @@ class Handler(BaseHTTPRequestHandler):
         eol = _mode.get("sse_eol", "\n")
 
         def spell(text: str) -> str:
-            for call in script:
-                name = call["name"]
-                if shape == "escaped_name":
-                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
-                if shape == "dup_name":
-                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            text = _respell_names(text, [c["name"] for c in script], shape)
             return text
 
         if not stream:
@@ -570,12 +562,7 @@ class Handler(BaseHTTPRequestHandler):
         def spell(text: str) -> str:
             if shape == "snake_case":
                 text = text.replace('"functionCall"', '"function_call"')
-            for call in script:
-                name = call["name"]
-                if shape == "escaped_name":
-                    text = text.replace(f'"name": "{name}"', '"name": "' + "".join(f"\\u{ord(c):04x}" for c in name) + '"')
-                if shape == "dup_name":
-                    text = text.replace(f'"name": "{name}"', f'"name": "get_weather", "name": "{name}"')
+            text = _respell_names(text, [c["name"] for c in script], shape)
             return text
 
         if not stream:
