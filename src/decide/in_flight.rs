@@ -168,6 +168,18 @@ mod tests {
         }
     }
 
+    /// A request asking `question` through `in_flight`, answered `answer` when the gate opens
+    /// (if its call is the one made).
+    fn request(
+        in_flight: &Arc<InFlight>,
+        gate: &Arc<Gate>,
+        question: &str,
+        answer: Result<Decision, DecideError>,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let (in_flight, gate, question) = (Arc::clone(in_flight), Arc::clone(gate), key(question));
+        tokio::spawn(async move { in_flight.share(question, ask(&gate, answer)).await })
+    }
+
     /// Lets the spawned requests reach their await.
     async fn settle() {
         for _ in 0..50 {
@@ -181,19 +193,14 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let mut waiting = Vec::new();
         for n in 0..3 {
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            waiting.push(tokio::spawn(async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Ok(decision(&format!("call-{n}")))))
-                    .await
-            }));
+            waiting.push(request(
+                &in_flight,
+                &gate,
+                "q",
+                Ok(decision(&format!("call-{n}"))),
+            ));
         }
-        let (other_flight, other_gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-        let other = tokio::spawn(async move {
-            other_flight
-                .share(key("other"), ask(&other_gate, Ok(decision("other"))))
-                .await
-        });
+        let other = request(&in_flight, &gate, "other", Ok(decision("other")));
         settle().await;
         assert_eq!(
             gate.calls.load(Ordering::SeqCst),
@@ -210,14 +217,7 @@ mod tests {
         assert_eq!(other.await.unwrap().unwrap().call_ids, ["other"]);
         assert_eq!(in_flight.len(), 0, "finished calls leave the table");
         // Asked again after the answer: a new call.
-        let again = tokio::spawn({
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Ok(decision("new"))))
-                    .await
-            }
-        });
+        let again = request(&in_flight, &gate, "q", Ok(decision("new")));
         settle().await;
         gate.open.notify_waiters();
         assert_eq!(again.await.unwrap().unwrap().call_ids, ["new"]);
@@ -230,12 +230,12 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let mut waiting = Vec::new();
         for _ in 0..2 {
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            waiting.push(tokio::spawn(async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Err(DecideError::Timeout(5))))
-                    .await
-            }));
+            waiting.push(request(
+                &in_flight,
+                &gate,
+                "q",
+                Err(DecideError::Timeout(5)),
+            ));
         }
         settle().await;
         gate.open.notify_waiters();
@@ -249,23 +249,9 @@ mod tests {
     async fn cancelling_the_request_that_asked_does_not_strand_the_others() {
         let in_flight = Arc::new(InFlight::default());
         let gate = Arc::new(Gate::default());
-        let leader = tokio::spawn({
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Ok(decision("c"))))
-                    .await
-            }
-        });
+        let leader = request(&in_flight, &gate, "q", Ok(decision("c")));
         settle().await;
-        let follower = tokio::spawn({
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Ok(decision("x"))))
-                    .await
-            }
-        });
+        let follower = request(&in_flight, &gate, "q", Ok(decision("x")));
         settle().await;
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
@@ -285,27 +271,13 @@ mod tests {
     async fn a_call_nobody_waits_for_is_dropped() {
         let in_flight = Arc::new(InFlight::default());
         let gate = Arc::new(Gate::default());
-        let only = tokio::spawn({
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Ok(decision("c"))))
-                    .await
-            }
-        });
+        let only = request(&in_flight, &gate, "q", Ok(decision("c")));
         settle().await;
         only.abort();
         let _ = only.await;
         assert_eq!(in_flight.len(), 0);
         // The next identical question asks anew instead of joining an abandoned call.
-        let next = tokio::spawn({
-            let (in_flight, gate) = (Arc::clone(&in_flight), Arc::clone(&gate));
-            async move {
-                in_flight
-                    .share(key("q"), ask(&gate, Ok(decision("d"))))
-                    .await
-            }
-        });
+        let next = request(&in_flight, &gate, "q", Ok(decision("d")));
         settle().await;
         gate.open.notify_waiters();
         assert_eq!(next.await.unwrap().unwrap().call_ids, ["d"]);
