@@ -20,9 +20,6 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
-    ProcessingMode, processing_mode::BodySendMode,
-};
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
     ImmediateResponse, ProcessingResponse, TrailersResponse, body_mutation::Mutation,
@@ -38,7 +35,7 @@ use tonic::{Response, Status, Streaming};
 use super::ext_authz::struct_to_json;
 use super::processing_request::{Phase, ProcessingRequest};
 use super::tool_calls;
-use crate::config::{DeniedToolCall, Format};
+use crate::config::Format;
 use crate::decide::PolicyEngine;
 use crate::extract::dialect;
 use crate::handoff::Handoff;
@@ -396,22 +393,7 @@ impl Exchange {
             header_mutation: Some(mutation),
             ..CommonResponse::default()
         });
-        let mut answer = reply(Reply::ResponseHeaders(HeadersResponse { response }));
-        if self.refuses_json_answers(pipeline) {
-            answer.mode_override = Some(BUFFERED_ANSWER);
-        }
-        answer
-    }
-
-    /// Whether a judged JSON answer with a refused call becomes the provider's error
-    /// (`denied_tool_call: error`): its status must change too, so the answer is asked for
-    /// BUFFERED, which holds its headers until the body is judged. An Envoy that does not allow
-    /// the override (`allow_mode_override`) streams it as configured; the error body then
-    /// arrives with the upstream's status.
-    fn refuses_json_answers<E: PolicyEngine>(&self, pipeline: &Pipeline<E>) -> bool {
-        let json = |judged: &tool_calls::Judged| matches!(judged, tool_calls::Judged::Json(_));
-        pipeline.denied_tool_call() == DeniedToolCall::Error
-            && matches!(&self.response, ResponseFilter::ToolCalls(judged) if json(judged))
+        reply(Reply::ResponseHeaders(HeadersResponse { response }))
     }
 
     /// The session id an MCP server minted, sealed to the principal of the exchange (see
@@ -459,7 +441,6 @@ impl Exchange {
             let output = self.filter_events(pipeline, events, &mut hidden).await?;
             return Ok(with_hidden(body_reply(Some(output)), &hidden));
         }
-        let refuses = self.refuses_json_answers(pipeline);
         let output = match &mut self.response {
             ResponseFilter::Pass => return Ok(reply(Reply::ResponseBody(BodyResponse::default()))),
             ResponseFilter::ToolCalls(judged) => {
@@ -471,9 +452,7 @@ impl Exchange {
                     .chunk(pipeline, handoff, &self.path, &chunk, end_of_stream)
                     .await
                     .map(|(out, withheld)| {
-                        let status = (refuses && !withheld.is_empty()).then_some(403);
-                        let reply = error_status(body_reply(Some(out)), status);
-                        with_names(reply, "withheld_tool_calls", &withheld)
+                        with_names(body_reply(Some(out)), "withheld_tool_calls", &withheld)
                     })
                     .map_err(|e| Status::internal(format!("the answer cannot be judged: {e}")));
             }
@@ -635,44 +614,6 @@ fn body_reply(body: Option<Vec<u8>>) -> ProcessingResponse {
             ..CommonResponse::default()
         }),
     }))
-}
-
-/// The mode a judged JSON answer is asked for in `denied_tool_call: error` (list it in the
-/// filter's `allowed_override_modes`).
-const BUFFERED_ANSWER: ProcessingMode = ProcessingMode {
-    request_header_mode: 0,
-    response_header_mode: 0,
-    request_body_mode: 0,
-    response_body_mode: BodySendMode::Buffered as i32,
-    request_trailer_mode: 0,
-    response_trailer_mode: 0,
-};
-
-/// A body reply that also sets the answer's status (and the replaced body's length): Envoy
-/// applies header changes in a body reply only to a BUFFERED answer, whose headers it held.
-fn error_status(mut response: ProcessingResponse, status: Option<u16>) -> ProcessingResponse {
-    let Some(status) = status else {
-        return response;
-    };
-    if let Some(Reply::ResponseBody(BodyResponse {
-        response: Some(common),
-    })) = &mut response.response
-    {
-        let length = match &common.body_mutation {
-            Some(BodyMutation {
-                mutation: Some(Mutation::Body(body)),
-            }) => body.len(),
-            _ => 0,
-        };
-        common.header_mutation = Some(HeaderMutation {
-            set_headers: vec![
-                set_header(":status", status.to_string()),
-                set_header("content-length", length.to_string()),
-            ],
-            remove_headers: vec![],
-        });
-    }
-    response
 }
 
 fn immediate(status: u16, message: &str) -> ProcessingResponse {
