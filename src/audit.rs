@@ -110,16 +110,18 @@ impl From<Verdict> for ResourceRecord {
     fn from(v: Verdict) -> Self {
         let reason_rule = v.reason_rule().map(str::to_owned);
         let reason = v.reason();
+        // The only holder, unless a remembered decision shares the check.
+        let check = Arc::unwrap_or_clone(v.check);
         Self {
-            kind: v.check.kind,
-            id: v.check.id,
-            action: v.check.action,
+            kind: check.kind,
+            id: check.id,
+            action: check.action,
             effect: v.effect,
             policy: v.policy,
             reason_rule,
             reason,
             derived_roles: v.derived_roles,
-            attr: v.check.attr,
+            attr: check.attr,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::config::{
     SessionBinding, UnclassifiedRoutes,
 };
 use crate::decide::vocabulary::Vocabulary;
-use crate::decide::{DecideError, Decision, PolicyEngine, Subject};
+use crate::decide::{DecideError, Decision, PolicyEngine, Recall, Subject};
 use crate::extract::tool_schemas::ToolSchemas;
 use crate::extract::{
     self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
@@ -227,6 +227,21 @@ impl<E: PolicyEngine> Pipeline<E> {
             engine_ms: Some(asked.elapsed().as_secs_f64() * 1000.0),
             ..decision
         })
+    }
+
+    /// [`PolicyEngine::recall`], timed as [`Self::ask`] times an answer.
+    fn recall(&self, principal: &Principal, derivation: &[u8]) -> Recall {
+        let asked = Instant::now();
+        match self.engine.recall(principal, derivation) {
+            Recall::Answered(decision) => {
+                self.metrics.observe_cerbos(asked.elapsed(), None);
+                Recall::Answered(Decision {
+                    engine_ms: Some(asked.elapsed().as_secs_f64() * 1000.0),
+                    ..decision
+                })
+            }
+            unknown => unknown,
+        }
     }
 
     /// Readiness: signing keys loaded, and Cerbos answering.
@@ -460,6 +475,20 @@ impl<E: PolicyEngine> Pipeline<E> {
                 return (Err(Refusal::BadRequest(e)), dialect);
             }
         }
+        // An LLM request's checks follow from its route, format, model and tools alone: a
+        // repeated one (an agent loop resends them every turn) is answered with the decision
+        // remembered for them, its checks neither built nor keyed again.
+        let recall = match self.vocabulary.derivation(&route, format, &request) {
+            Some(derivation) => match self.recall(principal, &derivation) {
+                Recall::Answered(decision) => {
+                    trace.request = Some(request);
+                    trace.decision = decision;
+                    return (self.judge(trace), dialect);
+                }
+                Recall::Unknown(key) => key,
+            },
+            None => None,
+        };
         let mut checks = self.vocabulary.checks(&route, format, &request);
         for check in &mut checks {
             if let Some(arguments) = check.attr.get_mut("arguments") {
@@ -475,7 +504,12 @@ impl<E: PolicyEngine> Pipeline<E> {
             return (Err(Refusal::BadRequest(too_many)), dialect);
         }
         match self.ask(principal, checks, &trace.request_id).await {
-            Ok(decision) => trace.decision = decision,
+            Ok(decision) => {
+                if let Some(key) = recall {
+                    self.engine.remember(key, &decision);
+                }
+                trace.decision = decision;
+            }
             Err(e) => return (Err(Refusal::PolicyUnavailable(e)), dialect),
         }
         (self.judge(trace), dialect)

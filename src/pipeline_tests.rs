@@ -910,7 +910,7 @@ impl PolicyEngine for WithOutputs {
         let verdicts = checks
             .into_iter()
             .map(|check| Verdict {
-                check,
+                check: check.into(),
                 effect: Effect::Allow,
                 policy: None,
                 outputs: vec![(
@@ -1181,4 +1181,69 @@ async fn get_streams_without_a_session_are_filtered_throughout() {
     let (status, body) = denial(&h.pipeline.check(legacy).await);
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], -32600);
+}
+
+/// The pipeline over the verdict cache, as `server.rs` builds it, with the fake engine behind.
+async fn cached(extra: &str) -> Pipeline<crate::decide::cache::CachedEngine<FakeEngine>> {
+    let config = Config::parse(&format!("{CONFIG}{extra}")).unwrap();
+    let authenticator = Authenticator::start(&config.identity, Default::default())
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let engine = crate::decide::cache::CachedEngine::new(
+        FakeEngine {
+            allow: demo_rules,
+            fail: None,
+            calls: AtomicUsize::new(0),
+            seen: Mutex::new(vec![]),
+        },
+        std::time::Duration::from_secs(60),
+        1000,
+        "default/".into(),
+        Arc::clone(&metrics),
+    );
+    Pipeline::new(&config, authenticator, engine, AuditLog::memory(), metrics)
+}
+
+/// A repeated request is answered from the decision remembered for its model and tools: its
+/// denials too, and a request differing in anything its checks are built from is judged anew.
+#[tokio::test]
+async fn a_repeated_chat_keeps_its_judgement_and_any_change_is_judged_anew() {
+    let pipeline = cached("denied_tools: reject\n").await;
+    let ask = |model: &str, tools: &[&str]| {
+        pipeline.check(input("/v1/chat/completions", chat(model, tools), alice()))
+    };
+    for turn in 0..3 {
+        let (status, body) = denial(&ask("gpt-4o-mini", &["get_weather", "delete_repo"]).await);
+        assert_eq!(status, 403, "turn {turn}");
+        assert!(
+            body.to_string().contains("delete_repo"),
+            "turn {turn}: {body}"
+        );
+        assert!(
+            matches!(
+                ask("gpt-4o-mini", &["get_weather"]).await,
+                Outcome::Allow { .. }
+            ),
+            "turn {turn}"
+        );
+    }
+    // The model the remembered decision allowed, swapped for one the policy denies.
+    let (status, body) = denial(&ask("gpt-4o", &["get_weather"]).await);
+    assert_eq!(status, 403);
+    assert!(body.to_string().contains("gpt-4o"), "{body}");
+    let log = pipeline.audit.lines();
+    assert_eq!(log.len(), 7);
+    assert_eq!(
+        log[0]["resources"], log[4]["resources"],
+        "the same evidence"
+    );
+    assert_eq!(log[4]["effect"], "deny");
+    assert_eq!(log[4]["denied_tools"], json!(["delete_repo"]));
+    let text = pipeline.metrics.encode();
+    assert!(
+        text.contains("agent_authz_cache_hits_total 12")
+            && text.contains("agent_authz_cache_misses_total 5"),
+        "{text}"
+    );
 }

@@ -126,7 +126,8 @@ mod tests {
                         .cloned()
                         .unwrap(),
                     subject: Subject::Tool(id.into()),
-                },
+                }
+                .into(),
                 effect: if id == "a" {
                     Effect::Allow
                 } else {

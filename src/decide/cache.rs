@@ -1,7 +1,7 @@
 //! A bounded, TTL-based cache of Cerbos verdicts, so an agent loop that sends the same model
 //! and tools every turn skips the PDP.
 //!
-//! Two kinds of entries share one cache. A verdict entry answers one resource check; its key
+//! Three kinds of entries share one cache. A verdict entry answers one resource check; its key
 //! is everything Cerbos sees for that verdict, serialised exactly: principal id, roles and
 //! attributes; resource kind, id and attributes; the action; policy version and scope. A
 //! request entry answers a whole request (a model and its 20 tools) with one lookup; its key
@@ -9,7 +9,12 @@
 //! order. It also holds the decision record's resources, serialised once
 //! ([`SharedResources`]). A request that matches no request entry is answered check by check,
 //! so requests sharing only some tools still share their verdicts, and then leaves a request
-//! entry for its next turn.
+//! entry for its next turn. A remembered decision goes one step earlier: keyed on the
+//! principal and what an LLM request's checks are built from (route, format, model, tools:
+//! [`super::vocabulary::Vocabulary::derivation`]), it holds the whole decision, checks
+//! included, so a repeated request is answered before its checks are even built
+//! ([`PolicyEngine::recall`]); those inputs determine the checks, so it answers exactly the
+//! question a request entry would.
 //!
 //! Keys are compared in full on a hit (the hash only finds the slot), so a cached verdict is
 //! only ever reused for an identical question, and any attribute change is a different key.
@@ -27,7 +32,9 @@ use serde_json::Value;
 
 use super::in_flight::InFlight;
 use super::question::Question;
-use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
+use super::{
+    DecideError, Decision, Effect, PolicyEngine, Recall, RecallKey, ResourceCheck, Verdict,
+};
 use crate::audit::SharedResources;
 use crate::identity::Principal;
 use crate::metrics::Metrics;
@@ -52,7 +59,7 @@ impl Cached {
 
     fn answer(&self, check: ResourceCheck) -> Verdict {
         Verdict {
-            check,
+            check: check.into(),
             effect: self.effect,
             policy: self.policy.clone(),
             outputs: self.outputs.clone(),
@@ -67,16 +74,25 @@ struct RequestEntry {
     records: Arc<SharedResources>,
 }
 
+/// A whole decision, checks included, for [`PolicyEngine::recall`].
+struct Remembered {
+    verdicts: Vec<Verdict>,
+    records: Arc<SharedResources>,
+}
+
 #[derive(Clone)]
 enum Entry {
     Verdict(Cached),
     Request(Arc<RequestEntry>),
+    Remembered(Arc<Remembered>),
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     Verdict(VerdictKey),
     Request(Arc<Question>),
+    /// [`Question::derived`]: distinct from a `Request` key even with the same bytes.
+    Derived(Arc<Question>),
 }
 
 /// The key of one verdict. Its two halves are two JSON documents, so distinct questions can
@@ -140,6 +156,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
                 .weigher(|_: &Key, entry: &Entry| match entry {
                     Entry::Verdict(_) => 1,
                     Entry::Request(r) => u32::try_from(r.verdicts.len()).unwrap_or(u32::MAX),
+                    Entry::Remembered(r) => u32::try_from(r.verdicts.len()).unwrap_or(u32::MAX),
                 })
                 .time_to_live(ttl)
                 .build()
@@ -208,7 +225,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
             )));
         }
         for (verdict, subject) in decision.verdicts.iter_mut().zip(subjects) {
-            verdict.check.subject = subject;
+            Arc::make_mut(&mut verdict.check).subject = subject;
         }
         Ok(decision)
     }
@@ -302,6 +319,38 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
             engine_ms: None,
             shared_records: Some(records),
         })
+    }
+
+    fn recall(&self, principal: &Principal, derivation: &[u8]) -> Recall {
+        // As in `check`: a token sent to Cerbos may change its answer, so it is never kept.
+        let Some(cache) = self.cache.as_ref().filter(|_| principal.token.is_none()) else {
+            return Recall::Unknown(None);
+        };
+        let question = Question::derived(&self.hasher, &self.namespace, principal, derivation);
+        match cache.get(&Key::Derived(Arc::clone(&question))) {
+            Some(Entry::Remembered(hit)) => {
+                self.metrics.cache_hits.inc_by(hit.verdicts.len() as u64);
+                Recall::Answered(Decision {
+                    verdicts: hit.verdicts.clone(),
+                    call_ids: Vec::new(),
+                    engine_ms: None,
+                    shared_records: Some(Arc::clone(&hit.records)),
+                })
+            }
+            _ => Recall::Unknown(Some(RecallKey(question))),
+        }
+    }
+
+    fn remember(&self, key: RecallKey, decision: &Decision) {
+        // Decisions this cache made carry their records; any other is not kept.
+        let (Some(cache), Some(records)) = (&self.cache, &decision.shared_records) else {
+            return;
+        };
+        let remembered = Remembered {
+            verdicts: decision.verdicts.clone(),
+            records: Arc::clone(records),
+        };
+        cache.insert(Key::Derived(key.0), Entry::Remembered(Arc::new(remembered)));
     }
 
     fn ready(&self) -> impl std::future::Future<Output = bool> + Send {

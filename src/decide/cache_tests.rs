@@ -358,3 +358,48 @@ async fn identical_requests_in_flight_share_one_call_with_the_cache_off() {
     }
     assert_eq!(other.await.unwrap().unwrap().call_ids, ["call for o"]);
 }
+
+#[tokio::test]
+async fn a_remembered_decision_answers_only_the_same_principal_and_derivation() {
+    let e = engine(Duration::from_secs(60));
+    let p = principal(json!({"team": "a"}));
+    let Recall::Unknown(Some(key)) = e.recall(&p, b"chat gpt-4o a b") else {
+        panic!("nothing is remembered yet");
+    };
+    let decision = e
+        .check(&p, vec![check("a", json!({})), check("b", json!({}))], "r")
+        .await
+        .unwrap();
+    e.remember(key, &decision);
+    let Recall::Answered(recalled) = e.recall(&p, b"chat gpt-4o a b") else {
+        panic!("remembered");
+    };
+    assert_eq!(recalled.verdicts, decision.verdicts);
+    assert_eq!(recalled.shared_records, decision.shared_records);
+    assert_eq!(e.inner.0.load(Ordering::SeqCst), 2, "recalled, not asked");
+    let other_team = principal(json!({"team": "b"}));
+    let with_token = Principal {
+        token: Some(crate::identity::BearerToken::for_tests("t")),
+        ..p.clone()
+    };
+    assert!(matches!(
+        e.recall(&p, b"chat gpt-4o a"),
+        Recall::Unknown(Some(_))
+    ));
+    assert!(matches!(
+        e.recall(&other_team, b"chat gpt-4o a b"),
+        Recall::Unknown(Some(_))
+    ));
+    assert!(
+        matches!(
+            e.recall(&with_token, b"chat gpt-4o a b"),
+            Recall::Unknown(None)
+        ),
+        "a token sent to Cerbos is never kept"
+    );
+    let off = engine(Duration::ZERO);
+    assert!(matches!(
+        off.recall(&p, b"chat gpt-4o a b"),
+        Recall::Unknown(None)
+    ));
+}

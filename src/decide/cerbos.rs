@@ -196,7 +196,7 @@ fn verdicts(
                 .map(|o| (o.src, o.val.map(from_pb).unwrap_or(Value::Null)))
                 .collect();
             Ok(Verdict {
-                check,
+                check: check.into(),
                 effect,
                 policy,
                 outputs,

@@ -9,7 +9,7 @@ pub mod cerbos;
 mod cerbos_answer;
 mod cerbos_request;
 mod in_flight;
-mod question;
+pub mod question;
 pub mod vocabulary;
 mod whole_body;
 
@@ -72,7 +72,9 @@ impl Effect {
 /// The answer to one [`ResourceCheck`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
-    pub check: ResourceCheck,
+    /// Shared: a remembered decision answers a repeated request with the checks it was asked
+    /// ([`cache`]), without building them again.
+    pub check: Arc<ResourceCheck>,
     pub effect: Effect,
     /// The policy that produced the effect, as Cerbos reports it (`resource.mcp_server.vdefault`).
     pub policy: Option<String>,
@@ -160,6 +162,18 @@ fn policy_in_words(policy: &str) -> String {
     }
 }
 
+/// What an engine recalls of a request like one it answered before ([`PolicyEngine::recall`]).
+pub enum Recall {
+    /// The decision remembered for the same principal and derivation.
+    Answered(Decision),
+    /// Nothing remembered: once the request is decided, [`PolicyEngine::remember`] the decision
+    /// under this key (`None`: the engine remembers nothing).
+    Unknown(Option<RecallKey>),
+}
+
+/// Where [`PolicyEngine::remember`] keeps a decision: the request's principal and derivation.
+pub struct RecallKey(Arc<question::Question>);
+
 /// All verdicts for one request, in check order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decision {
@@ -186,7 +200,7 @@ impl Decision {
             .into_iter()
             .map(|check| Verdict {
                 effect: effect(&check),
-                check,
+                check: check.into(),
                 policy: policy.map(str::to_owned),
                 outputs: vec![],
                 derived_roles: vec![],
@@ -233,6 +247,17 @@ pub trait PolicyEngine: Send + Sync + 'static {
         request_id: &str,
     ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
 
+    /// The decision remembered for a request whose checks all follow from `derivation` (see
+    /// [`vocabulary::Vocabulary::derivation`]) and `principal`, so that a repeated request is
+    /// answered without building, keying and answering its checks one by one. The default
+    /// remembers nothing.
+    fn recall(&self, _principal: &Principal, _derivation: &[u8]) -> Recall {
+        Recall::Unknown(None)
+    }
+
+    /// Remembers `decision`, made for the request `key` was recalled for.
+    fn remember(&self, _key: RecallKey, _decision: &Decision) {}
+
     /// Whether the engine answers right now (for readiness probes).
     fn ready(&self) -> impl Future<Output = bool> + Send {
         async { true }
@@ -253,7 +278,8 @@ mod tests {
                 action: "expose".into(),
                 attr: Map::new(),
                 subject: Subject::Tool("t".into()),
-            },
+            }
+            .into(),
             effect,
             policy: Some(policy.into()),
             outputs,

@@ -35,13 +35,7 @@ impl Question {
         checks: &[ResourceCheck],
     ) -> Arc<Question> {
         let mut out = Vec::with_capacity(256 + 128 * checks.len());
-        string(&mut out, namespace);
-        string(&mut out, &principal.id);
-        length(&mut out, principal.roles.len());
-        for role in &principal.roles {
-            string(&mut out, role);
-        }
-        object(&mut out, &principal.attr);
+        asked_by(&mut out, namespace, principal);
         length(&mut out, checks.len());
         for check in checks {
             string(&mut out, &check.kind);
@@ -49,12 +43,43 @@ impl Question {
             string(&mut out, &check.action);
             object(&mut out, &check.attr);
         }
-        let hash = hasher.hash_one(&out);
+        Self::hashed(hasher, out)
+    }
+
+    /// The question of a request whose checks all follow from `derivation` (prefix-free bytes
+    /// of every input they are built from, [`super::vocabulary::Vocabulary::derivation`]): the
+    /// same namespace and principal as [`Question::new`], then those bytes. Two requests with
+    /// the same derivation ask Cerbos exactly the same checks.
+    pub fn derived(
+        hasher: &RandomState,
+        namespace: &str,
+        principal: &Principal,
+        derivation: &[u8],
+    ) -> Arc<Question> {
+        let mut out = Vec::with_capacity(256 + derivation.len());
+        asked_by(&mut out, namespace, principal);
+        out.extend_from_slice(derivation);
+        Self::hashed(hasher, out)
+    }
+
+    fn hashed(hasher: &RandomState, bytes: Vec<u8>) -> Arc<Question> {
+        let hash = hasher.hash_one(&bytes);
         Arc::new(Question {
-            bytes: out.into_boxed_slice(),
+            bytes: bytes.into_boxed_slice(),
             hash,
         })
     }
+}
+
+/// Who asks, in which policy namespace: every question starts with it.
+fn asked_by(out: &mut Vec<u8>, namespace: &str, principal: &Principal) {
+    string(out, namespace);
+    string(out, &principal.id);
+    length(out, principal.roles.len());
+    for role in &principal.roles {
+        string(out, role);
+    }
+    object(out, &principal.attr);
 }
 
 #[cfg(test)]
@@ -84,11 +109,13 @@ impl Hash for Question {
     }
 }
 
-fn length(out: &mut Vec<u8>, n: usize) {
+/// A count (of items, of bytes), as a varint.
+pub fn length(out: &mut Vec<u8>, n: usize) {
     encode_varint(n as u64, out);
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
+/// A string, after its length.
+pub fn string(out: &mut Vec<u8>, s: &str) {
     length(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }

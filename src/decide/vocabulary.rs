@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::question::{length, string};
 use super::{ResourceCheck, Subject};
 use crate::config::{Format, RouteConfig, VocabularyConfig};
 use crate::extract::{AgentRequest, LlmRequest, McpOperation, McpRequest};
@@ -51,6 +52,39 @@ impl Vocabulary {
             AgentRequest::Mcp(mcp) => self.mcp_checks(route, mcp),
             AgentRequest::ModelList => Vec::new(),
         }
+    }
+
+    /// Every input [`Self::checks`] reads of an LLM request, as prefix-free bytes: requests
+    /// with the same derivation get the same checks from this vocabulary (whose names are
+    /// fixed for its configuration, as the cache is), so the engine can recall a decision
+    /// for them ([`super::PolicyEngine::recall`]). Keep it in step with `llm_checks`. `None`
+    /// for other requests (MCP checks hold arguments, redacted as they are built).
+    pub fn derivation(
+        &self,
+        route: &RouteConfig,
+        format: Format,
+        request: &AgentRequest,
+    ) -> Option<Vec<u8>> {
+        let AgentRequest::Llm(llm) = request else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(64 + 32 * llm.tools.len());
+        string(&mut out, route.label());
+        string(&mut out, format.as_str());
+        string(&mut out, &llm.model);
+        length(&mut out, llm.tools.len());
+        for tool in &llm.tools {
+            string(&mut out, &tool.name);
+            string(&mut out, &tool.kind);
+            match &tool.server {
+                None => out.push(0),
+                Some(server) => {
+                    out.push(1);
+                    string(&mut out, server);
+                }
+            }
+        }
+        Some(out)
     }
 
     fn llm_checks(
@@ -282,6 +316,129 @@ mod tests {
             .iter()
             .map(|c| (c.kind.clone(), c.id.clone(), c.action.clone()))
             .collect()
+    }
+
+    /// A remembered decision answers any request with the same derivation: that is only sound
+    /// if equal derivations always mean equal checks, and every input the checks read changes
+    /// the derivation.
+    #[test]
+    fn equal_derivations_mean_equal_checks_and_every_input_changes_it() {
+        let vocabulary = Vocabulary::new(&VocabularyConfig::default());
+        let chat = RouteConfig::prefix("/v1/chat/completions", Format::OpenaiChat);
+        let other_route = RouteConfig::prefix("/openai/v1/chat/completions", Format::OpenaiChat);
+        let llm = |model: &str, tools: Vec<DeclaredTool>| {
+            AgentRequest::Llm(LlmRequest {
+                model: model.into(),
+                tools,
+                forced_tools: vec![],
+                stream: false,
+            })
+        };
+        let weather = || DeclaredTool::new("get_weather", "function");
+        let base = llm(
+            "gpt-4o",
+            vec![weather(), DeclaredTool::remote("search", "github")],
+        );
+        let variants = [
+            (&chat, Format::OpenaiChat, base.clone()),
+            (&other_route, Format::OpenaiChat, base.clone()),
+            (&chat, Format::AzureOpenaiChat, base.clone()),
+            (
+                &chat,
+                Format::OpenaiChat,
+                llm(
+                    "gpt-4o-mini",
+                    vec![weather(), DeclaredTool::remote("search", "github")],
+                ),
+            ),
+            (&chat, Format::OpenaiChat, llm("gpt-4o", vec![weather()])),
+            (
+                &chat,
+                Format::OpenaiChat,
+                llm(
+                    "gpt-4o",
+                    vec![DeclaredTool::remote("search", "github"), weather()],
+                ),
+            ),
+            (
+                &chat,
+                Format::OpenaiChat,
+                llm(
+                    "gpt-4o",
+                    vec![
+                        DeclaredTool::new("get_weather", "custom"),
+                        DeclaredTool::remote("search", "github"),
+                    ],
+                ),
+            ),
+            (
+                &chat,
+                Format::OpenaiChat,
+                llm(
+                    "gpt-4o",
+                    vec![weather(), DeclaredTool::remote("search", "gitlab")],
+                ),
+            ),
+            (
+                &chat,
+                Format::OpenaiChat,
+                llm(
+                    "gpt-4o",
+                    vec![weather(), DeclaredTool::new("search", "mcp")],
+                ),
+            ),
+            (
+                &chat,
+                Format::OpenaiChat,
+                llm(
+                    "gpt-4o",
+                    vec![weather(), DeclaredTool::remote("*", "github")],
+                ),
+            ),
+            // Read by the pipeline's judgement, not by the checks: the same derivation.
+            (
+                &chat,
+                Format::OpenaiChat,
+                AgentRequest::Llm(LlmRequest {
+                    forced_tools: vec!["get_weather".into()],
+                    stream: true,
+                    ..match base.clone() {
+                        AgentRequest::Llm(l) => l,
+                        _ => unreachable!(),
+                    }
+                }),
+            ),
+        ];
+        let derived: Vec<_> = variants
+            .iter()
+            .map(|(route, format, request)| {
+                let derivation = vocabulary.derivation(route, *format, request).unwrap();
+                (derivation, vocabulary.checks(route, *format, request))
+            })
+            .collect();
+        for (i, (derivation, checks)) in derived.iter().enumerate() {
+            for (j, (other, other_checks)) in derived.iter().enumerate() {
+                if derivation == other {
+                    assert_eq!(checks, other_checks, "variants {i} and {j}");
+                } else {
+                    assert_ne!(
+                        checks, other_checks,
+                        "variants {i} and {j}: needlessly apart"
+                    );
+                }
+            }
+        }
+        let distinct: std::collections::HashSet<_> = derived.iter().map(|(d, _)| d).collect();
+        assert_eq!(
+            distinct.len(),
+            variants.len() - 1,
+            "only the last variant repeats the first"
+        );
+        assert_eq!(derived[0].0, derived[variants.len() - 1].0);
+        assert_eq!(
+            vocabulary.derivation(&chat, Format::Mcp, &AgentRequest::ModelList),
+            None
+        );
     }
 
     #[test]

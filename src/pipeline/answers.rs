@@ -79,7 +79,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             match &call.arguments {
                 Ok(_) => checks.push(check),
                 Err(why) => unread.push(crate::decide::Verdict {
-                    check,
+                    check: check.into(),
                     effect: crate::decide::Effect::Deny,
                     policy: None,
                     outputs: vec![("agent-authz".to_owned(), Value::String(why.clone()))],

@@ -380,7 +380,8 @@ mod tests {
                 action: action.into(),
                 attr,
                 subject,
-            },
+            }
+            .into(),
             effect: Effect::Deny,
             policy: Some("resource.k.vdefault".into()),
             outputs: vec![],
@@ -458,7 +459,9 @@ mod tests {
 
     #[test]
     fn mcp_messages_are_named_in_words() {
-        let mut check = verdict(Subject::McpMessage(0), "support", "connect").check;
+        let mut check = std::sync::Arc::unwrap_or_clone(
+            verdict(Subject::McpMessage(0), "support", "connect").check,
+        );
         let words = |check: &ResourceCheck| mcp_request_in_words(check);
         check.attr = json!({"server": "support", "method": "initialize"})
             .as_object()
