@@ -34,8 +34,9 @@ BAD_CHAT_BODIES = {
     "duplicate nested key": b'{"model":"gpt-4o-mini","messages":[],"tools":[{"type":"function","function":{"name":"get_weather","name":"delete_repo"}}]}',
     "not UTF-8": b'{"model":"gpt-4o-mini\xff","messages":[]}',
     "byte order mark": b'\xef\xbb\xbf{"model":"gpt-4o-mini","messages":[]}',
-    "deep nesting": b'{"model":"gpt-4o-mini","messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-    "huge number": b'{"model":"gpt-4o-mini","messages":[],"seed":1e400}',
+    "deep nesting": b'{"model":"gpt-4o-mini","messages":[],"tool_choice":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "huge number": b'{"model":"gpt-4o-mini","messages":[],"stream":1e400}',
+    "broken deep in the conversation": b'{"model":"gpt-4o-mini","messages":' + b"[" * 1000 + b"1,]" + b"]" * 999 + b"}",
     "NaN": b'{"model":"gpt-4o-mini","messages":[],"temperature":NaN}',
     "truncated": b'{"model":"gpt-4o-mini","messages":[',
     "look-alike tool name": json.dumps({**CHAT, "tools": [{"type": "function", "function": {"name": "\uff44elete_repo"}}]}).encode(),
@@ -47,6 +48,17 @@ BAD_CHAT_BODIES = {
 def test_unreadable_or_ambiguous_chat_bodies_are_refused(clean, tokens, case):
     r = chat_post(clean, tokens["root"], BAD_CHAT_BODIES[case])
     assert r.status_code in (400, 413), (case, r.status_code, r.text[:300])
+    assert clean.llm_received() == []
+
+
+def test_unjudged_parts_are_held_to_the_grammar_not_to_a_depth(clean, tokens):
+    """The conversation is skipped, not built: checked byte by byte against the JSON grammar
+    (the broken cases above), but deep nesting, a huge number or a lone surrogate there moves
+    no member boundary, so the body is judged (alice may not use gpt-4o), not refused as
+    unreadable."""
+    for messages in [b"[" * 100_000 + b"]" * 100_000, b'[{"role":"user","content":"\\ud800","n":1e400}]']:
+        r = chat_post(clean, tokens["alice"], b'{"model":"gpt-4o","messages":' + messages + b"}")
+        assert r.status_code == 403, (r.status_code, r.text[:300])
     assert clean.llm_received() == []
 
 

@@ -20,6 +20,8 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 pub const READING: Reading<'static> = Reading {
     members: &["model", "tools", "tool_choice", "stream", "mcp_servers"],
     unread: &["input_schema", "description"],
+    // `mcp_toolset` configs are keyed by tool name.
+    judges_keys: true,
 };
 
 /// Anthropic Messages.

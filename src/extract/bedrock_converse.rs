@@ -32,6 +32,9 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 const READING: Reading<'static> = Reading {
     members: &["toolConfig", "tools", "additionalModelRequestFields"],
     unread: &["inputSchema", "input_schema", "description"],
+    // `additionalModelRequestFields.tools` are Anthropic declarations: `mcp_toolset` configs
+    // are keyed by tool name.
+    judges_keys: true,
 };
 
 /// The top-level members through which the providers Bedrock serves declare tools
@@ -49,6 +52,7 @@ const TOOL_MEMBERS: [&str; 6] = [
 const OTHER_READING: Reading<'static> = Reading {
     members: &TOOL_MEMBERS,
     unread: &["input_schema", "inputSchema", "parameters", "description"],
+    judges_keys: false,
 };
 
 /// The path prefix before the model id.
@@ -196,7 +200,7 @@ fn invoke(
             request,
             &Reading {
                 members: &members,
-                unread: anthropic_messages::READING.unread,
+                ..anthropic_messages::READING
             },
         )?
     };

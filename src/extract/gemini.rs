@@ -18,7 +18,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// What extraction reads (the model is in the path): function schemas and descriptions are
 /// never judged. (An entry-level member of one of these names still counts as a built-in tool:
-/// unread members stay, as `null`.)
+/// the keys are judged, so unread members stay, as `null`.)
 const READING: Reading<'static> = Reading {
     members: &["tools", "toolConfig", "cachedContent", "cached_content"],
     unread: &[
@@ -28,6 +28,7 @@ const READING: Reading<'static> = Reading {
         "responseJsonSchema",
         "description",
     ],
+    judges_keys: true,
 };
 
 /// Google Gemini generateContent.

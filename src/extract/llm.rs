@@ -71,8 +71,16 @@ impl Tools {
     /// Adds a declaration; a tool declared twice is kept once, unstrippable if either
     /// declaration is (removing one copy would leave the other).
     pub fn add(&mut self, tool: DeclaredTool) {
-        let key = tool.key();
-        match self.0.iter_mut().find(|t| t.has_key(&key)) {
+        // A plain tool's key is its name: no key is built for it (one allocation per tool).
+        let built;
+        let key = match &tool.server {
+            None => tool.name.as_str(),
+            Some(_) => {
+                built = tool.key();
+                built.as_str()
+            }
+        };
+        match self.0.iter_mut().find(|t| t.has_key(key)) {
             Some(known) => known.strippable &= tool.strippable,
             None => self.0.push(tool),
         }

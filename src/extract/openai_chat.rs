@@ -49,6 +49,7 @@ const READING: Reading<'static> = Reading {
         "stream",
     ],
     unread: &["parameters", "format", "description"],
+    judges_keys: false,
 };
 
 /// Reads a Chat Completions request; the model is `model` when the path names it (an Azure

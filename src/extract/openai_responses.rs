@@ -22,6 +22,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 const READING: Reading<'static> = Reading {
     members: &["model", "tools", "tool_choice", "stream", "prompt"],
     unread: &["parameters", "description"],
+    judges_keys: false,
 };
 
 /// OpenAI Responses.

@@ -8,12 +8,24 @@
 //! keys and anywhere inside the members it builds.
 //!
 //! Selective: a dialect names what it reads ([`Reading`]); everything else (conversation, tool
-//! schemas) is checked to be valid JSON (syntax, UTF-8 escapes, nesting limit) and skipped,
-//! without being built and without a duplicate-key check: a duplicate there cannot change the
-//! model or tools judged, and that check alone cost more than the rest of a cached check. This is the service's hottest code:
-//! building those parts as `serde_json::Value` trees (one allocation per string, key and
-//! object) dominated every profile. The body's UTF-8 is checked once up front, so strings are
-//! not re-validated one by one, and object keys are compared where they lie in the body.
+//! schemas) is skipped by serde_json's own scanner (`deserialize_ignored_any`): nothing is
+//! built, visited or compared, and no duplicate-key check is made: a duplicate there cannot
+//! change the model or tools judged, and that check alone cost more than the rest of a cached
+//! check. This is the service's hottest code: building those parts as `serde_json::Value`
+//! trees (one allocation per string, key and object) dominated every profile. The body's UTF-8
+//! is checked once up front, so strings are not re-validated one by one, and object keys are
+//! compared where they lie in the body.
+//!
+//! Skipped parts are held to the JSON grammar, every byte of it: structure, strings (escapes,
+//! control characters), numbers and literals, so every parser that accepts the body sees the
+//! same members in the same places. They are not held to what their values would mean once
+//! built: no nesting limit (the scanner is iterative, so depth costs no stack), no range check
+//! on numbers (`1e400`), lone surrogates (`"\ud800"`) accepted. None of these moves a member
+//! boundary for any parser (a parser that refuses them refuses the whole body, and then nothing
+//! runs), and nothing skipped is judged; checking them meant visiting every token (~6 % of a
+//! cached check's instructions). What is built (the members a dialect reads, MCP messages)
+//! keeps all of it: nesting limit 128, numbers in range, well-formed surrogates, no duplicate
+//! keys.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -22,6 +34,7 @@ use std::fmt;
 use serde::de::{
     DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
 /// What a dialect reads from a JSON object body.
@@ -30,9 +43,16 @@ pub struct Reading<'a> {
     /// Top-level members to build.
     pub members: &'a [&'a str],
     /// Member names, at any depth inside the built members, whose values are never read (tool
-    /// schemas, descriptions): skipped like unnamed members, and kept as `null` (the key stays,
-    /// so a dialect that judges member names, like Gemini's built-in tools, still sees it).
+    /// schemas, descriptions): skipped like unnamed members (their keys still count for the
+    /// duplicate check). At most 64 (they are tracked as bits).
     pub unread: &'a [&'a str],
+    /// Whether the dialect judges the names of members inside what it reads: Gemini's built-in
+    /// tools are the keys of a `tools[]` entry, Anthropic's MCP toolset `configs` are keyed by
+    /// tool name. Then an `unread` member stays, as `null`, so that a tool named like one
+    /// (`"description": {}`) is still judged. Otherwise it is left out: no dialect probing
+    /// members by name can tell `null` from absent for a value it never reads, and the keys
+    /// cost an allocation and an `IndexMap` insert each (two of a function tool's five).
+    pub judges_keys: bool,
 }
 
 /// How a refused duplicate key's error begins (`duplicate key "model" at line 1 column 30`),
@@ -43,7 +63,11 @@ pub const DUPLICATE_KEY: &str = "duplicate key";
 pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     let text = utf8(body)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = Build { unread: &[] }.deserialize(&mut deserializer)?;
+    let value = Build {
+        unread: &[],
+        keep_unread: false,
+    }
+    .deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
 }
@@ -55,6 +79,10 @@ pub fn parse_members(
     body: &[u8],
     reading: &Reading<'_>,
 ) -> Result<Option<Map<String, Value>>, serde_json::Error> {
+    debug_assert!(
+        reading.unread.len() <= 64,
+        "unread members are tracked as bits"
+    );
     let text = utf8(body)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let members = deserializer.deserialize_any(Members { reading })?;
@@ -109,12 +137,12 @@ impl<'de> SeenKeys<'de> {
                 true
             }
         };
-        if fresh {
-            Ok(())
-        } else {
-            Err(E::custom(format!("{DUPLICATE_KEY} {key:?}")))
-        }
+        if fresh { Ok(()) } else { Err(duplicate(&key)) }
     }
+}
+
+fn duplicate<E: serde::de::Error>(key: &str) -> E {
+    E::custom(format!("{DUPLICATE_KEY} {key:?}"))
 }
 
 /// An object key, borrowed from the body unless it contains escapes.
@@ -162,16 +190,17 @@ impl<'de> Visitor<'de> for Members<'_> {
             if self.reading.members.contains(&key.as_ref()) {
                 let value = map.next_value_seed(Build {
                     unread: self.reading.unread,
+                    keep_unread: self.reading.judges_keys,
                 })?;
                 out.insert(key.into_owned(), value);
             } else {
-                map.next_value_seed(Skip)?;
+                map.next_value::<IgnoredAny>()?;
             }
         }
         Ok(Some(out))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(None)
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -194,58 +223,12 @@ impl<'de> Visitor<'de> for Members<'_> {
     }
 }
 
-/// Any JSON value, checked and dropped: nothing is built and keys are not compared, but every
-/// level goes through the parser's nesting limit (128), as built values do.
-#[derive(Clone, Copy)]
-struct Skip;
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(self)?;
-        }
-        Ok(())
-    }
-}
-
-/// A JSON value built as a [`Value`], with the members named in `unread` as `null`.
+/// A JSON value built as a [`Value`], with the members named in `unread` skipped: left out,
+/// or kept as `null` when `keep_unread`.
 #[derive(Clone, Copy)]
 struct Build<'u> {
     unread: &'u [&'u str],
+    keep_unread: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Build<'_> {
@@ -290,17 +273,33 @@ impl<'de> Visitor<'de> for Build<'_> {
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut seen = SeenKeys::new();
         let mut out = Map::new();
+        // The unread members left out, by their index in `unread`: a duplicate of one is
+        // refused like any other.
+        let mut left_out = 0u64;
         while let Some(key) = map.next_key_seed(Key)? {
-            seen.insert::<A::Error>(key.clone())?;
-            let value = if self.unread.contains(&key.as_ref()) {
-                map.next_value_seed(Skip)?;
-                Value::Null
-            } else {
-                map.next_value_seed(self)?
+            let value = match self.unread.iter().position(|u| *u == key) {
+                Some(i) => {
+                    map.next_value::<IgnoredAny>()?;
+                    if !self.keep_unread {
+                        let bit = 1u64 << (i % 64);
+                        if left_out & bit != 0 {
+                            return Err(duplicate(&key));
+                        }
+                        left_out |= bit;
+                        continue;
+                    }
+                    Value::Null
+                }
+                None => map.next_value_seed(self)?,
             };
-            out.insert(key.into_owned(), value);
+            // The map's own lookup is the duplicate check: no second set of keys.
+            match out.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                Entry::Occupied(known) => return Err(duplicate(known.key())),
+            }
         }
         Ok(Value::Object(out))
     }
@@ -314,6 +313,7 @@ mod tests {
     const MODEL_ONLY: Reading<'static> = Reading {
         members: &["model"],
         unread: &[],
+        judges_keys: false,
     };
 
     /// `{"k0":0,...,"k<n-1>":<n-1><more>}`: an object with `n` distinct keys, then `more`.
@@ -323,15 +323,22 @@ mod tests {
     }
 
     #[test]
-    fn only_named_members_are_built_and_unread_ones_are_null() {
+    fn only_named_members_are_built_and_unread_ones_are_left_out_or_null() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],
             "tools":[{"type":"function","function":{"name":"a","parameters":{"type":"object"},"description":"d"}}]}"#;
         let got = parse_members(body, &MODEL_ONLY).unwrap().unwrap();
         assert_eq!(Value::Object(got), json!({"model": "m"}));
-        let reading = Reading {
+        let mut reading = Reading {
             members: &["tools"],
             unread: &["parameters", "description"],
+            judges_keys: false,
         };
+        let got = parse_members(body, &reading).unwrap().unwrap();
+        assert_eq!(
+            Value::Object(got),
+            json!({"tools": [{"type": "function", "function": {"name": "a"}}]})
+        );
+        reading.judges_keys = true;
         let got = parse_members(body, &reading).unwrap().unwrap();
         assert_eq!(
             Value::Object(got),
@@ -343,34 +350,41 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused_wherever_they_could_change_the_judgement() {
-        let reading = Reading {
-            members: &["model", "tools"],
-            unread: &["parameters"],
-        };
-        // Past the in-place comparison (FEW keys): the duplicate is found by the hash set.
+        // Past the in-place comparison (FEW keys) at the top level: found by the hash set.
         let many_keys = wide_object(20, r#","k3":0"#);
-        for dup in [
-            br#"{"model":"m","messages":[],"messages":[]}"#.to_vec(),
-            br#"{"model":"a","model":"b"}"#.to_vec(),
-            br#"{"tools":[{"name":"a","name":"b"}]}"#.to_vec(),
-            br#"{"tools":[{"parameters":{},"parameters":{}}]}"#.to_vec(),
-            format!(r#"{{"tools":{many_keys}}}"#).into_bytes(),
-        ] {
-            let why = parse_members(&dup, &reading).unwrap_err().to_string();
-            assert!(why.contains("duplicate key"), "{why}");
-            let why = parse(&dup).unwrap_err().to_string();
-            assert!(why.contains("duplicate key"), "{why}");
-        }
-        // Parts no dialect reads are only checked to be JSON; a full parse refuses them.
-        for unread_dup in [
-            br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#.to_vec(),
-            br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#.to_vec(),
-            br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
-            format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
-        ] {
-            assert!(parse_members(&unread_dup, &reading).is_ok());
-            let why = parse(&unread_dup).unwrap_err().to_string();
-            assert!(why.contains("duplicate key"), "{why}");
+        for judges_keys in [false, true] {
+            let reading = Reading {
+                members: &["model", "tools"],
+                unread: &["description", "parameters"],
+                judges_keys,
+            };
+            for dup in [
+                br#"{"model":"m","messages":[],"messages":[]}"#.to_vec(),
+                br#"{"model":"a","model":"b"}"#.to_vec(),
+                br#"{"tools":[{"name":"a","name":"b"}]}"#.to_vec(),
+                br#"{"tools":[{"name":"a","n\u0061me":"b"}]}"#.to_vec(),
+                br#"{"tools":[{"parameters":{},"parameters":{}}]}"#.to_vec(),
+                br#"{"tools":[{"parameters":{},"description":"","name":"a","parameters":1}]}"#
+                    .to_vec(),
+                format!(r#"{{"tools":{many_keys}}}"#).into_bytes(),
+                many_keys.clone().into_bytes(),
+            ] {
+                let why = parse_members(&dup, &reading).unwrap_err().to_string();
+                assert!(why.contains("duplicate key"), "{why}");
+                let why = parse(&dup).unwrap_err().to_string();
+                assert!(why.contains("duplicate key"), "{why}");
+            }
+            // Parts no dialect reads are only checked to be JSON; a full parse refuses them.
+            for unread_dup in [
+                br#"{"model":"m","messages":[{"role":"a","role":"b"}]}"#.to_vec(),
+                br#"{"model":"m","x":{"a\u0041":1,"aA":2}}"#.to_vec(),
+                br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
+                format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
+            ] {
+                assert!(parse_members(&unread_dup, &reading).is_ok());
+                let why = parse(&unread_dup).unwrap_err().to_string();
+                assert!(why.contains("duplicate key"), "{why}");
+            }
         }
     }
 
@@ -404,6 +418,7 @@ mod tests {
         let reading = Reading {
             members: &["a", "b", "c"],
             unread: &[],
+            judges_keys: false,
         };
         let members = parse_members(body, &reading).unwrap().unwrap();
         for (key, expected) in ["a", "b", "c"].into_iter().zip(expected) {
@@ -426,7 +441,8 @@ mod tests {
             br#"{"model":"m","messages":01}"#,
             b"{\"model\":\"m\",\"messages\":\"a\x01\"}",
             br#"{"model":"m","messages":{"a":}}"#,
-            br#"{"model":"m","messages":[{"content":"\ud800"}]}"#,
+            br#"{"model":"\ud800"}"#,
+            br#"{"model":1e400}"#,
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
             assert!(
@@ -437,7 +453,43 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(parse(deep.as_bytes()).is_err(), "deep nesting");
-        let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        // Built members keep the parser's nesting limit (127 levels, the body's object
+        // included).
+        let deep = format!(r#"{{"model":{}{}}}"#, "[".repeat(127), "]".repeat(127));
         assert!(parse_members(deep.as_bytes(), &MODEL_ONLY).is_err());
+        let deep = format!(r#"{{"model":{}{}}}"#, "[".repeat(126), "]".repeat(126));
+        assert!(parse_members(deep.as_bytes(), &MODEL_ONLY).is_ok());
+    }
+
+    /// Skipped parts are held to the JSON grammar (every byte: structure, strings and their
+    /// escapes, control characters, numbers, literals), not to what their values would mean
+    /// once built: nesting depth, a number's range and lone surrogates change no parser's view
+    /// of where members begin and end, and nothing in them is judged.
+    #[test]
+    fn skipped_parts_are_checked_for_grammar_not_meaning() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_conversation = format!(r#"{{"model":"m","messages":{deep}}}"#);
+        for body in [
+            deep_conversation.as_bytes(),
+            br#"{"model":"m","seed":1e400}"#,
+            br#"{"model":"m","messages":[{"content":"\ud800"}]}"#,
+            br#"{"model":"m","tools":[{"parameters":{"default":"\udfff","max":-1e999}}]}"#,
+        ] {
+            let reading = Reading {
+                members: &["model", "tools"],
+                unread: &["parameters"],
+                judges_keys: false,
+            };
+            let got = parse_members(body, &reading).unwrap().unwrap();
+            assert_eq!(got["model"], "m");
+            assert!(parse(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+        // Grammar is still checked all the way down, past any depth a visitor could reach.
+        let broken = format!(
+            r#"{{"model":"m","messages":{}1,]{}}}"#,
+            "[".repeat(1000),
+            "]".repeat(999)
+        );
+        assert!(parse_members(broken.as_bytes(), &MODEL_ONLY).is_err());
     }
 }
