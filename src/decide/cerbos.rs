@@ -4,7 +4,7 @@
 //! The raw generated client is used rather than the SDK's `CerbosAsyncClient` because the SDK
 //! cannot ask for `includeMeta` (which names the matched policy for the decision log), cannot
 //! set the request id, and takes `&mut self` (one call at a time); the tonic stub is cheap to
-//! clone and multiplexes concurrent calls over one connection.
+//! clone and multiplexes concurrent calls over one connection ([`CerbosConnection`]).
 
 use std::time::Duration;
 
@@ -14,23 +14,22 @@ use futures_util::future::try_join_all;
 use serde_json::Value;
 use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_prost::ProstCodec;
 
 use super::cerbos_answer::CheckResourcesAnswer;
+use super::cerbos_connection::CerbosConnection;
 use super::cerbos_request::{EncodedRequest, Question};
-use super::whole_body::WholeBodyChannel;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
 use crate::identity::Principal;
 
 #[derive(Clone)]
 pub struct CerbosEngine {
-    client: Grpc<WholeBodyChannel>,
-    health: HealthClient<Channel>,
+    client: Grpc<CerbosConnection>,
+    health: HealthClient<CerbosConnection>,
     timeout: Duration,
     policy_version: String,
     scope: String,
@@ -38,24 +37,14 @@ pub struct CerbosEngine {
 }
 
 impl CerbosEngine {
-    /// Prepares the channel without connecting: the service starts even while Cerbos is down,
-    /// answers with the configured unavailable status, and recovers when Cerbos returns.
+    /// Prepares the connection without connecting: the service starts even while Cerbos is
+    /// down, answers with the configured unavailable status, and recovers when Cerbos returns.
     pub fn new(config: &CerbosConfig) -> Result<Self, String> {
-        let mut endpoint = Endpoint::from_shared(config.address.clone())
-            .map_err(|e| format!("cerbos.address: {e}"))?
-            .connect_timeout(config.timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        if config.address.starts_with("https://") {
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_native_roots())
-                .map_err(|e| format!("cerbos.address: {e}"))?;
-        }
-        let channel = endpoint.connect_lazy();
+        let connection = CerbosConnection::new(&config.address, config.timeout)?;
+        let origin = connection.origin();
         Ok(Self {
-            client: Grpc::new(WholeBodyChannel::new(channel.clone())),
-            health: HealthClient::new(channel),
+            client: Grpc::with_origin(connection.clone(), origin.clone()),
+            health: HealthClient::with_origin(connection, origin),
             timeout: config.timeout,
             policy_version: config.policy_version.clone(),
             scope: config.scope.clone(),
@@ -78,7 +67,7 @@ impl CerbosEngine {
         }
         let call = async move {
             client.ready().await.map_err(|e| {
-                tonic::Status::unavailable(format!("Cerbos channel not ready: {e}"))
+                tonic::Status::unavailable(format!("Cerbos connection not ready: {e}"))
             })?;
             let codec = ProstCodec::<EncodedRequest, CheckResourcesAnswer>::default();
             let path = PathAndQuery::from_static("/cerbos.svc.v1.CerbosService/CheckResources");

@@ -7,11 +7,11 @@
 pub mod cache;
 pub mod cerbos;
 mod cerbos_answer;
+mod cerbos_connection;
 mod cerbos_request;
 mod in_flight;
 pub mod question;
 pub mod vocabulary;
-mod whole_body;
 
 use std::future::Future;
 use std::sync::Arc;
