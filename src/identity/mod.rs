@@ -200,6 +200,18 @@ impl Authenticator {
     }
 }
 
+/// The bytes a token may hold: base64url (a JWT's segments), `.` between them, `=` padding.
+const TOKEN_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'=');
+        b += 1;
+    }
+    table
+};
+
 /// Extracts the token from `Authorization: Bearer <token>`.
 ///
 /// Envoy joins repeated headers with commas; a comma can never appear in a JWT, so its
@@ -228,9 +240,11 @@ pub fn bearer_token(headers: &HashMap<String, String>) -> Result<&str, IdentityE
     if token.is_empty() {
         return Err(IdentityError::MissingToken);
     }
+    // Every check passes here with a token of ~1 KiB: a table lookup per byte, without an
+    // early exit, costs a third of the per-byte comparisons it replaces.
     if !token
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+        .fold(true, |ok, b| ok & TOKEN_BYTE[usize::from(b)])
     {
         return Err(IdentityError::MalformedAuthorization(
             "token has characters outside base64url",

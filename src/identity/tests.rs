@@ -667,3 +667,30 @@ async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_token_byte_outside_base64url_is_refused_wherever_it_lies() {
+    let token = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln-_=";
+    let header = |t: &str| HashMap::from([("authorization".to_owned(), format!("Bearer {t}"))]);
+    assert_eq!(bearer_token(&header(token)), Ok(token));
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.=".contains(c);
+    // Space and comma fail earlier (two tokens, two headers); every other character here.
+    let others = (0u8..128).map(char::from).chain(['é', '\u{2028}', '😀']);
+    for c in others.filter(|&c| !allowed(c) && c != ' ' && c != ',') {
+        for at in [0, 12, token.len()] {
+            let mut bad = token.to_owned();
+            bad.insert(at, c);
+            let bad = bad.trim().to_owned();
+            if bad == token {
+                continue; // whitespace trimmed at either end
+            }
+            assert!(
+                matches!(
+                    bearer_token(&header(&bad)),
+                    Err(IdentityError::MalformedAuthorization(_))
+                ),
+                "{c:?} at {at}"
+            );
+        }
+    }
+}
