@@ -19,12 +19,14 @@ pub const METADATA_KEY: &str = "agent_authz";
 /// The metadata namespace Envoy gives ext_authz's dynamic metadata.
 pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
+/// `P`: the principal as ext_authz writes it ([`PrincipalView`], borrowed) or as the ext_proc
+/// leg reads it back ([`HandoffPrincipal`]); both are the same JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Handoff {
+pub struct Handoff<P = HandoffPrincipal> {
     pub decision_id: String,
     /// Envoy's `x-request-id`, also sent to Cerbos as its request id.
     pub request_id: String,
-    pub principal: HandoffPrincipal,
+    pub principal: P,
     /// The request's format, so the body is edited in its own dialect.
     #[serde(default)]
     pub format: Option<Format>,
@@ -52,6 +54,25 @@ pub struct HandoffPrincipal {
     pub attr: Map<String, Value>,
 }
 
+/// The principal written into a handoff, borrowed from the check's own (copying its claims
+/// for one serialisation showed in profiles).
+#[derive(Serialize)]
+pub struct PrincipalView<'a> {
+    pub id: &'a str,
+    pub roles: &'a [String],
+    pub attr: &'a Map<String, Value>,
+}
+
+impl<'a> From<&'a Principal> for PrincipalView<'a> {
+    fn from(p: &'a Principal) -> Self {
+        Self {
+            id: &p.id,
+            roles: &p.roles,
+            attr: &p.attr,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolsListHandoff {
     /// The JSON-RPC ids of the `tools/list` requests, each as its exact JSON text (evidence;
@@ -66,7 +87,7 @@ pub struct ToolsListHandoff {
     pub probe_transport: bool,
 }
 
-impl Handoff {
+impl<P: Serialize> Handoff<P> {
     /// Whether the ext_proc leg rewrites the answer (a listing to filter, tool calls to judge).
     pub fn filters_answer(&self) -> bool {
         self.tools_list.is_some() || self.models_list.is_some() || self.judge_tool_calls.is_some()
@@ -76,7 +97,9 @@ impl Handoff {
     pub fn to_value(&self) -> Value {
         Value::String(serde_json::to_string(self).unwrap_or_default())
     }
+}
 
+impl Handoff {
     /// Reads the handoff from forwarded metadata (namespace → content).
     pub fn from_metadata(metadata: &std::collections::HashMap<String, Value>) -> Option<Handoff> {
         let raw = metadata
@@ -84,16 +107,6 @@ impl Handoff {
             .get(METADATA_KEY)?
             .as_str()?;
         serde_json::from_str(raw).ok()
-    }
-}
-
-impl From<&Principal> for HandoffPrincipal {
-    fn from(p: &Principal) -> Self {
-        Self {
-            id: p.id.clone(),
-            roles: p.roles.clone(),
-            attr: p.attr.clone(),
-        }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::extract::tool_schemas::ToolSchemas;
 use crate::extract::{
     self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
 };
-use crate::handoff::{self, Handoff, HandoffPrincipal, ToolsListHandoff};
+use crate::handoff::{self, Handoff, PrincipalView, ToolsListHandoff};
 use crate::identity::session::SessionSeal;
 use crate::identity::{Authenticator, Principal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
@@ -655,7 +655,11 @@ impl<E: PolicyEngine> Pipeline<E> {
     }
 
     /// What the ext_proc leg needs to apply this decision without asking Cerbos again.
-    fn handoff(&self, input: &CheckInput, trace: &Trace) -> Option<Handoff> {
+    fn handoff<'t>(
+        &self,
+        input: &CheckInput,
+        trace: &'t Trace,
+    ) -> Option<Handoff<PrincipalView<'t>>> {
         let principal = trace.principal.as_ref()?;
         let strip_tools = if self.denied_tools == DeniedTools::Strip {
             trace.denied_tools.clone()
@@ -688,7 +692,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             decision_id: trace.decision_id.clone(),
             request_id: trace.request_id.clone(),
             format: trace.format,
-            principal: HandoffPrincipal::from(principal),
+            principal: PrincipalView::from(principal),
             strip_tools,
             tools_list,
             models_list: match (&trace.request, &trace.route) {
