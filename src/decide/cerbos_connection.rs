@@ -33,6 +33,8 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tower_service::Service;
 
+use super::deferred_pong::DeferredPong;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often an established connection is probed, busy or idle.
@@ -155,14 +157,14 @@ impl Shared {
         let tcp = TcpStream::connect(address.as_str()).await?;
         tcp.set_nodelay(true)?;
         match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(DeferredPong::new(tcp)).await,
             Some(tls) => {
                 let name = ServerName::try_from(host.clone())?;
                 let stream = tls.connect(name, tcp).await?;
                 if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err("the TLS server did not accept HTTP/2 (ALPN h2)".into());
                 }
-                handshake(stream).await
+                handshake(DeferredPong::new(stream)).await
             }
         }
     }
