@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use serde_json::{Map, Value};
 
+use super::json_view::{self, Json, Members};
 use super::{DeclaredTool, ExtractError, HttpRequest, Reading, json_fields};
 use crate::rewrite::json_edit::{self, EditError, Edits, Member};
 
@@ -17,23 +18,35 @@ pub fn fields(
     request: &HttpRequest<'_>,
     reading: &Reading<'_>,
 ) -> Result<Map<String, Value>, ExtractError> {
-    json_fields(request, reading)?.ok_or_else(|| invalid("body must be a JSON object"))
+    json_fields::<Value>(request, reading)?.ok_or_else(|| invalid("body must be a JSON object"))
+}
+
+/// Like [`fields`], built as a [`json_view::View`]: strings borrowed from the body, objects
+/// without hashing (see `extract/json_view.rs`).
+pub fn view_fields<'b>(
+    request: &HttpRequest<'b>,
+    reading: &Reading<'_>,
+) -> Result<json_view::Object<'b>, ExtractError> {
+    json_fields::<json_view::View<'b>>(request, reading)?
+        .ok_or_else(|| invalid("body must be a JSON object"))
 }
 
 /// `model` as a non-empty string.
-pub fn model(body: &Map<String, Value>) -> Result<String, ExtractError> {
-    match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+pub fn model(body: &impl Members) -> Result<String, ExtractError> {
+    match body.member("model").and_then(Json::as_str) {
+        Some(m) if !m.is_empty() => Ok(m.to_owned()),
         _ => Err(invalid("`model` must be a non-empty string")),
     }
 }
 
 /// An optional array field (`null` counts as absent).
-pub fn array<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], ExtractError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(items)) => Ok(items),
-        Some(_) => Err(invalid(&format!("`{key}` must be an array"))),
+pub fn array<'a, M: Members>(body: &'a M, key: &str) -> Result<&'a [M::Value], ExtractError> {
+    match body.member(key) {
+        None => Ok(&[]),
+        Some(v) if v.is_null() => Ok(&[]),
+        Some(v) => v
+            .as_array()
+            .ok_or_else(|| invalid(&format!("`{key}` must be an array"))),
     }
 }
 
@@ -49,11 +62,11 @@ pub fn name<'a>(entry: &'a Value, key: &str, what: &str) -> Result<&'a str, Extr
 /// Adds the tools each entry of the `key` array declares (`declared` reads one entry). An
 /// entry that cannot be read refuses the request, naming it: a skipped entry would reach the
 /// model unjudged.
-pub fn add_declared<I: IntoIterator<Item = DeclaredTool>>(
+pub fn add_declared<M: Members, I: IntoIterator<Item = DeclaredTool>>(
     tools: &mut Tools,
-    body: &Map<String, Value>,
+    body: &M,
     key: &str,
-    declared: impl Fn(&Value) -> Result<I, String>,
+    declared: impl Fn(&M::Value) -> Result<I, String>,
 ) -> Result<(), ExtractError> {
     for (i, entry) in array(body, key)?.iter().enumerate() {
         for tool in declared(entry).map_err(|e| invalid(&format!("{key}[{i}]: {e}")))? {

@@ -9,6 +9,7 @@ pub mod anthropic_messages;
 pub mod azure_openai;
 pub mod bedrock_converse;
 pub mod gemini;
+mod json_view;
 mod llm;
 pub mod mcp;
 pub mod openai_chat;
@@ -343,12 +344,12 @@ pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
 /// be valid JSON without being copied (duplicate keys are refused where they could change the
 /// judgement: see `extract/strict_json.rs`). `Ok(None)` when the
 /// body is JSON but not an object.
-pub fn json_fields(
-    request: &HttpRequest<'_>,
+pub fn json_fields<'b, T: strict_json::Tree<'b>>(
+    request: &HttpRequest<'b>,
     reading: &Reading<'_>,
-) -> Result<Option<serde_json::Map<String, Value>>, ExtractError> {
+) -> Result<Option<T::Object>, ExtractError> {
     json_body_checks(request)?;
-    strict_json::parse_members(request.body, reading).map_err(body_error)
+    strict_json::parse_members::<T>(request.body, reading).map_err(body_error)
 }
 
 /// A duplicate key is told apart from broken JSON: the body is valid, only ambiguous.

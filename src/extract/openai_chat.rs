@@ -19,6 +19,7 @@ use std::ops::Range;
 
 use serde_json::{Value, json};
 
+use super::json_view::View;
 use super::llm::{self, Tools};
 use super::{
     AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
@@ -55,7 +56,7 @@ const READING: Reading<'static> = Reading {
 /// Reads a Chat Completions request; the model is `model` when the path names it (an Azure
 /// deployment), else the body's.
 pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
-    let body = &llm::fields(request, &READING)?;
+    let body = &llm::view_fields(request, &READING)?;
     let model = match model {
         Some(model) => model,
         None => llm::model(body)?,
@@ -67,17 +68,17 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
     llm::add_declared(&mut tools, body, "functions", |entry| {
         entry
             .get("name")
-            .and_then(Value::as_str)
+            .and_then(View::as_str)
             .filter(|n| !n.is_empty())
             .map(|name| [DeclaredTool::new(name, "function")])
             .ok_or_else(|| "missing name".to_owned())
     })?;
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = body.get("stream").and_then(View::as_bool).unwrap_or(false);
     let forced_tools = ["tool_choice", "function_call"]
         .iter()
-        .filter_map(|key| body.get(*key))
+        .filter_map(|key| body.get(key))
         .filter_map(|choice| {
-            let kind = choice.get("type").and_then(Value::as_str);
+            let kind = choice.get("type").and_then(View::as_str);
             let named = match kind {
                 Some(k @ ("function" | "custom")) => choice.get(k),
                 _ => Some(choice),
@@ -93,16 +94,16 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
     })
 }
 
-fn tool_entry(entry: &Value) -> Result<DeclaredTool, String> {
+fn tool_entry(entry: &View<'_>) -> Result<DeclaredTool, String> {
     let kind = entry
         .get("type")
-        .and_then(Value::as_str)
+        .and_then(View::as_str)
         .ok_or("missing type")?;
     let name = match kind {
         "function" | "custom" => entry
             .get(kind)
             .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
+            .and_then(View::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| format!("missing {kind}.name"))?,
         other => return Err(format!("unsupported tool type {other:?}")),

@@ -26,10 +26,15 @@
 //! cached check's instructions). What is built (the members a dialect reads, MCP messages)
 //! keeps all of it: nesting limit 128, numbers in range, well-formed surrogates, no duplicate
 //! keys.
+//!
+//! What is built is a [`Tree`]: serde_json's `Value`, or for OpenAI Chat (the hottest dialect,
+//! Azure's too) a `json_view::View` that borrows its strings from the body and keeps objects
+//! as vectors; both are built by the same visitor, so they are checked alike.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{
     DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
@@ -63,31 +68,86 @@ pub const DUPLICATE_KEY: &str = "duplicate key";
 pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     let text = utf8(body)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = Build {
-        unread: &[],
-        keep_unread: false,
-    }
-    .deserialize(&mut deserializer)?;
+    let value = Build::<Value>::new(&[], false).deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
 }
 
-/// The members of the body that `reading` names; `None` when the body is JSON but not an
-/// object. The whole body must be valid JSON; duplicate keys are refused at the top level and
-/// inside the members built.
-pub fn parse_members(
-    body: &[u8],
+/// The members of the body that `reading` names, built as `T` ([`Value`], or the lighter
+/// [`View`](super::json_view::View)); `None` when the body is JSON but not an object. The
+/// whole body must be valid JSON; duplicate keys are refused at the top level and inside the
+/// members built.
+pub fn parse_members<'de, T: Tree<'de>>(
+    body: &'de [u8],
     reading: &Reading<'_>,
-) -> Result<Option<Map<String, Value>>, serde_json::Error> {
+) -> Result<Option<T::Object>, serde_json::Error> {
     debug_assert!(
         reading.unread.len() <= 64,
         "unread members are tracked as bits"
     );
     let text = utf8(body)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let members = deserializer.deserialize_any(Members { reading })?;
+    let members = deserializer.deserialize_any(Members::<T> {
+        reading,
+        tree: PhantomData,
+    })?;
     deserializer.end()?;
     Ok(members)
+}
+
+/// What built JSON is made of: [`Value`] (owned, faithful: MCP messages, most dialects) or a
+/// lighter tree borrowing from the body (`json_view::View`).
+pub trait Tree<'de>: Sized {
+    /// An object under construction, then built.
+    type Object: Default;
+    fn null() -> Self;
+    fn boolean(v: bool) -> Self;
+    fn number(v: serde_json::Number) -> Self;
+    fn string(v: Cow<'de, str>) -> Self;
+    fn array(items: Vec<Self>) -> Self;
+    fn object(members: Self::Object) -> Self;
+    /// Adds a member; the key back when the object already has it.
+    fn insert(
+        object: &mut Self::Object,
+        key: Cow<'de, str>,
+        value: Self,
+    ) -> Result<(), Cow<'de, str>>;
+}
+
+impl<'de> Tree<'de> for Value {
+    type Object = Map<String, Value>;
+    fn null() -> Self {
+        Value::Null
+    }
+    fn boolean(v: bool) -> Self {
+        Value::Bool(v)
+    }
+    fn number(v: serde_json::Number) -> Self {
+        Value::Number(v)
+    }
+    fn string(v: Cow<'de, str>) -> Self {
+        Value::String(v.into_owned())
+    }
+    fn array(items: Vec<Self>) -> Self {
+        Value::Array(items)
+    }
+    fn object(members: Map<String, Value>) -> Self {
+        Value::Object(members)
+    }
+    fn insert(
+        object: &mut Map<String, Value>,
+        key: Cow<'de, str>,
+        value: Self,
+    ) -> Result<(), Cow<'de, str>> {
+        // The map's own lookup is the duplicate check: no second set of keys.
+        match object.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(value);
+                Ok(())
+            }
+            Entry::Occupied(known) => Err(Cow::Owned(known.key().clone())),
+        }
+    }
 }
 
 fn utf8(body: &[u8]) -> Result<&str, serde_json::Error> {
@@ -172,27 +232,28 @@ impl<'de> Visitor<'de> for Key {
 }
 
 /// The top level: builds the members `reading` names, skips the rest.
-struct Members<'r> {
+struct Members<'r, T> {
     reading: &'r Reading<'r>,
+    tree: PhantomData<T>,
 }
 
-impl<'de> Visitor<'de> for Members<'_> {
-    type Value = Option<Map<String, Value>>;
+impl<'de, T: Tree<'de>> Visitor<'de> for Members<'_, T> {
+    type Value = Option<T::Object>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen = SeenKeys::new();
-        let mut out = Map::new();
+        let mut out = T::Object::default();
         while let Some(key) = map.next_key_seed(Key)? {
             seen.insert::<A::Error>(key.clone())?;
             if self.reading.members.contains(&key.as_ref()) {
-                let value = map.next_value_seed(Build {
-                    unread: self.reading.unread,
-                    keep_unread: self.reading.judges_keys,
-                })?;
-                out.insert(key.into_owned(), value);
+                let value = map.next_value_seed(Build::<T>::new(
+                    self.reading.unread,
+                    self.reading.judges_keys,
+                ))?;
+                T::insert(&mut out, key, value).map_err(|key| duplicate(&key))?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -223,57 +284,78 @@ impl<'de> Visitor<'de> for Members<'_> {
     }
 }
 
-/// A JSON value built as a [`Value`], with the members named in `unread` skipped: left out,
-/// or kept as `null` when `keep_unread`.
-#[derive(Clone, Copy)]
-struct Build<'u> {
+/// A JSON value built as a `T`, with the members named in `unread` skipped: left out, or
+/// kept as `null` when `keep_unread`.
+struct Build<'u, T> {
     unread: &'u [&'u str],
     keep_unread: bool,
+    tree: PhantomData<T>,
 }
 
-impl<'de> DeserializeSeed<'de> for Build<'_> {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+impl<'u, T> Build<'u, T> {
+    fn new(unread: &'u [&'u str], keep_unread: bool) -> Self {
+        Self {
+            unread,
+            keep_unread,
+            tree: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Build<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Build<'_, T> {}
+
+impl<'de, T: Tree<'de>> DeserializeSeed<'de> for Build<'_, T> {
+    type Value = T;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Build<'_> {
-    type Value = Value;
+impl<'de, T: Tree<'de>> Visitor<'de> for Build<'_, T> {
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<T, E> {
+        Ok(T::boolean(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, v: i64) -> Result<T, E> {
+        Ok(T::number(v.into()))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, v: u64) -> Result<T, E> {
+        Ok(T::number(v.into()))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    fn visit_f64<E>(self, v: f64) -> Result<T, E> {
+        Ok(serde_json::Number::from_f64(v).map_or_else(T::null, T::number))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<T, E> {
+        Ok(T::string(Cow::Borrowed(v)))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+        Ok(T::string(Cow::Owned(v.to_owned())))
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_string<E>(self, v: String) -> Result<T, E> {
+        Ok(T::string(Cow::Owned(v)))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::null())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
-        Ok(Value::Array(items))
+        Ok(T::array(items))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut out = T::Object::default();
         // The unread members left out, by their index in `unread`: a duplicate of one is
         // refused like any other.
         let mut left_out = 0u64;
@@ -289,19 +371,13 @@ impl<'de> Visitor<'de> for Build<'_> {
                         left_out |= bit;
                         continue;
                     }
-                    Value::Null
+                    T::null()
                 }
                 None => map.next_value_seed(self)?,
             };
-            // The map's own lookup is the duplicate check: no second set of keys.
-            match out.entry(key) {
-                Entry::Vacant(slot) => {
-                    slot.insert(value);
-                }
-                Entry::Occupied(known) => return Err(duplicate(known.key())),
-            }
+            T::insert(&mut out, key, value).map_err(|key| duplicate(&key))?;
         }
-        Ok(Value::Object(out))
+        Ok(T::object(out))
     }
 }
 
@@ -326,26 +402,26 @@ mod tests {
     fn only_named_members_are_built_and_unread_ones_are_left_out_or_null() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],
             "tools":[{"type":"function","function":{"name":"a","parameters":{"type":"object"},"description":"d"}}]}"#;
-        let got = parse_members(body, &MODEL_ONLY).unwrap().unwrap();
+        let got = parse_members::<Value>(body, &MODEL_ONLY).unwrap().unwrap();
         assert_eq!(Value::Object(got), json!({"model": "m"}));
         let mut reading = Reading {
             members: &["tools"],
             unread: &["parameters", "description"],
             judges_keys: false,
         };
-        let got = parse_members(body, &reading).unwrap().unwrap();
+        let got = parse_members::<Value>(body, &reading).unwrap().unwrap();
         assert_eq!(
             Value::Object(got),
             json!({"tools": [{"type": "function", "function": {"name": "a"}}]})
         );
         reading.judges_keys = true;
-        let got = parse_members(body, &reading).unwrap().unwrap();
+        let got = parse_members::<Value>(body, &reading).unwrap().unwrap();
         assert_eq!(
             Value::Object(got),
             json!({"tools": [{"type": "function", "function": {"name": "a", "parameters": null, "description": null}}]})
         );
-        assert_eq!(parse_members(b"[1,2]", &MODEL_ONLY).unwrap(), None);
-        assert_eq!(parse_members(b"\"s\"", &MODEL_ONLY).unwrap(), None);
+        assert_eq!(parse_members::<Value>(b"[1,2]", &MODEL_ONLY).unwrap(), None);
+        assert_eq!(parse_members::<Value>(b"\"s\"", &MODEL_ONLY).unwrap(), None);
     }
 
     #[test]
@@ -369,7 +445,9 @@ mod tests {
                 format!(r#"{{"tools":{many_keys}}}"#).into_bytes(),
                 many_keys.clone().into_bytes(),
             ] {
-                let why = parse_members(&dup, &reading).unwrap_err().to_string();
+                let why = parse_members::<Value>(&dup, &reading)
+                    .unwrap_err()
+                    .to_string();
                 assert!(why.contains("duplicate key"), "{why}");
                 let why = parse(&dup).unwrap_err().to_string();
                 assert!(why.contains("duplicate key"), "{why}");
@@ -381,7 +459,7 @@ mod tests {
                 br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
                 format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
             ] {
-                assert!(parse_members(&unread_dup, &reading).is_ok());
+                assert!(parse_members::<Value>(&unread_dup, &reading).is_ok());
                 let why = parse(&unread_dup).unwrap_err().to_string();
                 assert!(why.contains("duplicate key"), "{why}");
             }
@@ -420,7 +498,7 @@ mod tests {
             unread: &[],
             judges_keys: false,
         };
-        let members = parse_members(body, &reading).unwrap().unwrap();
+        let members = parse_members::<Value>(body, &reading).unwrap().unwrap();
         for (key, expected) in ["a", "b", "c"].into_iter().zip(expected) {
             assert_eq!(whole[key].as_f64(), Some(expected), "{key}");
             assert_eq!(members[key].as_f64(), Some(expected), "{key}");
@@ -446,7 +524,7 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
             assert!(
-                parse_members(bad, &MODEL_ONLY).is_err(),
+                parse_members::<Value>(bad, &MODEL_ONLY).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
@@ -456,9 +534,9 @@ mod tests {
         // Built members keep the parser's nesting limit (127 levels, the body's object
         // included).
         let deep = format!(r#"{{"model":{}{}}}"#, "[".repeat(127), "]".repeat(127));
-        assert!(parse_members(deep.as_bytes(), &MODEL_ONLY).is_err());
+        assert!(parse_members::<Value>(deep.as_bytes(), &MODEL_ONLY).is_err());
         let deep = format!(r#"{{"model":{}{}}}"#, "[".repeat(126), "]".repeat(126));
-        assert!(parse_members(deep.as_bytes(), &MODEL_ONLY).is_ok());
+        assert!(parse_members::<Value>(deep.as_bytes(), &MODEL_ONLY).is_ok());
     }
 
     /// Skipped parts are held to the JSON grammar (every byte: structure, strings and their
@@ -480,7 +558,7 @@ mod tests {
                 unread: &["parameters"],
                 judges_keys: false,
             };
-            let got = parse_members(body, &reading).unwrap().unwrap();
+            let got = parse_members::<Value>(body, &reading).unwrap().unwrap();
             assert_eq!(got["model"], "m");
             assert!(parse(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
@@ -490,6 +568,6 @@ mod tests {
             "[".repeat(1000),
             "]".repeat(999)
         );
-        assert!(parse_members(broken.as_bytes(), &MODEL_ONLY).is_err());
+        assert!(parse_members::<Value>(broken.as_bytes(), &MODEL_ONLY).is_err());
     }
 }
