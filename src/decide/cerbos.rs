@@ -6,6 +6,7 @@
 //! set the request id, and takes `&mut self` (one call at a time); the tonic stub is cheap to
 //! clone and multiplexes concurrent calls over one connection ([`CerbosConnection`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cerbos::genpb::cerbos::effect::v1::Effect as PbEffect;
@@ -22,6 +23,7 @@ use tonic_prost::ProstCodec;
 use super::cerbos_answer::CheckResourcesAnswer;
 use super::cerbos_connection::CerbosConnection;
 use super::cerbos_request::{EncodedRequest, Question};
+use super::deadline_floor::DeadlineFloor;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
 use crate::identity::Principal;
@@ -31,6 +33,8 @@ pub struct CerbosEngine {
     client: Grpc<CerbosConnection>,
     health: HealthClient<CerbosConnection>,
     timeout: Duration,
+    /// Keeps arming each call's deadline from waking the runtime's I/O driver.
+    deadline_floor: Arc<DeadlineFloor>,
     policy_version: String,
     scope: String,
     max_per_request: usize,
@@ -46,6 +50,7 @@ impl CerbosEngine {
             client: Grpc::with_origin(connection.clone(), origin.clone()),
             health: HealthClient::with_origin(connection, origin),
             timeout: config.timeout,
+            deadline_floor: DeadlineFloor::new(config.timeout),
             policy_version: config.policy_version.clone(),
             scope: config.scope.clone(),
             max_per_request: config.max_resources_per_request,
@@ -73,6 +78,7 @@ impl CerbosEngine {
             let path = PathAndQuery::from_static("/cerbos.svc.v1.CerbosService/CheckResources");
             client.unary(grpc, path, codec).await
         };
+        self.deadline_floor.call_starts();
         match tokio::time::timeout(self.timeout, call).await {
             Err(_) => Err(DecideError::Timeout(self.timeout.as_millis())),
             Ok(Err(status)) => Err(DecideError::Unavailable(format!(

@@ -9,6 +9,7 @@ pub mod cerbos;
 mod cerbos_answer;
 mod cerbos_connection;
 mod cerbos_request;
+mod deadline_floor;
 mod deferred_pong;
 mod in_flight;
 pub mod question;
