@@ -539,13 +539,22 @@ LLM_MUTATIONS: dict[str, LlmMutation] = {
 }
 
 
+def _as_json(text: str, body: Any) -> Any:
+    """What the next mutation starts from: the text as JSON, or the unmutated body when an
+    earlier mutation left text that is not one JSON document (trailing data, a broken value)."""
+    try:
+        return json.loads(text.lstrip("\ufeff")) if text.strip() else body
+    except json.JSONDecodeError:
+        return body
+
+
 def send_llm_variant(stack: Stack, token: str, dialect: str, base: str, names: list[str], rng: random.Random) -> str | None:
     model, tools = LLM_BASES[base]
     path_of, body_of = DIALECTS[dialect]
     body = body_of(model, tools)
     text, headers, upload = dump(body), {"content-type": "application/json"}, "plain"
     for name in names:
-        text, h, u = LLM_MUTATIONS[name](dialect, json.loads(text.lstrip("\ufeff")) if text.strip() else body, text)
+        text, h, u = LLM_MUTATIONS[name](dialect, _as_json(text, body), text)
         headers, upload = {**headers, **h}, u if u != "plain" else upload
     path = path_of(model)
     if "path-percent" in names and model in path:
