@@ -66,8 +66,11 @@ impl CerbosEngine {
     ) -> Result<CheckResourcesAnswer, DecideError> {
         let mut client = self.client.clone();
         let mut grpc = tonic::Request::new(request);
-        if let Ok(value) = request_id.parse() {
-            // Cerbos' audit log records this when `includeMetadataKeys` lists it.
+        if let Ok(mut value) = request_id.parse::<tonic::metadata::AsciiMetadataValue>() {
+            // Cerbos' audit log records this when `includeMetadataKeys` lists it. Each value is
+            // new: sent as never indexed, it takes no HPACK table entry on either side (adding
+            // one to each table per call only pushed out the entries that do repeat).
+            value.set_sensitive(true);
             grpc.metadata_mut().insert("x-request-id", value);
         }
         let call = async move {
