@@ -13,20 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
-/// No task yet: the first call starts it (the engine is built before the runtime serves).
-const NOT_STARTED: u8 = 0;
+/// No task: the first call starts it (the engine is built before the runtime serves), and the
+/// first call after a quiet period starts it again.
+const IDLE: u8 = 0;
 /// A call started in the current period.
 const USED: u8 = 1;
 /// No call yet in the current period.
 const UNUSED: u8 = 2;
-/// Stopped after a period without calls, until the next call.
-const IDLE: u8 = 3;
 
 pub struct DeadlineFloor {
     state: AtomicU8,
-    wake: Notify,
     period: Duration,
 }
 
@@ -34,23 +30,20 @@ impl DeadlineFloor {
     /// For calls whose deadline is `timeout` after they start.
     pub fn new(timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            state: AtomicU8::new(NOT_STARTED),
-            wake: Notify::new(),
+            state: AtomicU8::new(IDLE),
             period: timeout / 2,
         })
     }
 
     /// Before a call arms its deadline.
     pub fn call_starts(self: &Arc<Self>) {
-        match self.state.swap(USED, Ordering::AcqRel) {
-            NOT_STARTED => {
-                tokio::spawn(Arc::clone(self).tick());
-            }
-            IDLE => self.wake.notify_one(),
-            _ => {}
+        if self.state.swap(USED, Ordering::AcqRel) == IDLE {
+            tokio::spawn(Arc::clone(self).tick());
         }
     }
 
+    /// Ends after a period without calls, so that no task outlives the engine (a reloaded
+    /// configuration builds a new one): the next call spawns a new one.
     async fn tick(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.period).await;
@@ -63,7 +56,7 @@ impl DeadlineFloor {
                 .compare_exchange(UNUSED, IDLE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                self.wake.notified().await;
+                return;
             }
         }
     }
@@ -82,7 +75,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ticks_while_calls_come_and_stops_after_a_quiet_period() {
         let floor = DeadlineFloor::new(Duration::from_millis(500));
-        assert_eq!(floor.state(), NOT_STARTED);
+        assert_eq!(floor.state(), IDLE);
+        assert_eq!(Arc::strong_count(&floor), 1);
         floor.call_starts();
         tokio::task::yield_now().await;
         // Calls in each period keep it ticking.
@@ -94,6 +88,8 @@ mod tests {
         // Two quiet periods: the first marks it unused, the second stops it.
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(floor.state(), IDLE);
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&floor), 1, "the task ended");
         // The next call starts it again.
         floor.call_starts();
         tokio::task::yield_now().await;
