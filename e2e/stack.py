@@ -102,7 +102,27 @@ def die_with_parent() -> None:
         pass
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free 127.0.0.1 port below the kernel's ephemeral range. A port the kernel hands out
+    for `bind(0)` is one any outgoing connection may take next, before the server meant to
+    listen on it binds it (seen: Envoy refusing to start with "Address already in use" while
+    the bench's load generators opened connections)."""
+    start = _ephemeral_start()
+    for _ in range(100):
+        port = random.randint(max(1024, start - 12000), start - 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
