@@ -637,10 +637,10 @@ LOADED_RSS_MIB = 100.0  # with 64 concurrent 1 MiB bodies
 WHY = {
     "uncached": "agent-authz's own part of an uncached check, which a hot cache removes (hot-cache rows: <= 0.1 ms "
                 "with the same body): the second gRPC round trip (the principal and every resource encoded "
-                "straight from the resource checks; h2 sends the request's headers and message in two writes, because a stream's data "
-                "may only follow its HEADERS frame once that is written, and acknowledges Cerbos' flow-control PING "
-                "after each answer; decoding the answer; agent-authz's worker sleeping while Cerbos evaluates and "
-                "being woken), reading the body (~0.6 ms per MiB of conversation, validated but not built) and the "
+                "straight from the resource checks, sent on an HTTP/2 connection held directly in one write, the "
+                "ACK of grpc-go's bandwidth probe riding in front of the next request; decoding the answer; "
+                "agent-authz's worker sleeping while Cerbos evaluates and being woken, on a CPU whose caches Cerbos "
+                "has just used), reading the body (~0.6 ms per MiB of conversation, validated but not built) and the "
                 "answer to Envoy. Under load, the paced (c) has both CPUs to itself, while behind agent-authz Cerbos "
                 "shares them with Envoy, wrk and agent-authz: the 16-connection rows include that queueing.",
     "hot_loop": "Cerbos answers a back-to-back hot loop faster than the same question asked at the scenario's "
@@ -650,12 +650,13 @@ WHY = {
                  "concurrency that CPU is shared with Envoy, Cerbos and the load generator on 2 CPUs, so requests "
                  "queue.",
     "hot_throughput": "same cause: at saturation throughput follows the CPU each request costs all processes.",
-    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~620k instructions "
-           "per check against allow-all's ~138k): reading the body (~56 %: the tool schemas, 14 KiB of short keys and "
-           "strings, validated by serde_json at ~13 instructions a byte, and the 20 tool entries built as JSON maps, "
-           "~84k; simd-json measured no faster on these short tokens), HTTP/2 and gRPC (~15 %), building the 21 "
-           "resource checks (~7 %), the request's cache key and its one lookup (~5 %), identity (~4 %), the Envoy "
-           "answer and the decision record (~3 % each) (README, Performance; bench/CALLGRIND.md).",
+    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~420k instructions "
+           "per check against allow-all's ~138k): reading the body (~55 %: every byte of the 14 KiB of tool "
+           "schemas checked against the JSON grammar by serde_json's skipping scanner, ~90k, and what a dialect "
+           "reads built as a tree borrowing from the body, ~60k; simd-json measured no faster on these short "
+           "tokens), HTTP/2 and gRPC, identity, the one lookup of the remembered decision, the Envoy answer; "
+           "in the kernel, the decision record written (~5.8 KB a check) and the pages mimalloc returns and "
+           "touches again (README, Performance; bench/CALLGRIND.md).",
     "idle_rss": "",
     "loaded_rss": "each of the 64 requests holds its 1 MiB body (gRPC decode buffer plus the decoded message) "
                   "until it is answered.",
