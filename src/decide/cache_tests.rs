@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde_json::{Map, json};
+use serde_json::json;
 
 use super::*;
 use crate::decide::Subject;
+use crate::decide::test_support::{check, principal};
 
 /// Allows everything; counts the questions it is asked.
 #[derive(Default)]
@@ -21,25 +22,6 @@ impl PolicyEngine for Counting {
     ) -> Result<Decision, DecideError> {
         self.0.fetch_add(checks.len(), Ordering::SeqCst);
         Ok(Decision::each(checks, Some("p"), |_| Effect::Allow))
-    }
-}
-
-fn principal(attr: Value) -> Principal {
-    Principal {
-        id: "alice".into(),
-        roles: vec!["support".into()],
-        attr: attr.as_object().cloned().unwrap_or_default(),
-        token: None,
-    }
-}
-
-fn check(id: &str, attr: Value) -> ResourceCheck {
-    ResourceCheck {
-        kind: "llm_tool".into(),
-        id: id.into(),
-        action: "expose".into(),
-        attr: attr.as_object().cloned().unwrap_or_else(Map::new),
-        subject: Subject::Tool(id.into()),
     }
 }
 

@@ -177,7 +177,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::decide::Subject;
+    use crate::decide::test_support::check;
 
     /// What the generated types would have built (the encoder before this one).
     fn to_pb_map(map: &Map<String, Value>) -> HashMap<String, PbValue> {
@@ -230,16 +230,6 @@ mod tests {
                     key_set_id: String::new(),
                 }),
             }),
-        }
-    }
-
-    fn check(id: &str, attr: Value) -> ResourceCheck {
-        ResourceCheck {
-            kind: "llm_tool".into(),
-            id: id.into(),
-            action: "expose".into(),
-            attr: attr.as_object().cloned().unwrap(),
-            subject: Subject::Tool(id.into()),
         }
     }
 

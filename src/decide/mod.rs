@@ -266,6 +266,36 @@ pub trait PolicyEngine: Send + Sync + 'static {
     }
 }
 
+/// Test support for the decide modules: the principal and checks their tests ask about.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use serde_json::Value;
+
+    use super::{ResourceCheck, Subject};
+    use crate::identity::Principal;
+
+    /// alice, role support, with the claims `attr` (a JSON object).
+    pub fn principal(attr: Value) -> Principal {
+        Principal {
+            id: "alice".into(),
+            roles: vec!["support".into()],
+            attr: attr.as_object().cloned().unwrap_or_default(),
+            token: None,
+        }
+    }
+
+    /// The `expose` check of the LLM tool `id`, with the attributes `attr` (a JSON object).
+    pub fn check(id: &str, attr: Value) -> ResourceCheck {
+        ResourceCheck {
+            kind: "llm_tool".into(),
+            id: id.into(),
+            action: "expose".into(),
+            attr: attr.as_object().cloned().unwrap_or_default(),
+            subject: Subject::Tool(id.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

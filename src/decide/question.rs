@@ -171,25 +171,7 @@ mod tests {
 
     use super::*;
     use crate::decide::Subject;
-
-    fn principal(attr: Value) -> Principal {
-        Principal {
-            id: "alice".into(),
-            roles: vec!["support".into()],
-            attr: attr.as_object().cloned().unwrap(),
-            token: None,
-        }
-    }
-
-    fn check(id: &str, attr: Value) -> ResourceCheck {
-        ResourceCheck {
-            kind: "llm_tool".into(),
-            id: id.into(),
-            action: "expose".into(),
-            attr: attr.as_object().cloned().unwrap(),
-            subject: Subject::Tool(id.into()),
-        }
-    }
+    use crate::decide::test_support::{check, principal};
 
     #[test]
     fn questions_are_equal_only_when_everything_asked_is() {
