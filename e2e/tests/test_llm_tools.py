@@ -9,21 +9,8 @@ import openai
 import pytest
 
 from clients import openai_client
+from helpers import HELLO, tool
 from stack import Stack
-
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-def tool(name: str) -> dict:
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": f"the {name} tool",
-            "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
-        },
-    }
-
 
 def test_declaring_an_allowed_tool_passes(clean, tokens):
     client = openai_client(clean.llm_base_url, tokens["alice"])

@@ -11,21 +11,8 @@ import json
 import httpx
 import pytest
 
+from helpers import HELLO, tool
 from stack import Stack
-
-HELLO = [{"role": "user", "content": "hello"}]
-
-
-def tool(name: str) -> dict:
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": f"the {name} tool",
-            "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
-        },
-    }
-
 
 @pytest.fixture(scope="module")
 def cached():
