@@ -230,7 +230,11 @@ impl<E: PolicyEngine> Pipeline<E> {
     }
 
     /// [`PolicyEngine::recall`], timed as [`Self::ask`] times an answer.
-    fn recall(&self, principal: &Principal, derivation: &[u8]) -> Recall {
+    fn recall(
+        &self,
+        principal: &Principal,
+        derivation: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Recall {
         let asked = Instant::now();
         match self.engine.recall(principal, derivation) {
             Recall::Answered(decision) => {
@@ -478,16 +482,14 @@ impl<E: PolicyEngine> Pipeline<E> {
         // An LLM request's checks follow from its route, format, model and tools alone: a
         // repeated one (an agent loop resends them every turn) is answered with the decision
         // remembered for them, its checks neither built nor keyed again.
-        let recall = match self.vocabulary.derivation(&route, format, &request) {
-            Some(derivation) => match self.recall(principal, &derivation) {
-                Recall::Answered(decision) => {
-                    trace.request = Some(request);
-                    trace.decision = decision;
-                    return (self.judge(trace), dialect);
-                }
-                Recall::Unknown(key) => key,
-            },
-            None => None,
+        let derivation = || self.vocabulary.derivation(&route, format, &request);
+        let recall = match self.recall(principal, derivation) {
+            Recall::Answered(decision) => {
+                trace.request = Some(request);
+                trace.decision = decision;
+                return (self.judge(trace), dialect);
+            }
+            Recall::Unknown(key) => key,
         };
         let mut checks = self.vocabulary.checks(&route, format, &request);
         for check in &mut checks {

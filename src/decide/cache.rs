@@ -321,12 +321,19 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
         })
     }
 
-    fn recall(&self, principal: &Principal, derivation: &[u8]) -> Recall {
+    fn recall(
+        &self,
+        principal: &Principal,
+        derivation: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Recall {
         // As in `check`: a token sent to Cerbos may change its answer, so it is never kept.
         let Some(cache) = self.cache.as_ref().filter(|_| principal.token.is_none()) else {
             return Recall::Unknown(None);
         };
-        let question = Question::derived(&self.hasher, &self.namespace, principal, derivation);
+        let Some(derivation) = derivation() else {
+            return Recall::Unknown(None);
+        };
+        let question = Question::derived(&self.hasher, &self.namespace, principal, &derivation);
         match cache.get(&Key::Derived(Arc::clone(&question))) {
             Some(Entry::Remembered(hit)) => {
                 self.metrics.cache_hits.inc_by(hit.verdicts.len() as u64);

@@ -345,7 +345,7 @@ async fn identical_requests_in_flight_share_one_call_with_the_cache_off() {
 async fn a_remembered_decision_answers_only_the_same_principal_and_derivation() {
     let e = engine(Duration::from_secs(60));
     let p = principal(json!({"team": "a"}));
-    let Recall::Unknown(Some(key)) = e.recall(&p, b"chat gpt-4o a b") else {
+    let Recall::Unknown(Some(key)) = e.recall(&p, || Some(b"chat gpt-4o a b".to_vec())) else {
         panic!("nothing is remembered yet");
     };
     let decision = e
@@ -353,7 +353,7 @@ async fn a_remembered_decision_answers_only_the_same_principal_and_derivation() 
         .await
         .unwrap();
     e.remember(key, &decision);
-    let Recall::Answered(recalled) = e.recall(&p, b"chat gpt-4o a b") else {
+    let Recall::Answered(recalled) = e.recall(&p, || Some(b"chat gpt-4o a b".to_vec())) else {
         panic!("remembered");
     };
     assert_eq!(recalled.verdicts, decision.verdicts);
@@ -365,23 +365,23 @@ async fn a_remembered_decision_answers_only_the_same_principal_and_derivation() 
         ..p.clone()
     };
     assert!(matches!(
-        e.recall(&p, b"chat gpt-4o a"),
+        e.recall(&p, || Some(b"chat gpt-4o a".to_vec())),
         Recall::Unknown(Some(_))
     ));
     assert!(matches!(
-        e.recall(&other_team, b"chat gpt-4o a b"),
+        e.recall(&other_team, || Some(b"chat gpt-4o a b".to_vec())),
         Recall::Unknown(Some(_))
     ));
     assert!(
         matches!(
-            e.recall(&with_token, b"chat gpt-4o a b"),
+            e.recall(&with_token, || Some(b"chat gpt-4o a b".to_vec())),
             Recall::Unknown(None)
         ),
         "a token sent to Cerbos is never kept"
     );
     let off = engine(Duration::ZERO);
     assert!(matches!(
-        off.recall(&p, b"chat gpt-4o a b"),
+        off.recall(&p, || Some(b"chat gpt-4o a b".to_vec())),
         Recall::Unknown(None)
     ));
 }

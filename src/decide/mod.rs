@@ -250,10 +250,15 @@ pub trait PolicyEngine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
 
     /// The decision remembered for a request whose checks all follow from `derivation` (see
-    /// [`vocabulary::Vocabulary::derivation`]) and `principal`, so that a repeated request is
-    /// answered without building, keying and answering its checks one by one. The default
-    /// remembers nothing.
-    fn recall(&self, _principal: &Principal, _derivation: &[u8]) -> Recall {
+    /// [`vocabulary::Vocabulary::derivation`]; `None`: they do not) and `principal`, so that a
+    /// repeated request is answered without building, keying and answering its checks one by
+    /// one. `derivation` is only computed by an engine that remembers; the default remembers
+    /// nothing.
+    fn recall(
+        &self,
+        _principal: &Principal,
+        _derivation: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Recall {
         Recall::Unknown(None)
     }
 
