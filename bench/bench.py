@@ -122,6 +122,8 @@ ENVOY_WORKERS = 1 if PIN else 2
 # The SSE scenarios (issue 15's response leg): text deltas per answer, and the pause between
 # two events of a paced answer.
 SSE_DELTAS = int(os.environ.get("BENCH_SSE_DELTAS", "200"))
+# The paced streamed answer runs this many DURATIONs (~100 answers at the defaults).
+PACED_DURATION_FACTOR = 4
 SSE_INTERVAL_US = int(os.environ.get("BENCH_SSE_INTERVAL_US", "1000"))
 WITH_LITELLM = os.environ.get("BENCH_LITELLM", "") not in ("", "0") or ONLY == "litellm"
 # The scenarios BENCH_ONLY=litellm keeps: every row the peer's section and the headline read.
@@ -1107,10 +1109,13 @@ class Bench:
         ]
         for key, title, answer, interval, expect, suffix, proc in runs:
             out = {"title": title, "answer": answer, "interval_us": interval, "instance": proc}
+            # A paced answer takes SSE_DELTAS x interval (200 ms by default): DURATION alone
+            # measured 25 answers, whose TTFB p50 moved by ~8 % between runs of the same build.
+            seconds = DURATION * (PACED_DURATION_FACTOR if interval else 1)
             for leg in ("off", "on"):
                 listener = f"sse_{leg}{suffix}"
                 self.sse_load(listener, answer, interval, expect, 100000, WARMUP)
-                r = self.measure(lambda: self.sse_load(listener, answer, interval, expect, 100000, DURATION))
+                r = self.measure(lambda: self.sse_load(listener, answer, interval, expect, 100000, seconds))
                 r["ok"] = r["errors"] == 0
                 out[leg] = r
                 log(f"sse {key:<14} leg {leg:<3} {r['requests']:6d} answers  ttfb p50 {r['ttfb_p50_ms']:.3f} ms  "
