@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::console::ring::Ring;
 use crate::decide::{Effect, Verdict};
-use crate::identity::Principal;
+use crate::identity::{Principal, SharedPrincipal};
 
 mod resources;
 pub use resources::{Resources, SharedResources};
@@ -68,20 +68,28 @@ pub struct DecisionRecord {
     pub latency_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PrincipalRecord {
-    pub id: String,
-    pub roles: Vec<String>,
-    pub attr: Map<String, Value>,
+/// The principal on record: `{"id", "roles", "attr"}` (never the token), shared with the
+/// check that judged it, its JSON written once per remembered token (see
+/// [`SharedPrincipal::json`]).
+#[derive(Debug, Clone)]
+pub struct PrincipalRecord(pub Arc<SharedPrincipal>);
+
+impl std::ops::Deref for PrincipalRecord {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl Serialize for PrincipalRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.json().serialize(serializer)
+    }
 }
 
 impl From<Principal> for PrincipalRecord {
     fn from(p: Principal) -> Self {
-        Self {
-            id: p.id,
-            roles: p.roles,
-            attr: p.attr,
-        }
+        Self(SharedPrincipal::new(p))
     }
 }
 

@@ -19,8 +19,9 @@ pub const METADATA_KEY: &str = "agent_authz";
 /// The metadata namespace Envoy gives ext_authz's dynamic metadata.
 pub const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
-/// `P`: the principal as ext_authz writes it ([`PrincipalView`], borrowed) or as the ext_proc
-/// leg reads it back ([`HandoffPrincipal`]); both are the same JSON.
+/// `P`: the principal as ext_authz writes it (its JSON, written once per remembered token by
+/// [`crate::identity::SharedPrincipal::json`]) or as the ext_proc leg reads it back
+/// ([`HandoffPrincipal`]); both are the same JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Handoff<P = HandoffPrincipal> {
     pub decision_id: String,
@@ -52,25 +53,6 @@ pub struct HandoffPrincipal {
     pub id: String,
     pub roles: Vec<String>,
     pub attr: Map<String, Value>,
-}
-
-/// The principal written into a handoff, borrowed from the check's own (copying its claims
-/// for one serialisation showed in profiles).
-#[derive(Serialize)]
-pub struct PrincipalView<'a> {
-    pub id: &'a str,
-    pub roles: &'a [String],
-    pub attr: &'a Map<String, Value>,
-}
-
-impl<'a> From<&'a Principal> for PrincipalView<'a> {
-    fn from(p: &'a Principal) -> Self {
-        Self {
-            id: &p.id,
-            roles: &p.roles,
-            attr: &p.attr,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

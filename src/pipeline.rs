@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
@@ -20,9 +21,9 @@ use crate::extract::tool_schemas::ToolSchemas;
 use crate::extract::{
     self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
 };
-use crate::handoff::{self, Handoff, PrincipalView, ToolsListHandoff};
+use crate::handoff::{self, Handoff, ToolsListHandoff};
 use crate::identity::session::SessionSeal;
-use crate::identity::{Authenticator, Principal};
+use crate::identity::{Authenticator, Principal, SharedPrincipal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
 use crate::redact::Redaction;
 use crate::respond::Outcome;
@@ -96,7 +97,7 @@ struct Trace {
     started: Instant,
     decision_id: String,
     request_id: String,
-    principal: Option<Principal>,
+    principal: Option<Arc<SharedPrincipal>>,
     route: Option<RouteConfig>,
     /// The format the body was read in (the route's).
     format: Option<Format>,
@@ -440,10 +441,16 @@ impl<E: PolicyEngine> Pipeline<E> {
             Ok(principal) => principal,
             Err(e) => return (Err(Refusal::Unauthenticated(e)), dialect),
         };
-        let mut principal = principal;
-        self.redaction.claims(&mut principal.attr);
-        // The trace keeps the principal; the stages below borrow it (a copy of its claims
-        // showed in profiles).
+        // A remembered token's principal is shared, not copied (its claims showed in
+        // profiles); redacting claims makes this check its own copy.
+        let principal = if self.redaction.redacts_claims() {
+            let mut own = Principal::clone(&principal);
+            self.redaction.claims(&mut own.attr);
+            SharedPrincipal::new(own)
+        } else {
+            principal
+        };
+        // The trace keeps the principal; the stages below borrow it.
         let principal: &Principal = trace.principal.insert(principal);
         let Some(route) = route else {
             return match self.unclassified {
@@ -657,11 +664,7 @@ impl<E: PolicyEngine> Pipeline<E> {
     }
 
     /// What the ext_proc leg needs to apply this decision without asking Cerbos again.
-    fn handoff<'t>(
-        &self,
-        input: &CheckInput,
-        trace: &'t Trace,
-    ) -> Option<Handoff<PrincipalView<'t>>> {
+    fn handoff<'t>(&self, input: &CheckInput, trace: &'t Trace) -> Option<Handoff<&'t RawValue>> {
         let principal = trace.principal.as_ref()?;
         let strip_tools = if self.denied_tools == DeniedTools::Strip {
             trace.denied_tools.clone()
@@ -694,7 +697,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             decision_id: trace.decision_id.clone(),
             request_id: trace.request_id.clone(),
             format: trace.format,
-            principal: PrincipalView::from(principal),
+            principal: principal.json(),
             strip_tools,
             tools_list,
             models_list: match (&trace.request, &trace.route) {
@@ -828,7 +831,7 @@ fn record(
         status,
         reason,
         refusal,
-        principal: trace.principal.map(PrincipalRecord::from),
+        principal: trace.principal.map(PrincipalRecord),
         method: input.method.clone(),
         path: extract::path_without_query(&input.path).to_owned(),
         route: trace.route.map(|r| r.label().to_owned()),

@@ -139,6 +139,11 @@ impl Redaction {
         Self { rules }
     }
 
+    /// Whether any rule redacts principal attributes (a `claims.` path).
+    pub fn redacts_claims(&self) -> bool {
+        self.rules.iter().any(|r| r.target == Target::Claims)
+    }
+
     /// Redacts principal attributes (the claims).
     pub fn claims(&self, attr: &mut Map<String, Value>) {
         for rule in self.rules.iter().filter(|r| r.target == Target::Claims) {

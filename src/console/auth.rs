@@ -4,13 +4,14 @@
 //! anyone else gets 401 or 403 and no data. Each answer is logged (never the token).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Map;
 
 use crate::decide::{DecideError, PolicyEngine, ResourceCheck, Subject};
-use crate::identity::{IdentityError, Principal};
+use crate::identity::{IdentityError, SharedPrincipal};
 use crate::pipeline::Pipeline;
 
 pub const KIND: &str = "agent_authz_console";
@@ -66,7 +67,7 @@ impl IntoResponse for Denied {
 pub async fn authorize<E: PolicyEngine>(
     pipeline: &Pipeline<E>,
     headers: &HeaderMap,
-) -> Result<Principal, Denied> {
+) -> Result<Arc<SharedPrincipal>, Denied> {
     let headers = flatten(headers);
     // Straight from the browser, not through Envoy: no jwt_authn payload, no mesh peer.
     let principal = pipeline
@@ -95,7 +96,7 @@ pub async fn authorize<E: PolicyEngine>(
     if allowed {
         Ok(principal)
     } else {
-        Err(Denied::Forbidden(principal.id))
+        Err(Denied::Forbidden(principal.id.clone()))
     }
 }
 

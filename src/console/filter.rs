@@ -213,11 +213,12 @@ mod tests {
         r.effect = "deny";
         r.reason = "policy denied: refunds above 100 EUR need a supervisor".into();
         r.route = Some("/mcp/support".into());
-        r.principal = Some(PrincipalRecord {
+        r.principal = Some(PrincipalRecord::from(crate::identity::Principal {
             id: "Alice".into(),
             roles: vec!["support".into()],
             attr: Default::default(),
-        });
+            token: None,
+        }));
         r.resources.push(ResourceRecord {
             kind: "mcp_server".into(),
             id: "refund".into(),

@@ -163,11 +163,12 @@ mod tests {
         move |r| {
             r.effect = "deny";
             r.model = Some(model.into());
-            r.principal = Some(PrincipalRecord {
+            r.principal = Some(PrincipalRecord::from(crate::identity::Principal {
                 id: principal.into(),
                 roles: vec![],
                 attr: Default::default(),
-            });
+                token: None,
+            }));
             r.resources.push(ResourceRecord {
                 kind: "llm_model".into(),
                 id: model.into(),

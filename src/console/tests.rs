@@ -138,11 +138,14 @@ impl Harness {
         ] {
             let mut r = record(n);
             r.effect = effect;
-            r.principal = Some(crate::audit::PrincipalRecord {
-                id: who.into(),
-                roles: vec!["support".into()],
-                attr: Default::default(),
-            });
+            r.principal = Some(crate::audit::PrincipalRecord::from(
+                crate::identity::Principal {
+                    id: who.into(),
+                    roles: vec!["support".into()],
+                    attr: Default::default(),
+                    token: None,
+                },
+            ));
             self.ring.push(r);
         }
         let mut response = record(2);

@@ -5,13 +5,13 @@
 //! the token's `alg` must be on the allow-list, and it must belong to the family of the key that
 //! verifies it (and equal the JWK's own `alg` when the JWK pins one).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 use serde_json::Value;
 
-use super::IdentityError;
 use super::jwks::{Key, KeyStore, Refetch};
+use super::{IdentityError, Principal, SharedPrincipal};
 use crate::config::JwtConfig;
 
 /// Parses one configured algorithm name, refusing those that must never verify a bearer token.
@@ -40,10 +40,29 @@ pub struct JwtVerifier {
     verified: moka::sync::Cache<String, Arc<Verified>>,
 }
 
-struct Verified {
-    claims: serde_json::Map<String, Value>,
+/// A verified token's claims, and what the [`super::Authenticator`] made of them, kept
+/// together: a remembered token costs a lookup, not a re-mapping of its claims.
+#[derive(Debug)]
+pub struct Verified {
+    pub claims: serde_json::Map<String, Value>,
     exp: f64,
     key_generation: u64,
+    /// The claims mapped to a principal (or the mapping's refusal), made on first use. The
+    /// mapping depends only on the claims and the configuration, which is fixed for the
+    /// verifier's life (a reload builds a new one).
+    principal: OnceLock<Result<Arc<SharedPrincipal>, IdentityError>>,
+}
+
+impl Verified {
+    /// The principal these claims map to, mapped by `map` on first use only.
+    pub fn principal(
+        &self,
+        map: impl FnOnce(&serde_json::Map<String, Value>) -> Result<Principal, IdentityError>,
+    ) -> Result<Arc<SharedPrincipal>, IdentityError> {
+        self.principal
+            .get_or_init(|| map(&self.claims).map(SharedPrincipal::new))
+            .clone()
+    }
 }
 
 /// How long a verified token is remembered at most.
@@ -76,30 +95,43 @@ impl JwtVerifier {
 
     /// Verifies a compact JWS and returns its claims. A token naming a key we do not hold
     /// triggers one (rate-limited) JWKS fetch, so rotated keys work without a restart.
-    pub async fn verify(
-        &self,
-        token: &str,
-    ) -> Result<serde_json::Map<String, Value>, IdentityError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, IdentityError> {
         let now = jsonwebtoken::get_current_timestamp() as f64;
-        if let Some(hit) = self.verified.get(token) {
-            if hit.key_generation == self.keys.generation()
-                && now <= hit.exp + self.leeway_secs as f64
-            {
-                return Ok(hit.claims.clone());
-            }
-            self.verified.invalidate(token);
+        if let Some(hit) = self.remembered(token, now) {
+            return Ok(hit);
         }
         let generation = self.keys.generation();
         let claims = self.verify_uncached(token).await?;
-        if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
-            let verified = Verified {
-                claims: claims.clone(),
-                exp,
-                key_generation: generation,
-            };
-            self.verified.insert(token.to_owned(), Arc::new(verified));
+        let exp = claims.get("exp").and_then(Value::as_f64);
+        let verified = Arc::new(Verified {
+            claims,
+            exp: exp.unwrap_or(f64::NEG_INFINITY),
+            key_generation: generation,
+            principal: OnceLock::new(),
+        });
+        if exp.is_some() {
+            self.verified
+                .insert(token.to_owned(), Arc::clone(&verified));
         }
-        Ok(claims)
+        Ok(verified)
+    }
+
+    /// The remembered verification of `token`, if it still holds at `now` (seconds since the
+    /// epoch): made with the key set in force, and the token not expired (leeway included).
+    /// One that no longer holds is forgotten.
+    fn remembered(&self, token: &str, now: f64) -> Option<Arc<Verified>> {
+        let hit = self.verified.get(token)?;
+        if hit.key_generation == self.keys.generation() && now <= hit.exp + self.leeway_secs as f64
+        {
+            return Some(hit);
+        }
+        self.verified.invalidate(token);
+        None
+    }
+
+    #[cfg(test)]
+    pub fn remembered_at(&self, token: &str, now: f64) -> Option<Arc<Verified>> {
+        self.remembered(token, now)
     }
 
     async fn verify_uncached(

@@ -11,8 +11,12 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::{IdentityConfig, IdentitySource, MeshPeerConfig, PrincipalConfig};
@@ -27,6 +31,53 @@ pub struct Principal {
     pub attr: Map<String, Value>,
     /// The verified token, kept only to pass to Cerbos as `auxData.jwt` when configured.
     pub token: Option<BearerToken>,
+}
+
+/// A principal as the stages share it: one per remembered token (see [`jwt::Verified`]), so
+/// a repeated token is neither re-mapped nor copied, and its JSON is written once for every
+/// decision record and ext_proc handoff that names it.
+#[derive(Debug)]
+pub struct SharedPrincipal {
+    principal: Principal,
+    json: OnceLock<Box<RawValue>>,
+}
+
+/// The principal's JSON: what the decision record and the handoff carry (never the token).
+#[derive(Serialize)]
+struct PrincipalJson<'a> {
+    id: &'a str,
+    roles: &'a [String],
+    attr: &'a Map<String, Value>,
+}
+
+impl SharedPrincipal {
+    pub fn new(principal: Principal) -> Arc<Self> {
+        Arc::new(Self {
+            principal,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// `{"id", "roles", "attr"}`, serialised on first use.
+    pub fn json(&self) -> &RawValue {
+        self.json.get_or_init(|| {
+            let p = &self.principal;
+            let view = PrincipalJson {
+                id: &p.id,
+                roles: &p.roles,
+                attr: &p.attr,
+            };
+            // Strings, string arrays and a JSON map cannot fail to serialise.
+            serde_json::value::to_raw_value(&view).expect("a principal serialises")
+        })
+    }
+}
+
+impl Deref for SharedPrincipal {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
 }
 
 /// A raw bearer token. Its `Debug` never shows the value, so it cannot reach a log by accident.
@@ -146,19 +197,19 @@ impl Authenticator {
         headers: &HashMap<String, String>,
         metadata: &HashMap<String, Value>,
         peer: &str,
-    ) -> Result<Principal, IdentityError> {
+    ) -> Result<Arc<SharedPrincipal>, IdentityError> {
         let has_token = headers.contains_key("authorization");
         let has_payload = matches!(&self.source, Source::EnvoyJwtAuthn { namespace, .. } if metadata.contains_key(namespace));
         let mesh = (!has_token && !has_payload && !peer.is_empty())
             .then(|| self.mesh_peers.iter().find(|m| m.spiffe_id == peer))
             .flatten();
         if let Some(mesh) = mesh {
-            return Ok(Principal {
+            return Ok(SharedPrincipal::new(Principal {
                 id: mesh.id.clone(),
                 roles: mesh.roles.clone(),
                 attr: mesh.attr.clone(),
                 token: None,
-            });
+            }));
         }
         self.authenticate_token(headers, metadata).await
     }
@@ -167,14 +218,16 @@ impl Authenticator {
         &self,
         headers: &HashMap<String, String>,
         metadata: &HashMap<String, Value>,
-    ) -> Result<Principal, IdentityError> {
-        let (claims, token) = match &self.source {
+    ) -> Result<Arc<SharedPrincipal>, IdentityError> {
+        match &self.source {
             Source::Jwt(verifier) => {
                 let token = bearer_token(headers)?;
-                (
-                    verifier.verify(token).await?,
-                    Some(BearerToken(token.to_owned())),
-                )
+                // Mapped once per remembered token: the claims and the mapping are all it
+                // depends on (the token kept for Cerbos is the one remembered).
+                verifier.verify(token).await?.principal(|claims| {
+                    let token = Some(BearerToken(token.to_owned()));
+                    self.principal(claims.clone(), token)
+                })
             }
             Source::EnvoyJwtAuthn {
                 namespace,
@@ -189,9 +242,18 @@ impl Authenticator {
                 let token = bearer_token(headers)
                     .ok()
                     .map(|t| BearerToken(t.to_owned()));
-                (payload.clone(), token)
+                self.principal(payload.clone(), token)
+                    .map(SharedPrincipal::new)
             }
-        };
+        }
+    }
+
+    /// The principal `claims` map to, keeping `token` when it is to be passed to Cerbos.
+    fn principal(
+        &self,
+        claims: Map<String, Value>,
+        token: Option<BearerToken>,
+    ) -> Result<Principal, IdentityError> {
         let mut principal = map_claims(&self.mapping, claims)?;
         if self.mapping.pass_token_to_cerbos {
             principal.token = token;

@@ -92,6 +92,7 @@ fn check(token: &str) -> Result<Principal, IdentityError> {
         &HashMap::new(),
         "",
     ))
+    .map(|p| Principal::clone(&p))
 }
 
 fn assert_invalid(token: &str, reason: &str) {
@@ -282,7 +283,9 @@ fn oversized_tokens_are_refused_unparsed() {
 fn authorization_header_shapes() {
     let a = authenticator(PrincipalConfig::default());
     let none = HashMap::new();
-    let run = |h: HashMap<String, String>| block(a.authenticate(&h, &none, ""));
+    let run = |h: HashMap<String, String>| {
+        block(a.authenticate(&h, &none, "")).map(|p| Principal::clone(&p))
+    };
     assert_eq!(run(HashMap::new()), Err(IdentityError::MissingToken));
     let token = rs256(&claims());
     let h = |v: String| HashMap::from([("authorization".to_owned(), v)]);
@@ -472,7 +475,7 @@ async fn remote_jwks_rotation_and_outages() {
     // The provider rotates in rsa-1: an unknown kid fetches the JWKS again, once.
     server.serve(Some(jwks_with(&["ec-1", "rsa-1"])));
     assert_eq!(
-        verifier.verify(&rs256(&claims())).await.unwrap()["sub"],
+        verifier.verify(&rs256(&claims())).await.unwrap().claims["sub"],
         "alice"
     );
     // The endpoint goes down: the last good keys keep working, and the failure is counted.
@@ -502,8 +505,8 @@ async fn a_remote_jwks_down_at_start_counts_a_failure_and_refuses_with_503() {
     assert_eq!(failures.get(), 1);
     let verifier = JwtVerifier::new(&jwt_config(source), keys).unwrap();
     assert_eq!(
-        verifier.verify(&rs256(&claims())).await,
-        Err(IdentityError::KeysUnavailable)
+        verifier.verify(&rs256(&claims())).await.err(),
+        Some(IdentityError::KeysUnavailable)
     );
 }
 
@@ -515,9 +518,12 @@ async fn a_verified_token_is_remembered_but_only_that_exact_token() {
     )
     .unwrap();
     let token = rs256(&claims());
-    assert_eq!(verifier.verify(&token).await.unwrap()["sub"], "alice");
     assert_eq!(
-        verifier.verify(&token).await.unwrap()["sub"],
+        verifier.verify(&token).await.unwrap().claims["sub"],
+        "alice"
+    );
+    assert_eq!(
+        verifier.verify(&token).await.unwrap().claims["sub"],
         "alice",
         "answered from memory"
     );
@@ -540,8 +546,8 @@ async fn an_unknown_kid_waits_only_briefly_for_a_slow_identity_provider() {
     // `unknown_kid_wait` (50 ms here), not after `fetch_timeout` (2 s) with a 401.
     server.answer(Reply::Hang);
     assert_eq!(
-        verifier.verify(&rs256(&claims())).await,
-        Err(IdentityError::KeysRefreshing)
+        verifier.verify(&rs256(&claims())).await.err(),
+        Some(IdentityError::KeysRefreshing)
     );
 }
 
@@ -645,8 +651,8 @@ async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
     std::fs::write(&path, jwks_with(&["ec-1"])).unwrap();
     keys.reread_file();
     assert_eq!(
-        verifier.verify(&token).await,
-        Err(IdentityError::InvalidToken(
+        verifier.verify(&token).await.err(),
+        Some(IdentityError::InvalidToken(
             "unknown signing key (kid)".into()
         )),
         "the remembered verification went with its key"
@@ -693,4 +699,70 @@ fn a_token_byte_outside_base64url_is_refused_wherever_it_lies() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_remembered_token_is_one_shared_principal_until_its_key_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks_with(&["rsa-1"])).unwrap();
+    let source = JwksSource {
+        file: Some(path.clone()),
+        ..source(None)
+    };
+    let keys = KeyStore::start(&source, Default::default()).await.unwrap();
+    let verifier = JwtVerifier::new(&jwt_config(source), keys.clone()).unwrap();
+    let a = Authenticator::with_verifier(verifier, PrincipalConfig::default());
+    let headers = bearer(&rs256(&claims()));
+    let none = HashMap::new();
+    let first = a.authenticate(&headers, &none, "").await.unwrap();
+    let again = a.authenticate(&headers, &none, "").await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "mapped once, then shared");
+    assert_eq!(again.id, "alice");
+    assert_eq!(again.attr["refund_limit_cents"], json!(100000));
+    // The key is rotated out: the remembered principal goes with it.
+    std::fs::write(&path, jwks_with(&["ec-1"])).unwrap();
+    keys.reread_file();
+    assert_eq!(
+        a.authenticate(&headers, &none, "").await.err(),
+        Some(IdentityError::InvalidToken(
+            "unknown signing key (kid)".into()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_remembered_token_is_never_served_past_its_expiry() {
+    let verifier = JwtVerifier::new(
+        &jwt_config(source(None)),
+        KeyStore::fixed(KeySet::parse(JWKS).unwrap()),
+    )
+    .unwrap();
+    let exp = now() + 300;
+    let mut c = claims();
+    c["exp"] = json!(exp);
+    let token = rs256(&c);
+    verifier.verify(&token).await.unwrap();
+    // Leeway 5 s: remembered up to exp + 5, not one second longer, and then forgotten.
+    let at = |t: i64| verifier.remembered_at(&token, t as f64).is_some();
+    assert!(at(now()));
+    assert!(at(exp + 5));
+    assert!(!at(exp + 6));
+    assert!(!at(now()), "forgotten once past its expiry");
+}
+
+#[test]
+fn a_shared_principal_writes_its_json_without_the_token() {
+    let p = SharedPrincipal::new(Principal {
+        id: "alice".into(),
+        roles: vec!["support".into()],
+        attr: json!({"tier": "gold", "n": 1}).as_object().unwrap().clone(),
+        token: Some(BearerToken::for_tests("secret.token.value")),
+    });
+    let json: Value = serde_json::from_str(p.json().get()).unwrap();
+    assert_eq!(
+        json,
+        json!({"id": "alice", "roles": ["support"], "attr": {"tier": "gold", "n": 1}})
+    );
+    assert!(!p.json().get().contains("secret"));
 }
