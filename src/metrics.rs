@@ -13,22 +13,23 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Every label but the route is one of a fixed set of names: borrowed, not built per check.
 pub struct CheckLabels {
     pub route: String,
-    pub format: String,
+    pub format: &'static str,
     /// `allow` or `deny`.
-    pub effect: String,
+    pub effect: &'static str,
     /// Why a denial happened (`policy_denied`, `unauthenticated`, ...); empty on allow.
-    pub refusal: String,
+    pub refusal: &'static str,
     /// `true` when dry-run turned a denial into an allow.
-    pub dry_run: String,
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub kind: String,
     pub action: String,
-    pub effect: String,
+    pub effect: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,10 +202,10 @@ mod tests {
         m.checks
             .get_or_create(&CheckLabels {
                 route: "/mcp".into(),
-                format: "mcp".into(),
-                effect: "deny".into(),
-                refusal: "policy_denied".into(),
-                dry_run: "false".into(),
+                format: "mcp",
+                effect: "deny",
+                refusal: "policy_denied",
+                dry_run: false,
             })
             .inc();
         m.observe_cerbos(Duration::from_millis(3), Some("timeout"));

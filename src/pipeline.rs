@@ -365,16 +365,16 @@ impl<E: PolicyEngine> Pipeline<E> {
             .checks
             .get_or_create(&CheckLabels {
                 route: record.route.clone().unwrap_or_default(),
-                format: record.format.unwrap_or("").to_owned(),
-                effect: record.effect.to_owned(),
-                refusal: record.refusal.unwrap_or("").to_owned(),
-                dry_run: record.dry_run.to_string(),
+                format: record.format.unwrap_or(""),
+                effect: record.effect,
+                refusal: record.refusal.unwrap_or(""),
+                dry_run: record.dry_run,
             })
             .inc();
         // One counter update per distinct (kind, action, effect): a 20-tool request is
         // usually two of them, not 21. Actions are labelled from a bounded set (a tool's
         // name is request text: one series per name would grow without end).
-        let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &str, u64)> = Vec::new();
+        let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &'static str, u64)> = Vec::new();
         for r in record.resources.iter() {
             let action = self.vocabulary.action_label(&r.action);
             match tally
@@ -391,7 +391,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 .get_or_create(&DecisionLabels {
                     kind: kind.to_owned(),
                     action: action.into_owned(),
-                    effect: effect.to_owned(),
+                    effect,
                 })
                 .inc_by(n);
         }

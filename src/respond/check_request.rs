@@ -67,8 +67,11 @@ pub struct Request {
 pub struct HttpRequest {
     #[prost(string, tag = "2")]
     pub method: String,
-    #[prost(map = "string, string", tag = "3")]
-    pub headers: HashMap<String, String>,
+    /// `headers`, a proto map: on the wire, one key/value entry message per header. Read as
+    /// the entries they are, in wire order ([`super::ext_authz::decode`] builds the map, sized
+    /// once): prost's map decoding grew the map, rehashing every header again as it did.
+    #[prost(message, repeated, tag = "3")]
+    pub headers: Vec<HeaderEntry>,
     #[prost(string, tag = "4")]
     pub path: String,
     #[prost(string, tag = "11")]
@@ -77,6 +80,15 @@ pub struct HttpRequest {
     pub raw_body: Bytes,
     #[prost(message, optional, tag = "13")]
     pub header_map: Option<HeaderMap>,
+}
+
+/// One entry of the `headers` map, as a proto map puts it on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeaderEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 /// The `Authorization` gRPC service over the running pipeline.

@@ -6,6 +6,8 @@
 //! Denials use `denied_response` (never `error_response`), so a deployment that turned on
 //! `failure_mode_allow` still cannot let a refused request through.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
@@ -35,22 +37,25 @@ pub fn decode(request: CheckRequest) -> CheckInput {
         .map(|peer| peer.principal.clone())
         .unwrap_or_default();
     let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
-    let mut headers = http.headers;
-    if let Some(map) = http.header_map {
-        for h in map.headers {
-            let value = if h.raw_value.is_empty() {
-                h.value
-            } else {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
-            };
-            headers
-                .entry(h.key.to_ascii_lowercase())
-                .and_modify(|v| {
-                    v.push(',');
-                    v.push_str(&value);
-                })
-                .or_insert(value);
-        }
+    let raw = http.header_map.map(|m| m.headers).unwrap_or_default();
+    let mut headers = HashMap::with_capacity(http.headers.len() + raw.len());
+    // A key given twice: the last entry wins, as in a proto map (Envoy sends each once).
+    for entry in http.headers {
+        headers.insert(entry.key, entry.value);
+    }
+    for h in raw {
+        let value = if h.raw_value.is_empty() {
+            h.value
+        } else {
+            String::from_utf8_lossy(&h.raw_value).into_owned()
+        };
+        headers
+            .entry(h.key.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
     }
     let body = if http.raw_body.is_empty() {
         Bytes::from(http.body.into_bytes())
@@ -281,6 +286,65 @@ mod tests {
             input.headers["authorization"], "Bearer a,Bearer b",
             "repeats are joined like Envoy does"
         );
+    }
+
+    #[test]
+    fn headers_decode_as_envoy_sends_them() {
+        let sent = HashMap::from(
+            [
+                ("authorization", "Bearer t"),
+                ("x-request-id", "r-1"),
+                ("content-type", "application/json"),
+                (":path", "/v1/chat/completions"),
+                ("x-empty", ""),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let input = decode(check_request(
+            HttpRequest {
+                headers: sent.clone(),
+                ..HttpRequest::default()
+            },
+            None,
+        ));
+        assert_eq!(input.headers, sent);
+    }
+
+    #[test]
+    fn a_header_key_sent_twice_keeps_the_last_value_as_a_proto_map_does() {
+        use super::super::check_request as lean;
+        let entry = |key: &str, value: &str| lean::HeaderEntry {
+            key: key.into(),
+            value: value.into(),
+        };
+        let wire = lean::CheckRequest {
+            attributes: Some(lean::AttributeContext {
+                request: Some(lean::Request {
+                    http: Some(lean::HttpRequest {
+                        headers: vec![
+                            entry("authorization", "Bearer a"),
+                            entry("x-request-id", "r-1"),
+                            entry("authorization", "Bearer b"),
+                        ],
+                        ..lean::HttpRequest::default()
+                    }),
+                }),
+                ..lean::AttributeContext::default()
+            }),
+        }
+        .encode_to_vec();
+        // What prost's own map decoding (envoy-types' message) makes of the same bytes.
+        let reference = EnvoyCheckRequest::decode(wire.as_slice())
+            .unwrap()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .unwrap()
+            .headers;
+        let input = decode(CheckRequest::decode(wire.as_slice()).unwrap());
+        assert_eq!(input.headers, reference);
+        assert_eq!(input.headers["authorization"], "Bearer b");
+        assert_eq!(input.headers.len(), 2);
     }
 
     #[test]
