@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, DecisionRecord, PrincipalRecord, Resources, now_rfc3339};
+use crate::audit::{
+    AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, Resources, now_rfc3339,
+};
 use crate::config::{
     Config, DeniedToolCall, DeniedTools, ForcedDeniedTool, Format, ModelToolCalls, RouteConfig,
     SessionBinding, UnclassifiedRoutes,
@@ -357,6 +360,35 @@ impl<E: PolicyEngine> Pipeline<E> {
         outcome
     }
 
+    /// The decision counters `resources` add to, with how many each: one per distinct (kind,
+    /// action, effect), so a 20-tool request is usually two of them, not 21. Actions are
+    /// labelled from a bounded set (a tool's name is request text: one series per name would
+    /// grow without end).
+    fn decision_counters(&self, resources: &[ResourceRecord]) -> Vec<(Counter, u64)> {
+        let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &'static str, u64)> = Vec::new();
+        for r in resources {
+            let action = self.vocabulary.action_label(&r.action);
+            match tally
+                .iter_mut()
+                .find(|t| t.0 == r.kind && t.1 == action && t.2 == r.effect.as_str())
+            {
+                Some(t) => t.3 += 1,
+                None => tally.push((r.kind.as_str(), action, r.effect.as_str(), 1)),
+            }
+        }
+        tally
+            .into_iter()
+            .map(|(kind, action, effect, n)| {
+                let labels = DecisionLabels {
+                    kind: kind.to_owned(),
+                    action: action.into_owned(),
+                    effect,
+                };
+                (self.metrics.decisions.get_or_create(&labels).clone(), n)
+            })
+            .collect()
+    }
+
     fn count(&self, record: &DecisionRecord) {
         self.metrics
             .check_duration
@@ -371,29 +403,18 @@ impl<E: PolicyEngine> Pipeline<E> {
                 dry_run: record.dry_run,
             })
             .inc();
-        // One counter update per distinct (kind, action, effect): a 20-tool request is
-        // usually two of them, not 21. Actions are labelled from a bounded set (a tool's
-        // name is request text: one series per name would grow without end).
-        let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &'static str, u64)> = Vec::new();
-        for r in record.resources.iter() {
-            let action = self.vocabulary.action_label(&r.action);
-            match tally
-                .iter_mut()
-                .find(|t| t.0 == r.kind && t.1 == action && t.2 == r.effect.as_str())
-            {
-                Some(t) => t.3 += 1,
-                None => tally.push((r.kind.as_str(), action, r.effect.as_str(), 1)),
+        // A remembered decision's records are shared: so are the counters they add to.
+        match &record.resources {
+            Resources::Shared(shared) => {
+                for (counter, n) in shared.counters(|list| self.decision_counters(list)) {
+                    counter.inc_by(*n);
+                }
             }
-        }
-        for (kind, action, effect, n) in tally {
-            self.metrics
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    kind: kind.to_owned(),
-                    action: action.into_owned(),
-                    effect,
-                })
-                .inc_by(n);
+            Resources::Owned(list) => {
+                for (counter, n) in self.decision_counters(list) {
+                    counter.inc_by(n);
+                }
+            }
         }
         if self.denied_tools == DeniedTools::Strip && record.effect == "allow" {
             self.metrics
@@ -784,7 +805,8 @@ fn trace_id(traceparent: &str) -> Option<String> {
 
 /// Dynamic metadata for Envoy's access log (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
 fn metadata(trace: &Trace, effect: &str, reason: &str) -> Map<String, Value> {
-    let mut m = Map::new();
+    // Room for every entry below and the handoff, so the map is allocated once.
+    let mut m = Map::with_capacity(6);
     m.insert("decision_id".into(), trace.decision_id.clone().into());
     m.insert("effect".into(), effect.into());
     m.insert("reason".into(), reason.into());

@@ -1247,3 +1247,36 @@ async fn a_repeated_chat_keeps_its_judgement_and_any_change_is_judged_anew() {
         "{text}"
     );
 }
+
+/// A remembered decision's records are shared, and so are the counters they add to: every
+/// turn still counts each of its verdicts once.
+#[tokio::test]
+async fn a_remembered_decision_counts_its_verdicts_every_turn() {
+    let pipeline = cached("denied_tools: reject\n").await;
+    let decisions = |text: String| -> Vec<(String, u64)> {
+        text.lines()
+            .filter(|l| l.starts_with("agent_authz_decisions_total{"))
+            .map(|l| {
+                let (series, n) = l.rsplit_once(' ').unwrap();
+                (series.to_owned(), n.parse().unwrap())
+            })
+            .collect()
+    };
+    let turn = || {
+        pipeline.check(input(
+            "/v1/chat/completions",
+            chat("gpt-4o-mini", &["get_weather", "delete_repo", "search"]),
+            alice(),
+        ))
+    };
+    turn().await;
+    let once = decisions(pipeline.metrics.encode());
+    let verdicts: u64 = once.iter().map(|(_, n)| n).sum();
+    assert_eq!(verdicts, 4, "the model and three tools: {once:?}");
+    turn().await;
+    turn().await;
+    let text = pipeline.metrics.encode();
+    assert!(text.contains("agent_authz_cache_hits_total"), "{text}");
+    let thrice: Vec<(String, u64)> = once.iter().map(|(s, n)| (s.clone(), 3 * n)).collect();
+    assert_eq!(decisions(text), thrice);
+}

@@ -9,7 +9,9 @@
 //! verdicts), so the line written is the line that building them again would give.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::metrics::counter::Counter;
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -22,6 +24,9 @@ use crate::decide::Verdict;
 pub struct SharedResources {
     list: Vec<ResourceRecord>,
     json: Box<RawValue>,
+    /// The decision counters these records add to, each with how many records it counts:
+    /// found once (`Pipeline::count` labels and looks them up), then only incremented.
+    counters: OnceLock<Vec<(Counter, u64)>>,
 }
 
 impl SharedResources {
@@ -33,7 +38,21 @@ impl SharedResources {
         // Strings, numbers from JSON, maps with string keys: serialising cannot fail.
         let json = serde_json::value::to_raw_value(&list)
             .unwrap_or_else(|_| RawValue::from_string("[]".to_owned()).expect("valid JSON"));
-        Arc::new(SharedResources { list, json })
+        Arc::new(SharedResources {
+            list,
+            json,
+            counters: OnceLock::new(),
+        })
+    }
+}
+
+impl SharedResources {
+    /// The counters these records add to, found by `find` on first use.
+    pub fn counters(
+        &self,
+        find: impl FnOnce(&[ResourceRecord]) -> Vec<(Counter, u64)>,
+    ) -> &[(Counter, u64)] {
+        self.counters.get_or_init(|| find(&self.list))
     }
 }
 
