@@ -72,7 +72,7 @@ pub struct DecisionRecord {
 /// check that judged it, its JSON written once per remembered token (see
 /// [`SharedPrincipal::json`]).
 #[derive(Debug, Clone)]
-pub struct PrincipalRecord(pub Arc<SharedPrincipal>);
+pub struct PrincipalRecord(Arc<SharedPrincipal>);
 
 impl std::ops::Deref for PrincipalRecord {
     type Target = Principal;
@@ -89,7 +89,21 @@ impl Serialize for PrincipalRecord {
 
 impl From<Principal> for PrincipalRecord {
     fn from(p: Principal) -> Self {
-        Self(SharedPrincipal::new(p))
+        Self::from(SharedPrincipal::new(p))
+    }
+}
+
+/// Shares the check's principal, unless it holds the raw token (`pass_token_to_cerbos`):
+/// records outlive checks (the console keeps the latest), and the token never enters one.
+impl From<Arc<SharedPrincipal>> for PrincipalRecord {
+    fn from(p: Arc<SharedPrincipal>) -> Self {
+        if p.token.is_none() {
+            return Self(p);
+        }
+        Self(SharedPrincipal::new(Principal {
+            token: None,
+            ..Principal::clone(&p)
+        }))
     }
 }
 
@@ -294,6 +308,30 @@ fn write_records(
 pub(crate) mod tests {
     use super::*;
     use crate::config::{AuditConfig, AuditOutput};
+
+    #[test]
+    fn a_record_shares_the_principal_but_never_holds_its_token() {
+        let principal = |token: Option<&str>| {
+            SharedPrincipal::new(Principal {
+                id: "alice".into(),
+                roles: vec!["support".into()],
+                attr: Map::new(),
+                token: token.map(crate::identity::BearerToken::for_tests),
+            })
+        };
+        let shared = principal(None);
+        let PrincipalRecord(kept) = PrincipalRecord::from(Arc::clone(&shared));
+        assert!(Arc::ptr_eq(&kept, &shared), "shared, not copied");
+
+        let with_token = principal(Some("header.payload.signature"));
+        let record = PrincipalRecord::from(Arc::clone(&with_token));
+        assert!(record.token.is_none());
+        assert_eq!((record.id.as_str(), record.roles.len()), ("alice", 1));
+        assert_eq!(
+            serde_json::to_value(&record).unwrap(),
+            serde_json::json!({"id": "alice", "roles": ["support"], "attr": {}})
+        );
+    }
 
     pub(crate) fn record(n: usize) -> DecisionRecord {
         DecisionRecord {

@@ -853,7 +853,7 @@ fn record(
         status,
         reason,
         refusal,
-        principal: trace.principal.map(PrincipalRecord),
+        principal: trace.principal.map(PrincipalRecord::from),
         method: input.method.clone(),
         path: extract::path_without_query(&input.path).to_owned(),
         route: trace.route.map(|r| r.label().to_owned()),
