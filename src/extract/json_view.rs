@@ -193,9 +193,11 @@ mod tests {
 
     /// Both trees from one body: the same members, or both refused with the same message.
     fn both(body: &[u8], reading: &Reading<'_>) -> Result<Value, String> {
-        let value = parse_members::<Value>(body, reading).map(|m| m.map(Value::Object));
-        let view =
-            parse_members::<View<'_>>(body, reading).map(|m| m.map(|o| to_value(&View::Object(o))));
+        let value =
+            parse_members::<Value>(body, reading, &mut String::new()).map(|m| m.map(Value::Object));
+        let mut scratch = String::new();
+        let view = parse_members::<View<'_>>(body, reading, &mut scratch)
+            .map(|m| m.map(|o| to_value(&View::Object(o))));
         match (value, view) {
             (Ok(a), Ok(b)) => {
                 assert_eq!(a, b, "{:?}", String::from_utf8_lossy(body));
@@ -254,8 +256,13 @@ mod tests {
             unread: &[],
             judges_keys: false,
         };
-        let view = parse_members::<View<'_>>(body, &reading).unwrap().unwrap();
-        let value = parse_members::<Value>(body, &reading).unwrap().unwrap();
+        let mut scratch = String::new();
+        let view = parse_members::<View<'_>>(body, &reading, &mut scratch)
+            .unwrap()
+            .unwrap();
+        let value = parse_members::<Value>(body, &reading, &mut String::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(view.get("stream").and_then(View::as_bool), Some(true));
         assert_eq!(view.get("model").and_then(View::as_str), Some("m"));
         assert_eq!(view.get("absent"), None);

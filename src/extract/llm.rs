@@ -18,16 +18,18 @@ pub fn fields(
     request: &HttpRequest<'_>,
     reading: &Reading<'_>,
 ) -> Result<Map<String, Value>, ExtractError> {
-    json_fields::<Value>(request, reading)?.ok_or_else(|| invalid("body must be a JSON object"))
+    json_fields::<Value>(request, reading, &mut String::new())?
+        .ok_or_else(|| invalid("body must be a JSON object"))
 }
 
-/// Like [`fields`], built as a [`json_view::View`]: strings borrowed from the body, objects
-/// without hashing (see `extract/json_view.rs`).
+/// Like [`fields`], built as a [`json_view::View`]: strings borrowed from the body as
+/// compacted into `scratch`, objects without hashing (see `extract/json_view.rs`).
 pub fn view_fields<'b>(
     request: &HttpRequest<'b>,
     reading: &Reading<'_>,
+    scratch: &'b mut String,
 ) -> Result<json_view::Object<'b>, ExtractError> {
-    json_fields::<json_view::View<'b>>(request, reading)?
+    json_fields::<json_view::View<'b>>(request, reading, scratch)?
         .ok_or_else(|| invalid("body must be a JSON object"))
 }
 

@@ -9,6 +9,7 @@ pub mod anthropic_messages;
 pub mod azure_openai;
 pub mod bedrock_converse;
 pub mod gemini;
+mod json_prescan;
 mod json_view;
 mod llm;
 pub mod mcp;
@@ -16,7 +17,12 @@ pub mod openai_chat;
 pub mod openai_models;
 pub mod openai_responses;
 pub mod routing;
+#[cfg(not(fuzzing))]
 pub(crate) mod strict_json;
+/// Public only to the `json_prescan_differential` fuzz target, which compares the fast reading
+/// with the full one.
+#[cfg(fuzzing)]
+pub mod strict_json;
 pub mod tool_schemas;
 
 use std::collections::HashMap;
@@ -344,12 +350,14 @@ pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
 /// be valid JSON without being copied (duplicate keys are refused where they could change the
 /// judgement: see `extract/strict_json.rs`). `Ok(None)` when the
 /// body is JSON but not an object.
+/// `scratch` holds the compacted body the members are built from (a `View` borrows from it).
 pub fn json_fields<'b, T: strict_json::Tree<'b>>(
     request: &HttpRequest<'b>,
     reading: &Reading<'_>,
+    scratch: &'b mut String,
 ) -> Result<Option<T::Object>, ExtractError> {
     json_body_checks(request)?;
-    strict_json::parse_members::<T>(request.body, reading).map_err(body_error)
+    strict_json::parse_members::<T>(request.body, reading, scratch).map_err(body_error)
 }
 
 /// A duplicate key is told apart from broken JSON: the body is valid, only ambiguous.

@@ -40,7 +40,7 @@ impl RequestFormat for OpenaiChat {
 
 /// What extraction reads: function schemas, custom-tool grammars and descriptions are never
 /// judged.
-const READING: Reading<'static> = Reading {
+pub(crate) const READING: Reading<'static> = Reading {
     members: &[
         "model",
         "tools",
@@ -56,7 +56,8 @@ const READING: Reading<'static> = Reading {
 /// Reads a Chat Completions request; the model is `model` when the path names it (an Azure
 /// deployment), else the body's.
 pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
-    let body = &llm::view_fields(request, &READING)?;
+    let mut scratch = String::new();
+    let body = &llm::view_fields(request, &READING, &mut scratch)?;
     let model = match model {
         Some(model) => model,
         None => llm::model(body)?,

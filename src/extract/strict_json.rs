@@ -42,6 +42,8 @@ use serde::de::{
 use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
+use super::json_prescan;
+
 /// What a dialect reads from a JSON object body.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading<'a> {
@@ -77,15 +79,42 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
 /// [`View`](super::json_view::View)); `None` when the body is JSON but not an object. The
 /// whole body must be valid JSON; duplicate keys are refused at the top level and inside the
 /// members built.
+///
+/// Fast path: the body's grammar is checked, and what is never read replaced by `null`, by
+/// `json_prescan` (into `scratch`, which the built `T` may borrow from); serde_json builds that.
+/// Whatever the fast path is unsure of or refuses is read in full ([`parse_members_in_full`]),
+/// so the answer, refusals included, is always the full reading's.
 pub fn parse_members<'de, T: Tree<'de>>(
     body: &'de [u8],
+    reading: &Reading<'_>,
+    scratch: &'de mut String,
+) -> Result<Option<T::Object>, serde_json::Error> {
+    let text = utf8(body)?;
+    if let Some(compacted) = json_prescan::compact(text, reading, scratch)
+        && let Ok(members) = members_of::<T>(compacted, reading)
+    {
+        return Ok(members);
+    }
+    parse_members_in_full::<T>(body, reading)
+}
+
+/// [`parse_members`] without the fast path: serde_json reads the whole body, skipping what is
+/// not built. The fast path's fallback, and what the differential tests compare it with.
+pub fn parse_members_in_full<'de, T: Tree<'de>>(
+    body: &'de [u8],
+    reading: &Reading<'_>,
+) -> Result<Option<T::Object>, serde_json::Error> {
+    members_of::<T>(utf8(body)?, reading)
+}
+
+fn members_of<'de, T: Tree<'de>>(
+    text: &'de str,
     reading: &Reading<'_>,
 ) -> Result<Option<T::Object>, serde_json::Error> {
     debug_assert!(
         reading.unread.len() <= 64,
         "unread members are tracked as bits"
     );
-    let text = utf8(body)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let members = deserializer.deserialize_any(Members::<T> {
         reading,
@@ -402,26 +431,38 @@ mod tests {
     fn only_named_members_are_built_and_unread_ones_are_left_out_or_null() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],
             "tools":[{"type":"function","function":{"name":"a","parameters":{"type":"object"},"description":"d"}}]}"#;
-        let got = parse_members::<Value>(body, &MODEL_ONLY).unwrap().unwrap();
+        let got = parse_members::<Value>(body, &MODEL_ONLY, &mut String::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(Value::Object(got), json!({"model": "m"}));
         let mut reading = Reading {
             members: &["tools"],
             unread: &["parameters", "description"],
             judges_keys: false,
         };
-        let got = parse_members::<Value>(body, &reading).unwrap().unwrap();
+        let got = parse_members::<Value>(body, &reading, &mut String::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             Value::Object(got),
             json!({"tools": [{"type": "function", "function": {"name": "a"}}]})
         );
         reading.judges_keys = true;
-        let got = parse_members::<Value>(body, &reading).unwrap().unwrap();
+        let got = parse_members::<Value>(body, &reading, &mut String::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             Value::Object(got),
             json!({"tools": [{"type": "function", "function": {"name": "a", "parameters": null, "description": null}}]})
         );
-        assert_eq!(parse_members::<Value>(b"[1,2]", &MODEL_ONLY).unwrap(), None);
-        assert_eq!(parse_members::<Value>(b"\"s\"", &MODEL_ONLY).unwrap(), None);
+        assert_eq!(
+            parse_members::<Value>(b"[1,2]", &MODEL_ONLY, &mut String::new()).unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_members::<Value>(b"\"s\"", &MODEL_ONLY, &mut String::new()).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -445,7 +486,7 @@ mod tests {
                 format!(r#"{{"tools":{many_keys}}}"#).into_bytes(),
                 many_keys.clone().into_bytes(),
             ] {
-                let why = parse_members::<Value>(&dup, &reading)
+                let why = parse_members::<Value>(&dup, &reading, &mut String::new())
                     .unwrap_err()
                     .to_string();
                 assert!(why.contains("duplicate key"), "{why}");
@@ -459,7 +500,7 @@ mod tests {
                 br#"{"tools":[{"parameters":{"x":1,"x":2}}]}"#.to_vec(),
                 format!(r#"{{"model":"m","big":{many_keys}}}"#).into_bytes(),
             ] {
-                assert!(parse_members::<Value>(&unread_dup, &reading).is_ok());
+                assert!(parse_members::<Value>(&unread_dup, &reading, &mut String::new()).is_ok());
                 let why = parse(&unread_dup).unwrap_err().to_string();
                 assert!(why.contains("duplicate key"), "{why}");
             }
@@ -498,7 +539,9 @@ mod tests {
             unread: &[],
             judges_keys: false,
         };
-        let members = parse_members::<Value>(body, &reading).unwrap().unwrap();
+        let members = parse_members::<Value>(body, &reading, &mut String::new())
+            .unwrap()
+            .unwrap();
         for (key, expected) in ["a", "b", "c"].into_iter().zip(expected) {
             assert_eq!(whole[key].as_f64(), Some(expected), "{key}");
             assert_eq!(members[key].as_f64(), Some(expected), "{key}");
@@ -524,7 +567,7 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
             assert!(
-                parse_members::<Value>(bad, &MODEL_ONLY).is_err(),
+                parse_members::<Value>(bad, &MODEL_ONLY, &mut String::new()).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
@@ -534,9 +577,9 @@ mod tests {
         // Built members keep the parser's nesting limit (127 levels, the body's object
         // included).
         let deep = format!(r#"{{"model":{}{}}}"#, "[".repeat(127), "]".repeat(127));
-        assert!(parse_members::<Value>(deep.as_bytes(), &MODEL_ONLY).is_err());
+        assert!(parse_members::<Value>(deep.as_bytes(), &MODEL_ONLY, &mut String::new()).is_err());
         let deep = format!(r#"{{"model":{}{}}}"#, "[".repeat(126), "]".repeat(126));
-        assert!(parse_members::<Value>(deep.as_bytes(), &MODEL_ONLY).is_ok());
+        assert!(parse_members::<Value>(deep.as_bytes(), &MODEL_ONLY, &mut String::new()).is_ok());
     }
 
     /// Skipped parts are held to the JSON grammar (every byte: structure, strings and their
@@ -558,7 +601,9 @@ mod tests {
                 unread: &["parameters"],
                 judges_keys: false,
             };
-            let got = parse_members::<Value>(body, &reading).unwrap().unwrap();
+            let got = parse_members::<Value>(body, &reading, &mut String::new())
+                .unwrap()
+                .unwrap();
             assert_eq!(got["model"], "m");
             assert!(parse(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
@@ -568,6 +613,8 @@ mod tests {
             "[".repeat(1000),
             "]".repeat(999)
         );
-        assert!(parse_members::<Value>(broken.as_bytes(), &MODEL_ONLY).is_err());
+        assert!(
+            parse_members::<Value>(broken.as_bytes(), &MODEL_ONLY, &mut String::new()).is_err()
+        );
     }
 }
