@@ -29,7 +29,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// What Converse extraction reads (the model is in the path): tool schemas and descriptions
 /// are never judged. `tools` is read only to refuse it (it is not a Converse field).
-pub(crate) const READING: Reading<'static> = Reading {
+pub const READING: Reading<'static> = Reading {
     members: &["toolConfig", "tools", "additionalModelRequestFields"],
     unread: &["inputSchema", "input_schema", "description"],
     // `additionalModelRequestFields.tools` are Anthropic declarations: `mcp_toolset` configs
@@ -49,7 +49,7 @@ const TOOL_MEMBERS: [&str; 6] = [
 ];
 
 /// What is read of the body of a provider we do not read: whether it declares tools.
-pub(crate) const OTHER_READING: Reading<'static> = Reading {
+pub const OTHER_READING: Reading<'static> = Reading {
     members: &TOOL_MEMBERS,
     unread: &["input_schema", "inputSchema", "parameters", "description"],
     judges_keys: false,

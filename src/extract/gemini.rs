@@ -19,7 +19,7 @@ use crate::rewrite::json_edit::{self, EditError, Edits};
 /// What extraction reads (the model is in the path): function schemas and descriptions are
 /// never judged. (An entry-level member of one of these names still counts as a built-in tool:
 /// the keys are judged, so unread members stay, as `null`.)
-pub(crate) const READING: Reading<'static> = Reading {
+pub const READING: Reading<'static> = Reading {
     members: &["tools", "toolConfig", "cachedContent", "cached_content"],
     unread: &[
         "parameters",

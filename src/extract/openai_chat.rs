@@ -40,7 +40,7 @@ impl RequestFormat for OpenaiChat {
 
 /// What extraction reads: function schemas, custom-tool grammars and descriptions are never
 /// judged.
-pub(crate) const READING: Reading<'static> = Reading {
+pub const READING: Reading<'static> = Reading {
     members: &[
         "model",
         "tools",

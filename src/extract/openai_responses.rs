@@ -19,7 +19,7 @@ use super::{
 use crate::rewrite::json_edit::{self, EditError, Edits};
 
 /// What extraction reads: function schemas and descriptions are never judged.
-pub(crate) const READING: Reading<'static> = Reading {
+pub const READING: Reading<'static> = Reading {
     members: &["model", "tools", "tool_choice", "stream", "prompt"],
     unread: &["parameters", "description"],
     judges_keys: false,
