@@ -37,7 +37,11 @@ pub struct JwtVerifier {
     /// Tokens already verified (agents send the same token every turn): the signature check
     /// and claim decoding are skipped until the token expires, the key set changes, or
     /// [`VERIFIED_TTL`] passes, whichever comes first.
-    verified: moka::sync::Cache<String, Arc<Verified>>,
+    ///
+    /// Keyed with foldhash, not SipHash: hashing a ~1 KiB token with SipHash was most of a
+    /// remembered token's cost. Flooding a table needs keys an attacker chooses, and only
+    /// tokens the identity provider signed are ever inserted; any other token costs one probe.
+    verified: moka::sync::Cache<String, Arc<Verified>, foldhash::fast::RandomState>,
 }
 
 /// A verified token's claims, and what the [`super::Authenticator`] made of them, kept
@@ -85,7 +89,7 @@ impl JwtVerifier {
             verified: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(VERIFIED_TTL)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         })
     }
 
@@ -93,8 +97,9 @@ impl JwtVerifier {
         self.keys.is_loaded()
     }
 
-    /// Verifies a compact JWS and returns its claims. A token naming a key we do not hold
-    /// triggers one (rate-limited) JWKS fetch, so rotated keys work without a restart.
+    /// Verifies a compact JWS (its bytes checked first, see [`super::bearer_token`]) and
+    /// returns its claims. A token naming a key we do not hold triggers one (rate-limited)
+    /// JWKS fetch, so rotated keys work without a restart.
     pub async fn verify(&self, token: &str) -> Result<Arc<Verified>, IdentityError> {
         let now = jsonwebtoken::get_current_timestamp() as f64;
         if let Some(hit) = self.remembered(token, now) {
@@ -138,6 +143,9 @@ impl JwtVerifier {
         &self,
         token: &str,
     ) -> Result<serde_json::Map<String, Value>, IdentityError> {
+        // Checked here rather than by every caller: a remembered token passed it, and the
+        // check is a table lookup per byte of a ~1 KiB token on every request.
+        super::check_token_bytes(token)?;
         match self.verify_with_current_keys(token) {
             Err(IdentityError::InvalidToken(reason)) if reason == UNKNOWN_KID => {
                 match self.keys.refetch_for_unknown_kid().await {

@@ -701,6 +701,29 @@ fn a_token_byte_outside_base64url_is_refused_wherever_it_lies() {
     }
 }
 
+/// The authenticator leaves the byte check to the verifier, which makes it before verifying
+/// any token it does not remember: a signed token with one byte added is refused as malformed.
+#[tokio::test]
+async fn the_verifier_refuses_a_token_byte_outside_base64url() {
+    let a = authenticator(PrincipalConfig::default());
+    let none = HashMap::new();
+    let token = rs256(&claims());
+    assert!(a.authenticate(&bearer(&token), &none, "").await.is_ok());
+    for c in ['!', '"', '\\', '\u{7f}', '\t', 'é'] {
+        for at in [1, 40, token.len() - 1] {
+            let mut bad = token.clone();
+            bad.insert(at, c);
+            assert_eq!(
+                a.authenticate(&bearer(&bad), &none, "").await.err(),
+                Some(IdentityError::MalformedAuthorization(
+                    "token has characters outside base64url"
+                )),
+                "{c:?} at {at}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_remembered_token_is_one_shared_principal_until_its_key_goes() {
     let dir = tempfile::tempdir().unwrap();
