@@ -8,13 +8,14 @@
 //! keys and anywhere inside the members it builds.
 //!
 //! Selective: a dialect names what it reads ([`Reading`]); everything else (conversation, tool
-//! schemas) is skipped by serde_json's own scanner (`deserialize_ignored_any`): nothing is
-//! built, visited or compared, and no duplicate-key check is made: a duplicate there cannot
-//! change the model or tools judged, and that check alone cost more than the rest of a cached
-//! check. This is the service's hottest code: building those parts as `serde_json::Value`
-//! trees (one allocation per string, key and object) dominated every profile. The body's UTF-8
-//! is checked once up front, so strings are not re-validated one by one, and object keys are
-//! compared where they lie in the body.
+//! schemas) is skipped: checked by `json_prescan` and replaced by `null` before serde_json
+//! reads the body (or, when the prescan steps aside, skipped by serde_json's own scanner,
+//! `deserialize_ignored_any`). Nothing there is built, visited or compared, and no
+//! duplicate-key check is made: a duplicate there cannot change the model or tools judged, and
+//! that check alone cost more than the rest of a cached check. This is the service's hottest
+//! code: building those parts as `serde_json::Value` trees (one allocation per string, key and
+//! object) dominated every profile. The body's UTF-8 is checked once up front, so strings are
+//! not re-validated one by one, and object keys are compared where they lie in the body.
 //!
 //! Skipped parts are held to the JSON grammar, every byte of it: structure, strings (escapes,
 //! control characters), numbers and literals, so every parser that accepts the body sees the
@@ -28,8 +29,9 @@
 //! keys.
 //!
 //! What is built is a [`Tree`]: serde_json's `Value`, or for OpenAI Chat (the hottest dialect,
-//! Azure's too) a `json_view::View` that borrows its strings from the body and keeps objects
-//! as vectors; both are built by the same visitor, so they are checked alike.
+//! Azure's too) a `json_view::View` that borrows its strings from the body (as compacted by the
+//! prescan) and keeps objects as vectors; both are built by the same visitor, so they are
+//! checked alike.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
