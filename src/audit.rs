@@ -260,13 +260,10 @@ impl Drop for AuditLog {
 }
 
 /// How long the writer rests after a batch. Records arriving meanwhile wait in the queue, so
-/// under load the writer wakes a hundred times a second instead of once per decision (waking
-/// a thread costs a request more than queueing its record: two context switches and a write
-/// on the CPU the checks run on); an idle writer sleeps in the queue and the next record wakes
-/// it at once. 10 ms: at 1,600 uncached checks a second, 2 ms still woke the writer every
-/// third check. A line reaches the log at most this much later; the queue (16 Ki records)
-/// holds 10 ms of far more traffic than one service answers.
-const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// under load the writer wakes a few hundred times a second instead of once per decision
+/// (waking a thread costs a request more than queueing its record); an idle writer sleeps in
+/// the queue and the next record wakes it at once.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The writer thread: takes every record queued so far, writes them in one batch, repeats
 /// until the log is dropped.
