@@ -5,8 +5,8 @@
 //! cost ~137 k instructions of a ~420 k hot check declaring 20 tools (its string scanner pays
 //! a set-up per string, and schemas are hundreds of short ones), and serde_json's reader
 //! cannot be moved past a value skipped by other code. So [`compact`] scans the whole body
-//! itself (string contents sixteen bytes at a time in two machine words, long strings with
-//! `memchr` and a vectorised control-character check) and writes a copy in which every value
+//! itself (string contents sixteen bytes at a time, see [`scan`], long strings with `memchr` and
+//! a vectorised control-character check) and writes a copy in which every value
 //! [`parse_members`](super::strict_json::parse_members) would skip is replaced by `null`:
 //! top-level members a [`Reading`] does not name, and the members it calls `unread` inside the
 //! ones it builds. Their keys stay, so the duplicate-key checks (and `judges_keys`) see exactly
@@ -30,6 +30,9 @@
 //! hold the two readings equal.
 
 use super::strict_json::Reading;
+use scan::special;
+
+mod scan;
 
 /// Deeper built members are left to the full reading (serde_json refuses past 128 levels).
 const MAX_BUILT_DEPTH: usize = 128;
@@ -375,68 +378,6 @@ impl Cursor<'_> {
             };
         }
     }
-}
-
-/// [`special`] for long strings (prose in a conversation): `memchr` finds the next quote or
-/// backslash many bytes at a time, then the span before it is checked for control characters
-/// (no early exit, so the compiler vectorises it).
-fn long_special(bytes: &[u8], at: usize) -> Option<usize> {
-    let rest = bytes.get(at..)?;
-    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-    let span = &rest[..end];
-    let controls = span.iter().fold(0u8, |seen, &b| seen | u8::from(b < 0x20));
-    if controls == 0 {
-        return (end < rest.len()).then_some(at + end);
-    }
-    span.iter().position(|&b| b < 0x20).map(|i| at + i)
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// The position of the first byte from `at` that ends a run of plain string content: `"`,
-/// `\\` or a control character (below 0x20). Sixteen bytes at a time as two words ([`flags`]),
-/// which suits the short strings of tool schemas (no call, no set-up); past 48 bytes the rest
-/// of a long string goes to [`long_special`]. The last few bytes of the body, byte by byte.
-#[inline(always)]
-fn special(bytes: &[u8], mut at: usize) -> Option<usize> {
-    let mut pairs = 0;
-    while let Some(chunk) = bytes.get(at..at + 16) {
-        if pairs == 3 {
-            return long_special(bytes, at);
-        }
-        pairs += 1;
-        let (low, high) = chunk.split_at(8);
-        let low = flags(u64::from_le_bytes(low.try_into().ok()?));
-        let high = flags(u64::from_le_bytes(high.try_into().ok()?));
-        if low | high != 0 {
-            let first = if low != 0 {
-                low.trailing_zeros()
-            } else {
-                64 + high.trailing_zeros()
-            };
-            return Some(at + (first / 8) as usize);
-        }
-        at += 16;
-    }
-    let tail = bytes.get(at..)?;
-    let found = tail
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    Some(at + found)
-}
-
-/// The high bit of each byte of `word` that is `"`, `\\` or below 0x20. For each condition,
-/// the lowest flagged byte is exact (a false flag can only sit above a true one, where the
-/// subtraction's borrow carries), so the lowest flag of all three is the first special byte.
-#[inline(always)]
-fn flags(word: u64) -> u64 {
-    let quote = word ^ (ONES * u64::from(b'"'));
-    let backslash = word ^ (ONES * u64::from(b'\\'));
-    ((quote.wrapping_sub(ONES) & !quote)
-        | (backslash.wrapping_sub(ONES) & !backslash)
-        | (word.wrapping_sub(ONES * 0x20) & !word))
-        & HIGHS
 }
 
 #[cfg(test)]
