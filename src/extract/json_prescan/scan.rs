@@ -1,7 +1,7 @@
 //! Where a run of plain string content ends: the first `"`, `\\` or control character.
 //!
 //! Why its own module: it is the prescan's hottest loop (about half its instructions on a chat
-//! body of hundreds of short tool-schema strings), and on x86_64 it holds the crate's one
+//! body of hundreds of short tool-schema strings), and on x86_64 it holds the library's one
 //! `unsafe` block: sixteen bytes compared at once with SSE2, which every x86_64 CPU has (the
 //! target's baseline; asserted at compile time below). Other targets scan the same sixteen bytes
 //! as two `u64` words with bit tricks, in safe Rust.
