@@ -219,7 +219,7 @@ impl<E: PolicyEngine> Pipeline<E> {
     /// Asks the engine, timing the round trip (also for the console's access checks).
     pub(crate) async fn ask(
         &self,
-        principal: &Principal,
+        principal: &Arc<SharedPrincipal>,
         checks: Vec<crate::decide::ResourceCheck>,
         request_id: &str,
     ) -> Result<Decision, DecideError> {
@@ -236,7 +236,7 @@ impl<E: PolicyEngine> Pipeline<E> {
     /// [`PolicyEngine::recall`], timed as [`Self::ask`] times an answer.
     fn recall(
         &self,
-        principal: &Principal,
+        principal: &SharedPrincipal,
         derivation: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Recall {
         let asked = Instant::now();
@@ -472,7 +472,7 @@ impl<E: PolicyEngine> Pipeline<E> {
             principal
         };
         // The trace keeps the principal; the stages below borrow it.
-        let principal: &Principal = trace.principal.insert(principal);
+        let principal: &Arc<SharedPrincipal> = trace.principal.insert(principal);
         let Some(route) = route else {
             return match self.unclassified {
                 UnclassifiedRoutes::Allow => (Ok(()), dialect),

@@ -20,7 +20,7 @@ struct FakeEngine {
 impl PolicyEngine for FakeEngine {
     async fn check(
         &self,
-        principal: &Principal,
+        principal: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         _: &str,
     ) -> Result<Decision, DecideError> {
@@ -840,7 +840,7 @@ struct Gate(tokio::sync::Notify);
 impl PolicyEngine for Gate {
     async fn check(
         &self,
-        _: &Principal,
+        _: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         _: &str,
     ) -> Result<Decision, DecideError> {
@@ -903,7 +903,7 @@ struct WithOutputs;
 impl PolicyEngine for WithOutputs {
     async fn check(
         &self,
-        _: &Principal,
+        _: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         _: &str,
     ) -> Result<Decision, DecideError> {

@@ -15,7 +15,7 @@ use agent_authz::decide::{DecideError, Decision, Effect, PolicyEngine};
 use agent_authz::extract::{
     AgentRequest, DeclaredTool, LlmRequest, McpMessage, McpOperation, McpRequest,
 };
-use agent_authz::identity::Principal;
+use agent_authz::identity::{Principal, SharedPrincipal};
 use serde_json::{Value, json};
 
 mod common;
@@ -158,9 +158,10 @@ async fn decide(
     request: &AgentRequest,
 ) -> Decision {
     let checks = Vocabulary::new(&VocabularyConfig::default()).checks(route, route.format, request);
+    let who = SharedPrincipal::new(who.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match engine.check(who, checks.clone(), "test-request").await {
+        match engine.check(&who, checks.clone(), "test-request").await {
             Ok(decision) => return decision,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -294,7 +295,10 @@ async fn an_unreachable_pdp_fails_closed_then_recovers() {
         Format::OpenaiChat,
         &llm("gpt-4o-mini", &[]),
     );
-    let err = cerbos.check(&alice(), checks, "r").await.unwrap_err();
+    let err = cerbos
+        .check(&SharedPrincipal::new(alice()), checks, "r")
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, DecideError::Unavailable(_) | DecideError::Timeout(_)),
         "{err:?}"

@@ -15,7 +15,7 @@ use crate::audit::AuditLog;
 use crate::audit::tests::record;
 use crate::config::Config;
 use crate::decide::{DecideError, Decision, Effect, ResourceCheck};
-use crate::identity::{Authenticator, Principal};
+use crate::identity::{Authenticator, SharedPrincipal};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 
@@ -30,7 +30,7 @@ struct Auditors {
 impl PolicyEngine for Auditors {
     async fn check(
         &self,
-        principal: &Principal,
+        principal: &std::sync::Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         _: &str,
     ) -> Result<Decision, DecideError> {

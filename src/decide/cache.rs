@@ -36,7 +36,7 @@ use super::{
     DecideError, Decision, Effect, PolicyEngine, Recall, RecallKey, ResourceCheck, Verdict,
 };
 use crate::audit::SharedResources;
-use crate::identity::Principal;
+use crate::identity::SharedPrincipal;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -172,16 +172,14 @@ impl<E: PolicyEngine> CachedEngine<E> {
     }
 
     /// The principal's half of every key of one request, serialised and hashed once.
-    fn principal_key(&self, principal: &Principal) -> Arc<PrincipalKey> {
-        let mut bytes = Vec::with_capacity(256);
-        let whole = (
-            &self.namespace,
-            &principal.id,
-            &principal.roles,
-            &principal.attr,
-        );
-        // Serialising strings, lists and maps of JSON values cannot fail.
-        let _ = serde_json::to_writer(&mut bytes, &whole);
+    /// Its principal part is the principal's JSON as the identity stage wrote it (once per
+    /// remembered token); after the namespace's JSON string, both prefix-free.
+    fn principal_key(&self, principal: &SharedPrincipal) -> Arc<PrincipalKey> {
+        let json = principal.json().get();
+        let mut bytes = Vec::with_capacity(self.namespace.len() + 3 + json.len());
+        // Serialising a string cannot fail.
+        let _ = serde_json::to_writer(&mut bytes, &self.namespace);
+        bytes.extend_from_slice(json.as_bytes());
         let hash = self.hasher.hash_one(&bytes);
         Arc::new(PrincipalKey {
             bytes: bytes.into_boxed_slice(),
@@ -205,14 +203,15 @@ impl<E: PolicyEngine> CachedEngine<E> {
     async fn ask(
         &self,
         question: Arc<Question>,
-        principal: &Principal,
+        principal: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> Result<Decision, DecideError> {
         // What a check is about is not part of the question: each request keeps its own.
         let subjects: Vec<_> = checks.iter().map(|c| c.subject.clone()).collect();
         let inner = Arc::clone(&self.inner);
-        let (principal, request_id) = (principal.clone(), request_id.to_owned());
+        // The shared principal, not a copy of its claims, goes with the call.
+        let (principal, request_id) = (Arc::clone(principal), request_id.to_owned());
         let call = move || async move { inner.check(&principal, checks, &request_id).await };
         let answer = self.in_flight.share(question, call).await?;
         // The only holder unless other requests shared the call.
@@ -234,7 +233,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
 impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
     async fn check(
         &self,
-        principal: &Principal,
+        principal: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> Result<Decision, DecideError> {
@@ -323,7 +322,7 @@ impl<E: PolicyEngine> PolicyEngine for CachedEngine<E> {
 
     fn recall(
         &self,
-        principal: &Principal,
+        principal: &SharedPrincipal,
         derivation: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Recall {
         // As in `check`: a token sent to Cerbos may change its answer, so it is never kept.

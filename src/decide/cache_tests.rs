@@ -8,6 +8,12 @@ use serde_json::json;
 use super::*;
 use crate::decide::Subject;
 use crate::decide::test_support::{check, principal};
+use crate::identity::{Principal, SharedPrincipal};
+
+/// `p` as the identity stage shares it.
+fn shared(p: &Principal) -> Arc<SharedPrincipal> {
+    SharedPrincipal::new(p.clone())
+}
 
 /// Allows everything; counts the questions it is asked.
 #[derive(Default)]
@@ -16,7 +22,7 @@ struct Counting(AtomicUsize);
 impl PolicyEngine for Counting {
     async fn check(
         &self,
-        _: &Principal,
+        _: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         _: &str,
     ) -> Result<Decision, DecideError> {
@@ -40,13 +46,17 @@ async fn repeated_questions_skip_the_pdp_and_keep_their_order() {
     let e = engine(Duration::from_secs(60));
     let p = principal(json!({"team": "a"}));
     let first = e
-        .check(&p, vec![check("a", json!({})), check("b", json!({}))], "r")
+        .check(
+            &shared(&p),
+            vec![check("a", json!({})), check("b", json!({}))],
+            "r",
+        )
         .await
         .unwrap();
     assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
     let second = e
         .check(
-            &p,
+            &shared(&p),
             vec![
                 check("c", json!({})),
                 check("b", json!({})),
@@ -76,7 +86,7 @@ async fn repeated_questions_skip_the_pdp_and_keep_their_order() {
 async fn any_attribute_change_misses() {
     let e = engine(Duration::from_secs(60));
     e.check(
-        &principal(json!({"limit": 1})),
+        &shared(&principal(json!({"limit": 1}))),
         vec![check("a", json!({"model": "m"}))],
         "r",
     )
@@ -125,7 +135,7 @@ async fn any_attribute_change_misses() {
         ),
     ] {
         let before = e.inner.0.load(Ordering::SeqCst);
-        e.check(&p, vec![c], "r").await.unwrap();
+        e.check(&shared(&p), vec![c], "r").await.unwrap();
         assert_eq!(e.inner.0.load(Ordering::SeqCst), before + 1);
     }
 }
@@ -134,15 +144,19 @@ async fn any_attribute_change_misses() {
 async fn entries_expire_and_zero_ttl_disables() {
     let e = engine(Duration::from_millis(50));
     let p = principal(json!({}));
-    e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
-    assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
-    let off = engine(Duration::ZERO);
-    off.check(&p, vec![check("a", json!({}))], "r")
+    e.check(&shared(&p), vec![check("a", json!({}))], "r")
         .await
         .unwrap();
-    off.check(&p, vec![check("a", json!({}))], "r")
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    e.check(&shared(&p), vec![check("a", json!({}))], "r")
+        .await
+        .unwrap();
+    assert_eq!(e.inner.0.load(Ordering::SeqCst), 2);
+    let off = engine(Duration::ZERO);
+    off.check(&shared(&p), vec![check("a", json!({}))], "r")
+        .await
+        .unwrap();
+    off.check(&shared(&p), vec![check("a", json!({}))], "r")
         .await
         .unwrap();
     assert_eq!(off.inner.0.load(Ordering::SeqCst), 2);
@@ -175,11 +189,11 @@ fn asked(e: &CachedEngine<Counting>) -> usize {
 async fn a_repeated_request_is_answered_by_its_request_entry() {
     let e = engine(Duration::from_secs(60));
     let p = principal(json!({"team": "a"}));
-    let first = e.check(&p, turn(), "r1").await.unwrap();
+    let first = e.check(&shared(&p), turn(), "r1").await.unwrap();
     assert_eq!(asked(&e), 3);
     let mut again = turn();
     again[2].subject = Subject::Tool("b, as this request names it".into());
-    let second = e.check(&p, again, "r2").await.unwrap();
+    let second = e.check(&shared(&p), again, "r2").await.unwrap();
     assert_eq!(asked(&e), 3, "nothing asked again");
     // The request entry answered (its records are the first answer's), with this request's
     // own checks.
@@ -211,7 +225,11 @@ async fn a_repeated_request_is_answered_by_its_request_entry() {
 async fn any_change_to_the_request_misses_its_entry_and_reuses_the_unchanged_verdicts() {
     let e = engine(Duration::from_secs(60));
     let p = principal(json!({"team": "a"}));
-    let first = e.check(&p, turn(), "r").await.unwrap().shared_records;
+    let first = e
+        .check(&shared(&p), turn(), "r")
+        .await
+        .unwrap()
+        .shared_records;
     let changed_tool = {
         let mut t = turn();
         t[2].attr.insert("tool_name".into(), json!("b2"));
@@ -250,7 +268,7 @@ async fn any_change_to_the_request_misses_its_entry_and_reuses_the_unchanged_ver
         ),
     ] {
         let before = asked(&e);
-        let decision = e.check(&who, checks.clone(), "r").await.unwrap();
+        let decision = e.check(&shared(&who), checks.clone(), "r").await.unwrap();
         assert_eq!(asked(&e), before + new_questions, "{checks:?}");
         let records = decision.shared_records.unwrap();
         assert!(
@@ -280,7 +298,7 @@ struct Gated {
 impl PolicyEngine for Gated {
     async fn check(
         &self,
-        _: &Principal,
+        _: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> Result<Decision, DecideError> {
@@ -314,13 +332,16 @@ async fn identical_requests_in_flight_share_one_call_with_the_cache_off() {
         let mut checks = turn();
         checks[2].subject = Subject::Tool(format!("b of request {n}"));
         requests.push(tokio::spawn(async move {
-            e.check(&p, checks, &format!("r{n}")).await
+            e.check(&shared(&p), checks, &format!("r{n}")).await
         }));
     }
     // Another principal asks the same tools: its own call.
     let other = {
         let e = Arc::clone(&e);
-        tokio::spawn(async move { e.check(&principal(json!({"team": "b"})), turn(), "o").await })
+        tokio::spawn(async move {
+            e.check(&shared(&principal(json!({"team": "b"}))), turn(), "o")
+                .await
+        })
     };
     for _ in 0..50 {
         tokio::task::yield_now().await;
@@ -345,15 +366,21 @@ async fn identical_requests_in_flight_share_one_call_with_the_cache_off() {
 async fn a_remembered_decision_answers_only_the_same_principal_and_derivation() {
     let e = engine(Duration::from_secs(60));
     let p = principal(json!({"team": "a"}));
-    let Recall::Unknown(Some(key)) = e.recall(&p, || Some(b"chat gpt-4o a b".to_vec())) else {
+    let Recall::Unknown(Some(key)) = e.recall(&shared(&p), || Some(b"chat gpt-4o a b".to_vec()))
+    else {
         panic!("nothing is remembered yet");
     };
     let decision = e
-        .check(&p, vec![check("a", json!({})), check("b", json!({}))], "r")
+        .check(
+            &shared(&p),
+            vec![check("a", json!({})), check("b", json!({}))],
+            "r",
+        )
         .await
         .unwrap();
     e.remember(key, &decision);
-    let Recall::Answered(recalled) = e.recall(&p, || Some(b"chat gpt-4o a b".to_vec())) else {
+    let Recall::Answered(recalled) = e.recall(&shared(&p), || Some(b"chat gpt-4o a b".to_vec()))
+    else {
         panic!("remembered");
     };
     assert_eq!(recalled.verdicts, decision.verdicts);
@@ -365,23 +392,57 @@ async fn a_remembered_decision_answers_only_the_same_principal_and_derivation() 
         ..p.clone()
     };
     assert!(matches!(
-        e.recall(&p, || Some(b"chat gpt-4o a".to_vec())),
+        e.recall(&shared(&p), || Some(b"chat gpt-4o a".to_vec())),
         Recall::Unknown(Some(_))
     ));
     assert!(matches!(
-        e.recall(&other_team, || Some(b"chat gpt-4o a b".to_vec())),
+        e.recall(&shared(&other_team), || Some(b"chat gpt-4o a b".to_vec())),
         Recall::Unknown(Some(_))
     ));
     assert!(
         matches!(
-            e.recall(&with_token, || Some(b"chat gpt-4o a b".to_vec())),
+            e.recall(&shared(&with_token), || Some(b"chat gpt-4o a b".to_vec())),
             Recall::Unknown(None)
         ),
         "a token sent to Cerbos is never kept"
     );
     let off = engine(Duration::ZERO);
     assert!(matches!(
-        off.recall(&p, || Some(b"chat gpt-4o a b".to_vec())),
+        off.recall(&shared(&p), || Some(b"chat gpt-4o a b".to_vec())),
         Recall::Unknown(None)
     ));
+}
+
+/// Allows everything; keeps the principals it is asked for.
+#[derive(Default)]
+struct Keeping(std::sync::Mutex<Vec<Arc<SharedPrincipal>>>);
+
+impl PolicyEngine for Keeping {
+    async fn check(
+        &self,
+        principal: &Arc<SharedPrincipal>,
+        checks: Vec<ResourceCheck>,
+        _: &str,
+    ) -> Result<Decision, DecideError> {
+        self.0.lock().unwrap().push(Arc::clone(principal));
+        Ok(Decision::each(checks, Some("p"), |_| Effect::Allow))
+    }
+}
+
+#[tokio::test]
+async fn the_engine_is_asked_with_the_shared_principal_not_a_copy() {
+    for ttl in [Duration::from_secs(60), Duration::ZERO] {
+        let e = CachedEngine::new(
+            Keeping::default(),
+            ttl,
+            100,
+            "default/".into(),
+            Arc::new(Metrics::new()),
+        );
+        let p = shared(&principal(json!({"team": "a"})));
+        e.check(&p, vec![check("a", json!({}))], "r").await.unwrap();
+        let asked = e.inner.0.lock().unwrap();
+        assert_eq!(asked.len(), 1);
+        assert!(Arc::ptr_eq(&asked[0], &p), "{ttl:?}");
+    }
 }

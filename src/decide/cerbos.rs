@@ -26,7 +26,7 @@ use super::cerbos_request::{EncodedRequest, Question};
 use super::deadline_floor::DeadlineFloor;
 use super::{DecideError, Decision, Effect, PolicyEngine, ResourceCheck, Verdict};
 use crate::config::CerbosConfig;
-use crate::identity::Principal;
+use crate::identity::SharedPrincipal;
 
 #[derive(Clone)]
 pub struct CerbosEngine {
@@ -108,7 +108,7 @@ impl PolicyEngine for CerbosEngine {
 
     async fn check(
         &self,
-        principal: &Principal,
+        principal: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> Result<Decision, DecideError> {

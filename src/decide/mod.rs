@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::audit::SharedResources;
-use crate::identity::Principal;
+use crate::identity::SharedPrincipal;
 
 /// One question for the PDP: may the principal perform `action` on this resource?
 #[derive(Debug, Clone, PartialEq)]
@@ -241,10 +241,11 @@ impl DecideError {
 /// A policy decision point.
 pub trait PolicyEngine: Send + Sync + 'static {
     /// Judges every check for `principal` in as few round trips as the engine allows.
-    /// `request_id` correlates the engine's own audit log with ours.
+    /// `request_id` correlates the engine's own audit log with ours. The principal is the one
+    /// the identity stage shares: a call shared in flight holds it, not a copy of its claims.
     fn check(
         &self,
-        principal: &Principal,
+        principal: &Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         request_id: &str,
     ) -> impl Future<Output = Result<Decision, DecideError>> + Send;
@@ -256,7 +257,7 @@ pub trait PolicyEngine: Send + Sync + 'static {
     /// nothing.
     fn recall(
         &self,
-        _principal: &Principal,
+        _principal: &SharedPrincipal,
         _derivation: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Recall {
         Recall::Unknown(None)

@@ -5,7 +5,8 @@
 //!
 //! The bytes are a prefix-free binary form of the question: each string carries its length,
 //! each JSON value a tag for its kind (integers and floats apart, as their JSON spellings
-//! are), each list and object its size. So distinct questions give distinct bytes, without the
+//! are), each list and object its size. The principal is the exception: its JSON, written once per
+//! remembered token by the identity stage, is copied, not encoded again. So distinct questions give distinct bytes, without the
 //! escaping a JSON serialisation spends most of its time on (the key is built for every
 //! request: it was ~6 % of a cached 20-tool check as JSON). The bytes are hashed once, with
 //! the engine's random keys; a lookup compares the hash, then every byte.
@@ -17,7 +18,7 @@ use prost::encoding::encode_varint;
 use serde_json::{Map, Value};
 
 use super::ResourceCheck;
-use crate::identity::Principal;
+use crate::identity::SharedPrincipal;
 
 pub struct Question {
     bytes: Box<[u8]>,
@@ -31,7 +32,7 @@ impl Question {
     pub fn new(
         hasher: &RandomState,
         namespace: &str,
-        principal: &Principal,
+        principal: &SharedPrincipal,
         checks: &[ResourceCheck],
     ) -> Arc<Question> {
         let mut out = Vec::with_capacity(256 + 128 * checks.len());
@@ -53,7 +54,7 @@ impl Question {
     pub fn derived(
         hasher: &RandomState,
         namespace: &str,
-        principal: &Principal,
+        principal: &SharedPrincipal,
         derivation: &[u8],
     ) -> Arc<Question> {
         let mut out = Vec::with_capacity(256 + derivation.len());
@@ -71,15 +72,13 @@ impl Question {
     }
 }
 
-/// Who asks, in which policy namespace: every question starts with it.
-fn asked_by(out: &mut Vec<u8>, namespace: &str, principal: &Principal) {
+/// Who asks, in which policy namespace: every question starts with it. The principal part is
+/// the principal's JSON (`{"id", "roles", "attr"}`), written once per remembered token by the
+/// identity stage: a JSON object is prefix-free (it ends at its matching `}`) and distinct
+/// principals serialise to distinct JSON, so the bytes after it cannot blur into it.
+fn asked_by(out: &mut Vec<u8>, namespace: &str, principal: &SharedPrincipal) {
     string(out, namespace);
-    string(out, &principal.id);
-    length(out, principal.roles.len());
-    for role in &principal.roles {
-        string(out, role);
-    }
-    object(out, &principal.attr);
+    out.extend_from_slice(principal.json().get().as_bytes());
 }
 
 #[cfg(test)]
@@ -172,12 +171,15 @@ mod tests {
     use super::*;
     use crate::decide::Subject;
     use crate::decide::test_support::{check, principal};
+    use crate::identity::Principal;
 
     #[test]
     fn questions_are_equal_only_when_everything_asked_is() {
         let hasher = RandomState::new();
-        let q =
-            |p: &Principal, checks: &[ResourceCheck]| Question::new(&hasher, "default/", p, checks);
+        let q = |p: &Principal, checks: &[ResourceCheck]| {
+            let shared = SharedPrincipal::new(p.clone());
+            Question::new(&hasher, "default/", &shared, checks)
+        };
         let p = principal(json!({"team": "a", "n": 1}));
         let base = [check("a", json!({"x": [1, "b"]})), check("b", json!({}))];
         assert!(*q(&p, &base) == *q(&p.clone(), &base.clone()));
@@ -255,7 +257,7 @@ mod tests {
             );
             seen.push(question);
         }
-        let elsewhere = Question::new(&hasher, "v2/", &p, &base);
+        let elsewhere = Question::new(&hasher, "v2/", &SharedPrincipal::new(p.clone()), &base);
         assert!(seen.iter().all(|s| **s != *elsewhere));
     }
 }

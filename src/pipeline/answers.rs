@@ -59,7 +59,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         calls: &[ToolCall],
     ) -> Vec<Option<String>> {
         let started = Instant::now();
-        let principal = Principal::from(handoff.principal.clone());
+        let principal = SharedPrincipal::new(Principal::from(handoff.principal.clone()));
         let model = handoff.judge_tool_calls.clone().unwrap_or_default();
         let format = handoff.format.unwrap_or(Format::OpenaiChat);
         let mut refusals: Vec<Option<String>> = Vec::with_capacity(calls.len());
@@ -182,7 +182,7 @@ impl<E: PolicyEngine> Pipeline<E> {
         listing: &str,
     ) -> Result<Vec<String>, DecideError> {
         let started = Instant::now();
-        let principal = Principal::from(handoff.principal.clone());
+        let principal = SharedPrincipal::new(Principal::from(handoff.principal.clone()));
         let decision = self.ask(&principal, checks, &handoff.request_id).await?;
         let hidden: Vec<String> = decision
             .verdicts

@@ -8,7 +8,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::decide::{DecideError, Decision, Effect, ResourceCheck};
 use crate::handoff::{EXT_AUTHZ_NAMESPACE, HandoffPrincipal, METADATA_KEY, ToolsListHandoff};
-use crate::identity::{Authenticator, Principal};
+use crate::identity::{Authenticator, SharedPrincipal};
 
 /// Hides `delete_repo`; sees everything else.
 struct HideDeleteRepo;
@@ -16,7 +16,7 @@ struct HideDeleteRepo;
 impl PolicyEngine for HideDeleteRepo {
     async fn check(
         &self,
-        _: &Principal,
+        _: &std::sync::Arc<SharedPrincipal>,
         checks: Vec<ResourceCheck>,
         _: &str,
     ) -> Result<Decision, DecideError> {
