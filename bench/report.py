@@ -650,13 +650,15 @@ WHY = {
                  "concurrency that CPU is shared with Envoy, Cerbos and the load generator on 2 CPUs, so requests "
                  "queue.",
     "hot_throughput": "same cause: at saturation throughput follows the CPU each request costs all processes.",
-    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~420k instructions "
-           "per check against allow-all's ~138k): reading the body (~55 %: every byte of the 14 KiB of tool "
-           "schemas checked against the JSON grammar by serde_json's skipping scanner, ~90k, and what a dialect "
-           "reads built as a tree borrowing from the body, ~60k; simd-json measured no faster on these short "
-           "tokens), HTTP/2 and gRPC, identity, the one lookup of the remembered decision, the Envoy answer; "
-           "in the kernel, the decision record written (~5.8 KB a check) and the pages mimalloc returns and "
-           "touches again (README, Performance; bench/CALLGRIND.md).",
+    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~350k instructions "
+           "per check against allow-all's ~138k): reading the body (~half: every byte of the tool schemas and the "
+           "conversation held to the JSON grammar by agent-authz's prescan, ~100k, and what a dialect reads built "
+           "by serde_json from the compacted copy, ~68k), HTTP/2 and gRPC, the one lookup of the remembered "
+           "decision, the Envoy answer, the decision record. Through Envoy at one connection the service also "
+           "sleeps and is woken for every check on a CPU Envoy and the upstream have just used: agent-authz alone "
+           "(gRPC load, no Envoy) spends ~52 us a check, through Envoy ~127 us, and the ~15 % fewer instructions "
+           "of issue 17's fourth round moved the alone row (-12 %) but not this one beyond its run-to-run spread "
+           "(README, Performance; bench/CALLGRIND.md).",
     "idle_rss": "",
     "loaded_rss": "each of the 64 requests holds its 1 MiB body (gRPC decode buffer plus the decoded message) "
                   "until it is answered.",
