@@ -633,9 +633,11 @@ async fn a_reload_keeps_the_running_keys_and_does_not_refetch_in_a_storm() {
     ));
 }
 
-#[tokio::test]
-async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
-    let dir = tempfile::tempdir().unwrap();
+/// A verifier reading a JWKS file in `dir` that holds `rsa-1`: the file's path (to rewrite it)
+/// and its key store (to reread it) come with it.
+async fn file_verifier(
+    dir: &tempfile::TempDir,
+) -> (std::path::PathBuf, std::sync::Arc<KeyStore>, JwtVerifier) {
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, jwks_with(&["rsa-1"])).unwrap();
     let source = JwksSource {
@@ -644,6 +646,13 @@ async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
     };
     let keys = KeyStore::start(&source, Default::default()).await.unwrap();
     let verifier = JwtVerifier::new(&jwt_config(source), keys.clone()).unwrap();
+    (path, keys, verifier)
+}
+
+#[tokio::test]
+async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, keys, verifier) = file_verifier(&dir).await;
     let token = rs256(&claims());
     assert!(verifier.verify(&token).await.is_ok());
     assert!(verifier.verify(&token).await.is_ok(), "remembered");
@@ -727,14 +736,7 @@ async fn the_verifier_refuses_a_token_byte_outside_base64url() {
 #[tokio::test]
 async fn a_remembered_token_is_one_shared_principal_until_its_key_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks_with(&["rsa-1"])).unwrap();
-    let source = JwksSource {
-        file: Some(path.clone()),
-        ..source(None)
-    };
-    let keys = KeyStore::start(&source, Default::default()).await.unwrap();
-    let verifier = JwtVerifier::new(&jwt_config(source), keys.clone()).unwrap();
+    let (path, keys, verifier) = file_verifier(&dir).await;
     let a = Authenticator::with_verifier(verifier, PrincipalConfig::default());
     let headers = bearer(&rs256(&claims()));
     let none = HashMap::new();
