@@ -621,6 +621,14 @@ class Stack:
                 out.append(obj)
         return out
 
+    def wait_for_request_decision(self, path: str, after: int, timeout: float = 5.0) -> dict:
+        """The request-phase record for `path` from index `after` on. Not just the first record
+        with that path: the strip and response legs write their own records for the same path,
+        and the previous request's may land after `after` was counted (the log is batched)."""
+        return self.wait_for_decision(
+            lambda d: d.get("path") == path and d.get("phase") == "request", timeout=timeout, after=after
+        )
+
     def wait_for_decision(self, predicate: Callable[[dict], bool], timeout: float = 5.0, after: int = 0) -> dict:
         """The first decision (from index `after` on) matching `predicate`, waiting for the log."""
         deadline = time.monotonic() + timeout

@@ -40,5 +40,5 @@ def test_dry_run_lets_a_policy_denial_through_and_logs_it(dry):
         headers={"authorization": f"Bearer {dry.token_for('alice')}"}, timeout=10,
     )
     assert r.status_code == 200, r.text
-    line = dry.wait_for_decision(lambda d: d.get("path") == "/v1/chat/completions", after=before)
+    line = dry.wait_for_request_decision("/v1/chat/completions", after=before)
     assert line["dry_run"] is True and line["refusal"] == "policy_denied", line

@@ -34,7 +34,7 @@ def test_denied_tools_are_stripped_before_the_upstream(clean, tokens):
     sent = json.loads(request["body"])
     assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
     assert int(request["headers"]["content-length"]) == len(request["body"].encode())
-    decision = clean.wait_for_decision(lambda d: d.get("path") == "/v1/chat/completions", after=before)
+    decision = clean.wait_for_request_decision("/v1/chat/completions", after=before)
     assert decision["effect"] == "allow"
     assert sorted(decision["denied_tools"]) == ["delete_repo", "run_shell"]
 
@@ -191,7 +191,7 @@ def test_pass_mode_forwards_the_body_unchanged(pass_stack):
     assert r.status_code == 200, r.text
     (request,) = pass_stack.llm_received()
     assert request["body"].encode() == body, "pass mode must not alter the request"
-    decision = pass_stack.wait_for_decision(lambda d: d.get("path") == "/v1/chat/completions", after=before)
+    decision = pass_stack.wait_for_request_decision("/v1/chat/completions", after=before)
     verdicts = {(res["kind"], res["id"]): res["effect"] for res in decision["resources"]}
     assert verdicts[("llm_tool", "delete_repo")] != "allow", "the denied tool is still recorded as denied"
     assert verdicts[("llm_tool", "get_weather")] == "allow"

@@ -336,7 +336,7 @@ def test_8_strip_without_the_ext_proc_leg_never_lets_the_denied_tool_through(tem
         assert "delete_repo" not in seen, f"the denied tool reached the provider ({r.status_code})"
         assert r.status_code >= 400, f"a strip no leg applies is refused, got {r.status_code}"
         # The evidence says what was decided and that no leg confirmed a strip.
-        record = s.wait_for_decision(lambda d: d.get("path") == "/v1/chat/completions", after=before)
+        record = s.wait_for_request_decision("/v1/chat/completions", after=before)
         assert "delete_repo" in json.dumps(record.get("denied_tools")), record
         assert decisions_for(s, record["decision_id"], timeout=1.0, phase="strip") == []
 
@@ -396,7 +396,7 @@ def test_9_tools_declared_elsewhere_are_judged_or_refused(clean, tokens, case):
     else:
         assert 400 <= r.status_code < 500, f"{case}: {r.status_code}"
         assert r.text.strip(), f"{case}: a refusal says why"
-        record = clean.wait_for_decision(lambda d: d.get("path") == path, after=before)
+        record = clean.wait_for_request_decision(path, after=before)
         assert record["effect"] == "deny", record
 
 

@@ -37,11 +37,7 @@ def turn(stack: Stack, token: str, tools: list[str], status: int = 200) -> tuple
     received = [
         t["function"]["name"] for request in stack.llm_received() for t in json.loads(request["body"]).get("tools", [])
     ]
-    # The request-phase record: the strip leg writes its own for the same path, possibly after
-    # the next turn has begun (the log writer batches).
-    decision = stack.wait_for_decision(
-        lambda d: d.get("path") == "/v1/chat/completions" and d.get("phase") == "request", after=before
-    )
+    decision = stack.wait_for_request_decision("/v1/chat/completions", after=before)
     return received, decision
 
 
