@@ -472,6 +472,41 @@ fn handoff_of(outcome: &Outcome) -> Handoff {
     Handoff::from_metadata(&namespaces).expect("handoff in metadata")
 }
 
+/// An agent's next turn resends its tool declarations byte for byte, and they are taken as
+/// read then (`extract/known_tools.rs`); a tool added to them is judged all the same.
+#[tokio::test]
+async fn a_tool_added_to_a_resent_tool_set_is_judged() {
+    let h = Harness::new("").await;
+    let declared = |names: &[&str]| -> Value {
+        names
+            .iter()
+            .map(|name| json!({"type": "function", "function": {"name": name,
+                "description": "Weather for a city. ".repeat(30), "parameters": {"type": "object"}}}))
+            .collect()
+    };
+    let turn = |names: &[&str], user: &str| {
+        input(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": user}],
+                   "tools": declared(names)}),
+            alice(),
+        )
+    };
+    for user in ["turn one", "turn two"] {
+        let outcome = h.pipeline.check(turn(&["get_weather"], user)).await;
+        assert!(matches!(outcome, Outcome::Allow { .. }), "{outcome:?}");
+    }
+    let (status, body) = denial(
+        &h.pipeline
+            .check(turn(&["get_weather", "delete_repo"], "turn three"))
+            .await,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tool_denied"))
+    );
+}
+
 #[tokio::test]
 async fn strip_mode_allows_and_hands_the_denied_tools_to_ext_proc() {
     let h = Harness::new("denied_tools: strip\ndenied_tools_response_header: true\n").await;

@@ -29,6 +29,8 @@
 //! the full reading gives. Differential tests and the `json_prescan_differential` fuzz target
 //! hold the two readings equal.
 
+use std::ops::Range;
+
 use super::strict_json::Reading;
 use scan::special;
 
@@ -41,10 +43,52 @@ const MAX_BUILT_DEPTH: usize = 128;
 const MAX_SKIPPED_DEPTH: usize = 64 * STACK_WORDS;
 const STACK_WORDS: usize = 16;
 
+/// Top-level member values a dialect already knows whole, byte for byte, from an earlier body
+/// (an agent resends the same `tools` every turn: see `extract/known_tools.rs`).
+///
+/// Sound because a JSON value delimits itself: when the bytes at a member's value begin with a
+/// complete value this module checked before (and serde_json built, and the dialect read), the
+/// value there is exactly those bytes, and it is held to the grammar and built exactly as it
+/// was then (a top-level member is always at depth 1). The rest of the body is checked as
+/// ever. A known value is written out as `null`, its key kept (so the duplicate-key check sees
+/// it); the dialect takes what it made of the value from its memory instead.
+pub trait KnownValues {
+    /// The length of the value of the top-level member `member` when `rest` (the body from the
+    /// value's first byte) begins with one known whole; `None` to check and build it.
+    fn find(&mut self, member: &str, rest: &[u8]) -> Option<usize>;
+    /// The value of the built top-level member `member` spans `span` of the body, checked.
+    fn scanned(&mut self, member: &str, span: Range<usize>);
+    /// The fast path was abandoned and the body is read in full: forget every `find` and
+    /// `scanned` so far.
+    fn forget(&mut self);
+}
+
+/// Knows no value: every built member is checked and built.
+pub struct NoneKnown;
+
+impl KnownValues for NoneKnown {
+    fn find(&mut self, _: &str, _: &[u8]) -> Option<usize> {
+        None
+    }
+    fn scanned(&mut self, _: &str, _: Range<usize>) {}
+    fn forget(&mut self) {}
+}
+
 /// `text` (the body, UTF-8 already checked) with the values `reading` never reads replaced by
 /// `null`, written into `out`; `None` when the body must be read in full (see the module
 /// documentation).
+#[cfg(test)]
 pub fn compact<'o>(text: &str, reading: &Reading<'_>, out: &'o mut String) -> Option<&'o str> {
+    compact_with(text, reading, &mut NoneKnown, out)
+}
+
+/// [`compact`], with the values `known` knows whole written out as `null` too.
+pub fn compact_with<'o>(
+    text: &str,
+    reading: &Reading<'_>,
+    known: &mut dyn KnownValues,
+    out: &'o mut String,
+) -> Option<&'o str> {
     out.clear();
     out.reserve(text.len());
     let mut scan = Scan {
@@ -56,22 +100,24 @@ pub fn compact<'o>(text: &str, reading: &Reading<'_>, out: &'o mut String) -> Op
         copied: 0,
         out,
         unread: reading.unread,
+        known,
     };
     scan.top(reading.members)?;
     scan.out.push_str(&text[scan.copied..]);
     Some(scan.out)
 }
 
-struct Scan<'t, 'o> {
+struct Scan<'t, 'o, 'k> {
     text: &'t str,
     cur: Cursor<'t>,
     /// `text[..copied]` is written out (with skipped values as `null`).
     copied: usize,
     out: &'o mut String,
     unread: &'t [&'t str],
+    known: &'k mut dyn KnownValues,
 }
 
-impl<'t> Scan<'t, '_> {
+impl<'t> Scan<'t, '_, '_> {
     /// The top-level object: named members built, the rest replaced.
     fn top(&mut self, members: &[&str]) -> Option<()> {
         self.cur.expect(b'{')?;
@@ -83,7 +129,17 @@ impl<'t> Scan<'t, '_> {
                 let key = self.plain_key()?;
                 self.cur.expect(b':')?;
                 if members.contains(&key) {
-                    self.built(1)?;
+                    self.cur.whitespace();
+                    let start = self.cur.pos;
+                    match self.known.find(key, &self.cur.bytes[start..]) {
+                        Some(len) if self.text.is_char_boundary(start + len) => {
+                            self.write_null(start, start + len);
+                        }
+                        _ => {
+                            self.built(1)?;
+                            self.known.scanned(key, start..self.cur.pos);
+                        }
+                    }
                 } else {
                     self.replaced()?;
                 }
@@ -185,11 +241,17 @@ impl<'t> Scan<'t, '_> {
         // A local copy, so that the position stays in a register.
         let mut cur = self.cur;
         cur.skipped()?;
-        self.cur = cur;
+        self.write_null(start, cur.pos);
+        Some(())
+    }
+
+    /// The value at `start..end` (a complete value: `end` is a character boundary) written out
+    /// as `null`; reading goes on after it.
+    fn write_null(&mut self, start: usize, end: usize) {
         self.out.push_str(&self.text[self.copied..start]);
         self.out.push_str("null");
-        self.copied = self.cur.pos;
-        Some(())
+        self.cur.pos = end;
+        self.copied = end;
     }
 }
 

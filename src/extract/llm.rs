@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use serde_json::{Map, Value};
 
+use super::json_prescan::{KnownValues, NoneKnown};
 use super::json_view::{self, Json, Members};
 use super::{DeclaredTool, ExtractError, HttpRequest, Reading, json_fields};
 use crate::rewrite::json_edit::{self, EditError, Edits, Member};
@@ -18,18 +19,20 @@ pub fn fields(
     request: &HttpRequest<'_>,
     reading: &Reading<'_>,
 ) -> Result<Map<String, Value>, ExtractError> {
-    json_fields::<Value>(request, reading, &mut String::new())?
+    json_fields::<Value>(request, reading, &mut NoneKnown, &mut String::new())?
         .ok_or_else(|| invalid("body must be a JSON object"))
 }
 
 /// Like [`fields`], built as a [`json_view::View`]: strings borrowed from the body as
-/// compacted into `scratch`, objects without hashing (see `extract/json_view.rs`).
+/// compacted into `scratch`, objects without hashing (see `extract/json_view.rs`). The members
+/// `known` knows whole are built as `null`.
 pub fn view_fields<'b>(
     request: &HttpRequest<'b>,
     reading: &Reading<'_>,
+    known: &mut dyn KnownValues,
     scratch: &'b mut String,
 ) -> Result<json_view::Object<'b>, ExtractError> {
-    json_fields::<json_view::View<'b>>(request, reading, scratch)?
+    json_fields::<json_view::View<'b>>(request, reading, known, scratch)?
         .ok_or_else(|| invalid("body must be a JSON object"))
 }
 

@@ -11,6 +11,7 @@ pub mod bedrock_converse;
 pub mod gemini;
 mod json_prescan;
 mod json_view;
+mod known_tools;
 mod llm;
 pub mod mcp;
 pub mod openai_chat;
@@ -31,6 +32,7 @@ use serde_json::Value;
 
 use crate::config::Format;
 use crate::rewrite::json_edit::EditError;
+use json_prescan::KnownValues;
 pub use routing::Router;
 pub use strict_json::Reading;
 
@@ -351,13 +353,15 @@ pub fn json_body(request: &HttpRequest<'_>) -> Result<Value, ExtractError> {
 /// judgement: see `extract/strict_json.rs`). `Ok(None)` when the
 /// body is JSON but not an object.
 /// `scratch` holds the compacted body the members are built from (a `View` borrows from it).
+/// `known` may know top-level members whole from earlier bodies (see `json_prescan::KnownValues`).
 pub fn json_fields<'b, T: strict_json::Tree<'b>>(
     request: &HttpRequest<'b>,
     reading: &Reading<'_>,
+    known: &mut dyn KnownValues,
     scratch: &'b mut String,
 ) -> Result<Option<T::Object>, ExtractError> {
     json_body_checks(request)?;
-    strict_json::parse_members::<T>(request.body, reading, scratch).map_err(body_error)
+    strict_json::parse_members_with::<T>(request.body, reading, known, scratch).map_err(body_error)
 }
 
 /// A duplicate key is told apart from broken JSON: the body is valid, only ambiguous.

@@ -20,6 +20,7 @@ use std::ops::Range;
 use serde_json::{Value, json};
 
 use super::json_view::View;
+use super::known_tools::KnownTools;
 use super::llm::{self, Tools};
 use super::{
     AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
@@ -57,15 +58,23 @@ pub const READING: Reading<'static> = Reading {
 /// deployment), else the body's.
 pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
     let mut scratch = String::new();
-    let body = &llm::view_fields(request, &READING, &mut scratch)?;
+    // The same `tools` as a recent request (an agent's next turn) is taken as read then.
+    let mut known = KnownTools::of("tools");
+    let body = &llm::view_fields(request, &READING, &mut known, &mut scratch)?;
     let model = match model {
         Some(model) => model,
         None => llm::model(body)?,
     };
     let mut tools = Tools::default();
-    llm::add_declared(&mut tools, body, "tools", |entry| {
-        tool_entry(entry).map(|t| [t])
-    })?;
+    match known.take_known() {
+        Some(declared) => tools.0 = declared,
+        None => {
+            llm::add_declared(&mut tools, body, "tools", |entry| {
+                tool_entry(entry).map(|t| [t])
+            })?;
+            known.remember(request.body, &tools.0);
+        }
+    }
     llm::add_declared(&mut tools, body, "functions", |entry| {
         entry
             .get("name")

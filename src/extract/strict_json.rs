@@ -44,7 +44,7 @@ use serde::de::{
 use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
-use super::json_prescan;
+use super::json_prescan::{self, KnownValues};
 
 /// What a dialect reads from a JSON object body.
 #[derive(Debug, Clone, Copy)]
@@ -86,17 +86,31 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
 /// `json_prescan` (into `scratch`, which the built `T` may borrow from); serde_json builds that.
 /// Whatever the fast path is unsure of or refuses is read in full ([`parse_members_in_full`]),
 /// so the answer, refusals included, is always the full reading's.
+#[cfg(any(test, fuzzing))]
 pub fn parse_members<'de, T: Tree<'de>>(
     body: &'de [u8],
     reading: &Reading<'_>,
     scratch: &'de mut String,
 ) -> Result<Option<T::Object>, serde_json::Error> {
+    parse_members_with::<T>(body, reading, &mut json_prescan::NoneKnown, scratch)
+}
+
+/// [`parse_members`], where the top-level members whose values `known` knows whole are built
+/// as `null` (the caller takes them from `known`). On the full reading nothing is known:
+/// `known` is told to forget, and every member is built.
+pub fn parse_members_with<'de, T: Tree<'de>>(
+    body: &'de [u8],
+    reading: &Reading<'_>,
+    known: &mut dyn KnownValues,
+    scratch: &'de mut String,
+) -> Result<Option<T::Object>, serde_json::Error> {
     let text = utf8(body)?;
-    if let Some(compacted) = json_prescan::compact(text, reading, scratch)
+    if let Some(compacted) = json_prescan::compact_with(text, reading, known, scratch)
         && let Ok(members) = members_of::<T>(compacted, reading)
     {
         return Ok(members);
     }
+    known.forget();
     parse_members_in_full::<T>(body, reading)
 }
 
