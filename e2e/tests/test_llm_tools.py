@@ -148,6 +148,28 @@ def test_reject_mode_refuses_a_request_declaring_a_denied_tool(reject_stack):
     assert reject_stack.llm_received() == []
 
 
+def test_an_agent_loop_resending_its_tools_is_judged_every_turn(reject_stack):
+    """An agent resends the same tool declarations every turn while its conversation grows;
+    agent-authz takes a byte-identical `tools` array as read (extract/known_tools.rs). A tool
+    added on a later turn, or one renamed by a byte, is judged all the same."""
+    reject_stack.llm_reset()
+    client = openai_client(reject_stack.llm_base_url, reject_stack.token_for("alice"))
+    weather = tool("get_weather")
+    weather["function"]["description"] = "Current weather for a city, in metric units. " * 12
+    messages = list(HELLO)
+    for turn in range(3):
+        completion = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[weather])
+        messages += [{"role": "assistant", "content": completion.choices[0].message.content},
+                     {"role": "user", "content": f"and turn {turn + 2}?"}]
+    assert len(reject_stack.llm_received()) == 3
+    renamed = json.loads(json.dumps(weather).replace("get_weather", "get_weathes"))
+    for tools in ([weather, tool("delete_repo")], [renamed]):
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
+        assert caught.value.body["code"] == "tool_denied"
+    assert len(reject_stack.llm_received()) == 3, "no denied turn reached the model"
+
+
 def test_reject_mode_judges_legacy_functions(reject_stack):
     reject_stack.llm_reset()
     body = {

@@ -43,6 +43,9 @@ const MAX_ARRAY_BYTES: usize = 1 << 20;
 /// The tools a dialect read from the value of one top-level member (`tools`), when that value
 /// is one remembered; see the module documentation.
 pub struct KnownTools {
+    /// Which reader made the tools: an array is only known to the reader that read it (the same
+    /// bytes are other tools to another dialect).
+    reader: &'static str,
     member: &'static str,
     known: Option<Vec<DeclaredTool>>,
     /// Where the member's value lies in the body, when it was checked this time.
@@ -50,9 +53,11 @@ pub struct KnownTools {
 }
 
 impl KnownTools {
-    /// Looks the value of the top-level member `member` up among the remembered arrays.
-    pub fn of(member: &'static str) -> Self {
+    /// Looks the value of the top-level member `member` up among the arrays `reader` (a
+    /// dialect's name) remembered.
+    pub fn of(reader: &'static str, member: &'static str) -> Self {
         Self {
+            reader,
             member,
             known: None,
             checked: None,
@@ -74,7 +79,7 @@ impl KnownTools {
             && value.first() == Some(&b'[')
             && value.last() == Some(&b']')
         {
-            REMEMBERED.with_borrow_mut(|arrays| arrays.insert(value, tools));
+            REMEMBERED.with_borrow_mut(|arrays| arrays.insert(self.reader, value, tools));
         }
     }
 }
@@ -84,7 +89,7 @@ impl KnownValues for KnownTools {
         if member != self.member {
             return None;
         }
-        let (len, tools) = REMEMBERED.with_borrow_mut(|arrays| arrays.find(rest))?;
+        let (len, tools) = REMEMBERED.with_borrow_mut(|arrays| arrays.find(self.reader, rest))?;
         self.known = Some(tools);
         Some(len)
     }
@@ -112,6 +117,7 @@ struct Arrays {
 }
 
 struct Remembered {
+    reader: &'static str,
     /// The array's bytes, from `[` to `]`.
     value: Box<[u8]>,
     tools: Vec<DeclaredTool>,
@@ -119,11 +125,11 @@ struct Remembered {
 
 impl Arrays {
     /// The length of the remembered array `rest` begins with, and its tools.
-    fn find(&mut self, rest: &[u8]) -> Option<(usize, Vec<DeclaredTool>)> {
+    fn find(&mut self, reader: &str, rest: &[u8]) -> Option<(usize, Vec<DeclaredTool>)> {
         let at = self
             .recent
             .iter()
-            .position(|r| rest.starts_with(&r.value))?;
+            .position(|r| r.reader == reader && rest.starts_with(&r.value))?;
         #[cfg(test)]
         HITS.set(HITS.get() + 1);
         self.recent[..=at].rotate_right(1);
@@ -131,11 +137,12 @@ impl Arrays {
         Some((found.value.len(), found.tools.clone()))
     }
 
-    fn insert(&mut self, value: &[u8], tools: &[DeclaredTool]) {
+    fn insert(&mut self, reader: &'static str, value: &[u8], tools: &[DeclaredTool]) {
         self.bytes += value.len();
         self.recent.insert(
             0,
             Remembered {
+                reader,
                 value: value.into(),
                 tools: tools.to_vec(),
             },

@@ -59,7 +59,7 @@ pub const READING: Reading<'static> = Reading {
 pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
     let mut scratch = String::new();
     // The same `tools` as a recent request (an agent's next turn) is taken as read then.
-    let mut known = KnownTools::of("tools");
+    let mut known = KnownTools::of("openai_chat", "tools");
     let body = &llm::view_fields(request, &READING, &mut known, &mut scratch)?;
     let model = match model {
         Some(model) => model,

@@ -254,3 +254,30 @@ fn small_arrays_are_not_remembered_and_memory_is_bounded() {
     }
     assert!(remembered() < MAX_ARRAYS);
 }
+
+#[test]
+fn an_array_is_known_only_to_the_reader_that_read_it() {
+    use crate::extract::json_prescan::KnownValues;
+    use crate::extract::known_tools::KnownTools;
+
+    forget_all();
+    let array = serde_json::to_vec(&tools(&NAMES)).unwrap();
+    read(&chat(&tools(&NAMES), "hi")).unwrap();
+    let mut rest = array.clone();
+    rest.extend_from_slice(b",\"model\":\"m\"}");
+    let mut other = KnownTools::of("another_dialect", "tools");
+    assert_eq!(other.find("tools", &rest), None);
+    assert!(other.take_known().is_none());
+    let mut chat_reader = KnownTools::of("openai_chat", "tools");
+    assert_eq!(chat_reader.find("messages", &rest), None, "only its member");
+    assert_eq!(chat_reader.find("tools", &rest), Some(array.len()));
+    assert_eq!(
+        chat_reader
+            .take_known()
+            .unwrap()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        NAMES
+    );
+}
