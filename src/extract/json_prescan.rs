@@ -15,7 +15,8 @@
 //! instead of the whole body.
 //!
 //! Soundness (judge what the receiver reads): the compacted text is only used when this module
-//! checked the whole body against the JSON grammar, every byte of it: structure, whitespace
+//! checked the whole body as UTF-8 and against the JSON grammar, every byte of it (but the
+//! values a dialect knows whole from an earlier body, see [`KnownValues`]): structure, whitespace
 //! (space, tab, line feed, carriage return), strings (no raw byte below 0x20; escapes
 //! `\" \\ \/ \b \f \n \r \t` and `\u` with four hex digits), numbers
 //! (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`), the literals, and nothing but whitespace
@@ -23,7 +24,7 @@
 //! parts to, so a body accepted here is one serde_json accepted, and the values replaced by
 //! `null` are exactly the values it skipped: value boundaries are found by the same grammar.
 //! Whenever this module is unsure (the top level is not an object, a key it compares holds an
-//! escape, a built member nests deeper than serde_json allows, any grammar error) it answers
+//! escape, a built member nests deeper than serde_json allows, any grammar or UTF-8 error) it answers
 //! `None` and the body is read in full as before; when serde_json refuses the compacted text,
 //! the caller reads the original body in full too, so every refusal (and its message) is the one
 //! the full reading gives. Differential tests and the `json_prescan_differential` fuzz target
@@ -74,45 +75,51 @@ impl KnownValues for NoneKnown {
     fn forget(&mut self) {}
 }
 
-/// `text` (the body, UTF-8 already checked) with the values `reading` never reads replaced by
-/// `null`, written into `out`; `None` when the body must be read in full (see the module
-/// documentation).
+/// `body` with the values `reading` never reads replaced by `null`, written into `out`; `None`
+/// when the body must be read in full (see the module documentation), invalid UTF-8 included.
 #[cfg(test)]
-pub fn compact<'o>(text: &str, reading: &Reading<'_>, out: &'o mut String) -> Option<&'o str> {
-    compact_with(text, reading, &mut NoneKnown, out)
+pub fn compact<'o>(body: &str, reading: &Reading<'_>, out: &'o mut String) -> Option<&'o str> {
+    compact_with(body.as_bytes(), reading, &mut NoneKnown, out)
 }
 
-/// [`compact`], with the values `known` knows whole written out as `null` too.
+/// [`compact`], with the values `known` knows whole written out as `null` too. The body's
+/// UTF-8 is checked here, all of it but the known values (checked when they were first read).
 pub fn compact_with<'o>(
-    text: &str,
+    body: &[u8],
     reading: &Reading<'_>,
     known: &mut dyn KnownValues,
     out: &'o mut String,
 ) -> Option<&'o str> {
-    out.clear();
-    out.reserve(text.len());
+    let mut copy = std::mem::take(out).into_bytes();
+    copy.clear();
+    copy.reserve(body.len());
     let mut scan = Scan {
-        text,
         cur: Cursor {
-            bytes: text.as_bytes(),
+            bytes: body,
             pos: 0,
         },
         copied: 0,
-        out,
+        checked: 0,
+        out: &mut copy,
         unread: reading.unread,
         known,
     };
-    scan.top(reading.members)?;
-    scan.out.push_str(&text[scan.copied..]);
-    Some(scan.out)
+    let scanned = scan
+        .top(reading.members)
+        .and_then(|()| scan.check_utf8(body.len()));
+    scan.out.extend_from_slice(&body[scan.copied..]);
+    // Valid UTF-8 whenever the scan went through: what it copied was checked, plus `null`s.
+    *out = String::from_utf8(copy).ok()?;
+    scanned.map(|()| out.as_str())
 }
 
 struct Scan<'t, 'o, 'k> {
-    text: &'t str,
     cur: Cursor<'t>,
-    /// `text[..copied]` is written out (with skipped values as `null`).
+    /// `bytes[..copied]` is written out (with skipped values as `null`).
     copied: usize,
-    out: &'o mut String,
+    /// `bytes[..checked]` is known to be UTF-8.
+    checked: usize,
+    out: &'o mut Vec<u8>,
     unread: &'t [&'t str],
     known: &'k mut dyn KnownValues,
 }
@@ -128,16 +135,19 @@ impl<'t> Scan<'t, '_, '_> {
             loop {
                 let key = self.plain_key()?;
                 self.cur.expect(b':')?;
-                if members.contains(&key) {
+                if let Some(&member) = members.iter().find(|m| m.as_bytes() == key) {
                     self.cur.whitespace();
                     let start = self.cur.pos;
-                    match self.known.find(key, &self.cur.bytes[start..]) {
-                        Some(len) if self.text.is_char_boundary(start + len) => {
+                    match self.known.find(member, &self.cur.bytes[start..]) {
+                        Some(len) if self.is_known_value(start, start + len) => {
+                            // Its bytes were checked when it was first read: UTF-8 included.
+                            self.check_utf8(start)?;
+                            self.checked = start + len;
                             self.write_null(start, start + len);
                         }
                         _ => {
                             self.built(1)?;
-                            self.known.scanned(key, start..self.cur.pos);
+                            self.known.scanned(member, start..self.cur.pos);
                         }
                     }
                 } else {
@@ -160,7 +170,7 @@ impl<'t> Scan<'t, '_, '_> {
 
     /// A key that is compared with member names: without escapes, so that its bytes are its
     /// name (a key with escapes sends the body to the full reading).
-    fn plain_key(&mut self) -> Option<&'t str> {
+    fn plain_key(&mut self) -> Option<&'t [u8]> {
         self.cur.whitespace();
         if self.cur.peek()? != b'"' {
             return None;
@@ -169,8 +179,22 @@ impl<'t> Scan<'t, '_, '_> {
         if self.cur.string()? {
             return None;
         }
-        let text = self.text;
-        Some(&text[start..self.cur.pos - 1])
+        let bytes = self.cur.bytes;
+        Some(&bytes[start..self.cur.pos - 1])
+    }
+
+    /// Whether `start..end` can be a known value: within the body, from an ASCII byte to an
+    /// ASCII byte (an array's brackets), so that no character straddles its edges.
+    fn is_known_value(&self, start: usize, end: usize) -> bool {
+        let bytes = self.cur.bytes;
+        end > start && end <= bytes.len() && bytes[start].is_ascii() && bytes[end - 1].is_ascii()
+    }
+
+    /// Checks `bytes[checked..upto]` as UTF-8.
+    fn check_utf8(&mut self, upto: usize) -> Option<()> {
+        std::str::from_utf8(&self.cur.bytes[self.checked..upto]).ok()?;
+        self.checked = upto;
+        Some(())
     }
 
     /// A value that is built: copied as it is, with `unread` members inside replaced.
@@ -191,7 +215,7 @@ impl<'t> Scan<'t, '_, '_> {
                 loop {
                     let key = self.plain_key()?;
                     self.cur.expect(b':')?;
-                    if self.unread.contains(&key) {
+                    if self.unread.iter().any(|u| u.as_bytes() == key) {
                         self.replaced()?;
                     } else {
                         self.built(depth + 1)?;
@@ -245,11 +269,11 @@ impl<'t> Scan<'t, '_, '_> {
         Some(())
     }
 
-    /// The value at `start..end` (a complete value: `end` is a character boundary) written out
-    /// as `null`; reading goes on after it.
+    /// The value at `start..end` written out as `null`; reading goes on after it.
     fn write_null(&mut self, start: usize, end: usize) {
-        self.out.push_str(&self.text[self.copied..start]);
-        self.out.push_str("null");
+        self.out
+            .extend_from_slice(&self.cur.bytes[self.copied..start]);
+        self.out.extend_from_slice(b"null");
         self.cur.pos = end;
         self.copied = end;
     }

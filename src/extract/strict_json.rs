@@ -14,8 +14,9 @@
 //! duplicate-key check is made: a duplicate there cannot change the model or tools judged, and
 //! that check alone cost more than the rest of a cached check. This is the service's hottest
 //! code: building those parts as `serde_json::Value` trees (one allocation per string, key and
-//! object) dominated every profile. The body's UTF-8 is checked once up front, so strings are
-//! not re-validated one by one, and object keys are compared where they lie in the body.
+//! object) dominated every profile. The body's UTF-8 is checked once, in a few long runs (by
+//! the prescan, or up front by the full reading), so strings are not re-validated one by one,
+//! and object keys are compared where they lie in the body.
 //!
 //! Skipped parts are held to the JSON grammar, every byte of it: structure, strings (escapes,
 //! control characters), numbers and literals, so every parser that accepts the body sees the
@@ -104,8 +105,7 @@ pub fn parse_members_with<'de, T: Tree<'de>>(
     known: &mut dyn KnownValues,
     scratch: &'de mut String,
 ) -> Result<Option<T::Object>, serde_json::Error> {
-    let text = utf8(body)?;
-    if let Some(compacted) = json_prescan::compact_with(text, reading, known, scratch)
+    if let Some(compacted) = json_prescan::compact_with(body, reading, known, scratch)
         && let Ok(members) = members_of::<T>(compacted, reading)
     {
         return Ok(members);

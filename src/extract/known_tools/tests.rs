@@ -281,3 +281,31 @@ fn an_array_is_known_only_to_the_reader_that_read_it() {
         NAMES
     );
 }
+
+/// The known array is the only part of a body whose UTF-8 is not checked again: invalid UTF-8
+/// anywhere else is refused, as it is with nothing remembered.
+#[test]
+fn invalid_utf8_around_a_known_array_is_refused() {
+    let array = tools(&NAMES);
+    let primer = chat(&array, "hi");
+    let array_text = serde_json::to_string(&array).unwrap();
+    let at = String::from_utf8(primer.clone()).unwrap().find(&array_text).unwrap();
+    for (place, byte) in [
+        (primer.iter().position(|&b| b == b'h').unwrap(), 0xff),
+        (at - 2, 0xc3),
+        (at + array_text.len() + 1, 0x80),
+        (primer.len() - 2, 0xe2),
+    ] {
+        let mut body = primer.clone();
+        body.insert(place, byte);
+        same_primed(&primer, &body);
+        let refused = read(&body).unwrap_err().to_string();
+        assert!(refused.contains("UTF-8"), "{refused}");
+    }
+    // In the user's message, before the array: the array is still found known, then refused.
+    let mut body = primer.clone();
+    let hi = primer.windows(4).position(|w| w == b"\"hi\"").unwrap();
+    body.splice(hi + 1..hi + 3, [0xed, 0xa0, 0x80]); // a UTF-16 surrogate, invalid in UTF-8
+    assert!(same_primed(&primer, &body));
+    assert!(read(&body).unwrap_err().to_string().contains("UTF-8"));
+}
