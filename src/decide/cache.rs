@@ -24,14 +24,14 @@
 //! off by default; identical questions in flight at once share one call either way
 //! ([`InFlight`]).
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::in_flight::InFlight;
-use super::question::Question;
+use super::question::{KeyHasher, Question};
 use super::{
     DecideError, Decision, Effect, PolicyEngine, Recall, RecallKey, ResourceCheck, Verdict,
 };
@@ -136,7 +136,7 @@ pub struct CachedEngine<E> {
     cache: Option<moka::sync::Cache<Key, Entry>>,
     /// Policy version and scope: part of every key.
     namespace: String,
-    hasher: RandomState,
+    hasher: KeyHasher,
     in_flight: InFlight,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -165,7 +165,7 @@ impl<E: PolicyEngine> CachedEngine<E> {
             inner: Arc::new(inner),
             cache,
             namespace,
-            hasher: RandomState::new(),
+            hasher: KeyHasher::default(),
             in_flight: InFlight::default(),
             metrics,
         }
