@@ -294,14 +294,28 @@ pub fn extract(format: Format, request: &HttpRequest<'_>) -> Result<AgentRequest
 /// zero-width or control characters, spaces) that a lenient server might resolve to a tool the
 /// policy denies under its plain name.
 pub fn check_tool_name(name: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/');
-    if name.is_empty() || name.len() > 128 || !name.chars().all(allowed) {
+    // By bytes, with a table: every allowed character is ASCII, so a byte of a multi-byte
+    // character is refused as the character is (a cached 20-tool check spent ~1.5 % of its
+    // instructions decoding names as chars).
+    if name.is_empty() || name.len() > 128 || !name.bytes().all(|b| TOOL_NAME_BYTES[b as usize]) {
         return Err(format!(
             "tool name {name:?} is not 1-128 of A-Z a-z 0-9 _ - . : /"
         ));
     }
     Ok(())
 }
+
+/// The bytes [`check_tool_name`] allows.
+const TOOL_NAME_BYTES: [bool; 256] = {
+    let mut allowed = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        allowed[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':' | b'/');
+        b += 1;
+    }
+    allowed
+};
 
 /// Test helpers shared by the format modules.
 #[cfg(test)]
@@ -480,6 +494,13 @@ mod tests {
         ] {
             assert!(check_tool_name(bad).is_err(), "{bad:?}");
         }
+        // Every character, one at a time, against the alphabet as written.
+        for c in (0..=0x3000).filter_map(char::from_u32) {
+            let expected = c.is_ascii_alphanumeric() || "_-.:/".contains(c);
+            let name = format!("a{c}b");
+            assert_eq!(check_tool_name(&name).is_ok(), expected, "{c:?}");
+        }
+        assert!(check_tool_name(&"a".repeat(128)).is_ok());
         let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
         let body =
             r#"{"model":"m","tools":[{"type":"function","function":{"name":"ｄelete_repo"}}]}"#;
