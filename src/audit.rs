@@ -139,7 +139,7 @@ impl From<Verdict> for ResourceRecord {
             id: check.id,
             action: check.action,
             effect: v.effect,
-            policy: v.policy,
+            policy: v.policy.as_deref().map(str::to_owned),
             reason_rule,
             reason,
             derived_roles: v.derived_roles,

@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 struct Cached {
     effect: Effect,
-    policy: Option<String>,
+    policy: Option<Arc<str>>,
     outputs: Vec<(String, Value)>,
     derived_roles: Vec<String>,
 }

@@ -189,7 +189,7 @@ fn verdicts(
                 Some(Ok(PbEffect::NoMatch)) | None => Effect::NoMatch,
                 Some(_) => Effect::Deny,
             };
-            let policy = result.matched_policy(&check.action).map(str::to_owned);
+            let policy = result.matched_policy(&check.action).map(Arc::from);
             let derived_roles = result
                 .meta
                 .as_mut()

@@ -79,7 +79,8 @@ pub struct Verdict {
     pub check: Arc<ResourceCheck>,
     pub effect: Effect,
     /// The policy that produced the effect, as Cerbos reports it (`resource.mcp_server.vdefault`).
-    pub policy: Option<String>,
+    /// Shared: a remembered decision hands out its verdicts every turn without copying it.
+    pub policy: Option<Arc<str>>,
     /// Rule outputs (`src` is `policy#rule`), for plain-language reasons.
     pub outputs: Vec<(String, Value)>,
     /// Derived roles that applied for this resource (`meta.effectiveDerivedRoles`), for the
@@ -203,7 +204,7 @@ impl Decision {
             .map(|check| Verdict {
                 effect: effect(&check),
                 check: check.into(),
-                policy: policy.map(str::to_owned),
+                policy: policy.map(Arc::from),
                 outputs: vec![],
                 derived_roles: vec![],
             })
