@@ -73,7 +73,7 @@ impl Vocabulary {
         string(&mut out, format.as_str());
         string(&mut out, &llm.model);
         length(&mut out, llm.tools.len());
-        for tool in &llm.tools {
+        for tool in llm.tools.iter() {
             string(&mut out, &tool.name);
             string(&mut out, &tool.kind);
             match &tool.server {
@@ -329,7 +329,7 @@ mod tests {
         let llm = |model: &str, tools: Vec<DeclaredTool>| {
             AgentRequest::Llm(LlmRequest {
                 model: model.into(),
-                tools,
+                tools: tools.into(),
                 forced_tools: vec![],
                 stream: false,
             })
@@ -449,7 +449,8 @@ mod tests {
             tools: vec![
                 DeclaredTool::new("get_weather", "function"),
                 DeclaredTool::remote("search", "github"),
-            ],
+            ]
+            .into(),
             forced_tools: vec![],
             stream: false,
         });

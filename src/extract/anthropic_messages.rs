@@ -58,7 +58,7 @@ pub fn read(
         .unwrap_or_default();
     Ok(LlmRequest {
         model,
-        tools: tools.0,
+        tools: tools.0.into(),
         forced_tools,
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
     })

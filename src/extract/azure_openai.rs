@@ -76,7 +76,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.model, "prod-gpt");
-        assert_eq!(r.tools, [DeclaredTool::new("get_weather", "function")]);
+        assert_eq!(*r.tools, [DeclaredTool::new("get_weather", "function")]);
         let r = chat(
             "/openai/deployments/prod-gpt/chat/completions",
             json!({"model": "gpt-4o-mini", "messages": []}),

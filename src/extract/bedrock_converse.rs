@@ -132,7 +132,7 @@ fn converse(
     }
     Ok(LlmRequest {
         model,
-        tools: tools.0,
+        tools: tools.0.into(),
         forced_tools,
         stream,
     })
@@ -225,7 +225,7 @@ fn invoke(
     }
     Ok(LlmRequest {
         model,
-        tools: Vec::new(),
+        tools: Vec::new().into(),
         forced_tools: Vec::new(),
         stream,
     })
@@ -379,7 +379,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.model, "anthropic.claude-3-5-sonnet-20241022-v2:0");
         assert!(r.stream);
-        assert_eq!(r.tools, [DeclaredTool::new("get_weather", "function")]);
+        assert_eq!(*r.tools, [DeclaredTool::new("get_weather", "function")]);
         assert_eq!(r.forced_tools, ["get_weather"]);
         assert!(extract("/model/m/retrieve", json!({})).is_err());
         assert!(extract("/model//converse", json!({})).is_err());

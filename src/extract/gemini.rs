@@ -66,7 +66,7 @@ impl RequestFormat for Gemini {
         };
         Ok(AgentRequest::Llm(LlmRequest {
             model,
-            tools: tools.0,
+            tools: tools.0.into(),
             forced_tools,
             stream: method == "streamGenerateContent",
         }))

@@ -27,6 +27,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::DeclaredTool;
 use super::json_prescan::KnownValues;
@@ -47,7 +48,7 @@ pub struct KnownTools {
     /// bytes are other tools to another dialect).
     reader: &'static str,
     member: &'static str,
-    known: Option<Vec<DeclaredTool>>,
+    known: Option<Arc<[DeclaredTool]>>,
     /// Where the member's value lies in the body, when it was checked this time.
     checked: Option<Range<usize>>,
 }
@@ -65,13 +66,13 @@ impl KnownTools {
     }
 
     /// The tools read from the member's value before, when its bytes were remembered.
-    pub fn take_known(&mut self) -> Option<Vec<DeclaredTool>> {
+    pub fn take_known(&mut self) -> Option<Arc<[DeclaredTool]>> {
         self.known.take()
     }
 
     /// Remembers `tools`, read from the member's value in `body`, when that value was checked
     /// and built this time and is worth remembering.
-    pub fn remember(&self, body: &[u8], tools: &[DeclaredTool]) {
+    pub fn remember(&self, body: &[u8], tools: &Arc<[DeclaredTool]>) {
         let Some(value) = self.checked.clone().and_then(|span| body.get(span)) else {
             return;
         };
@@ -120,12 +121,12 @@ struct Remembered {
     reader: &'static str,
     /// The array's bytes, from `[` to `]`.
     value: Box<[u8]>,
-    tools: Vec<DeclaredTool>,
+    tools: Arc<[DeclaredTool]>,
 }
 
 impl Arrays {
     /// The length of the remembered array `rest` begins with, and its tools.
-    fn find(&mut self, reader: &str, rest: &[u8]) -> Option<(usize, Vec<DeclaredTool>)> {
+    fn find(&mut self, reader: &str, rest: &[u8]) -> Option<(usize, Arc<[DeclaredTool]>)> {
         let at = self
             .recent
             .iter()
@@ -134,17 +135,17 @@ impl Arrays {
         HITS.set(HITS.get() + 1);
         self.recent[..=at].rotate_right(1);
         let found = &self.recent[0];
-        Some((found.value.len(), found.tools.clone()))
+        Some((found.value.len(), Arc::clone(&found.tools)))
     }
 
-    fn insert(&mut self, reader: &'static str, value: &[u8], tools: &[DeclaredTool]) {
+    fn insert(&mut self, reader: &'static str, value: &[u8], tools: &Arc<[DeclaredTool]>) {
         self.bytes += value.len();
         self.recent.insert(
             0,
             Remembered {
                 reader,
                 value: value.into(),
-                tools: tools.to_vec(),
+                tools: Arc::clone(tools),
             },
         );
         while self.recent.len() > MAX_ARRAYS || self.bytes > MAX_BYTES {

@@ -62,7 +62,7 @@ pub enum AgentRequest {
 pub struct LlmRequest {
     pub model: String,
     /// Declared tools, unique by name, in request order.
-    pub tools: Vec<DeclaredTool>,
+    pub tools: std::sync::Arc<[DeclaredTool]>,
     /// Tools the caller forces the model to call (`tool_choice` / `function_call` naming one).
     pub forced_tools: Vec<String>,
     pub stream: bool,

@@ -16,6 +16,7 @@
 //!   would break call/result pairing; the model simply cannot call the tool again.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -65,24 +66,33 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
         Some(model) => model,
         None => llm::model(body)?,
     };
-    let mut tools = Tools::default();
-    match known.take_known() {
-        Some(declared) => tools.0 = declared,
+    let declared = match known.take_known() {
+        Some(declared) => declared,
         None => {
+            let mut tools = Tools::default();
             llm::add_declared(&mut tools, body, "tools", |entry| {
                 tool_entry(entry).map(|t| [t])
             })?;
-            known.remember(request.body, &tools.0);
+            let declared: Arc<[DeclaredTool]> = tools.0.into();
+            known.remember(request.body, &declared);
+            declared
         }
-    }
-    llm::add_declared(&mut tools, body, "functions", |entry| {
-        entry
-            .get("name")
-            .and_then(View::as_str)
-            .filter(|n| !n.is_empty())
-            .map(|name| [DeclaredTool::new(name, "function")])
-            .ok_or_else(|| "missing name".to_owned())
-    })?;
+    };
+    // Legacy `functions` (rarely beside `tools`): added after them, unique by name.
+    let tools = if llm::array(body, "functions")?.is_empty() {
+        declared
+    } else {
+        let mut tools = Tools(declared.to_vec());
+        llm::add_declared(&mut tools, body, "functions", |entry| {
+            entry
+                .get("name")
+                .and_then(View::as_str)
+                .filter(|n| !n.is_empty())
+                .map(|name| [DeclaredTool::new(name, "function")])
+                .ok_or_else(|| "missing name".to_owned())
+        })?;
+        tools.0.into()
+    };
     let stream = body.get("stream").and_then(View::as_bool).unwrap_or(false);
     let forced_tools = ["tool_choice", "function_call"]
         .iter()
@@ -98,7 +108,7 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
         .collect();
     Ok(LlmRequest {
         model,
-        tools: tools.0,
+        tools,
         forced_tools,
         stream,
     })

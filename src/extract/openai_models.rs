@@ -30,7 +30,7 @@ impl RequestFormat for OpenaiModels {
         }
         Ok(AgentRequest::Llm(LlmRequest {
             model: model.to_owned(),
-            tools: Vec::new(),
+            tools: Vec::new().into(),
             forced_tools: Vec::new(),
             stream: false,
         }))

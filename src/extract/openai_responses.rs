@@ -154,7 +154,7 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
         .collect();
     Ok(LlmRequest {
         model,
-        tools: tools.0,
+        tools: tools.0.into(),
         forced_tools,
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
     })

@@ -289,7 +289,10 @@ fn invalid_utf8_around_a_known_array_is_refused() {
     let array = tools(&NAMES);
     let primer = chat(&array, "hi");
     let array_text = serde_json::to_string(&array).unwrap();
-    let at = String::from_utf8(primer.clone()).unwrap().find(&array_text).unwrap();
+    let at = String::from_utf8(primer.clone())
+        .unwrap()
+        .find(&array_text)
+        .unwrap();
     for (place, byte) in [
         (primer.iter().position(|&b| b == b'h').unwrap(), 0xff),
         (at - 2, 0xc3),
@@ -308,4 +311,18 @@ fn invalid_utf8_around_a_known_array_is_refused() {
     body.splice(hi + 1..hi + 3, [0xed, 0xa0, 0x80]); // a UTF-16 surrogate, invalid in UTF-8
     assert!(same_primed(&primer, &body));
     assert!(read(&body).unwrap_err().to_string().contains("UTF-8"));
+}
+
+/// Legacy `functions` beside a known `tools` array are added after the remembered tools, a name
+/// declared in both kept once, as with nothing remembered.
+#[test]
+fn functions_beside_a_known_array_are_read_as_ever() {
+    let array = tools(&NAMES);
+    let primer = chat(&array, "hi");
+    let mut body: Value = serde_json::from_slice(&primer).unwrap();
+    body["functions"] = json!([{"name": "run_shell"}, {"name": "refund"}]);
+    let body = serde_json::to_vec(&body).unwrap();
+    assert!(same_primed(&primer, &body));
+    let read = read(&body).unwrap();
+    assert_eq!(names(&read), [&NAMES[..], &["run_shell"]].concat());
 }
