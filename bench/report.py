@@ -650,15 +650,15 @@ WHY = {
                  "concurrency that CPU is shared with Envoy, Cerbos and the load generator on 2 CPUs, so requests "
                  "queue.",
     "hot_throughput": "same cause: at saturation throughput follows the CPU each request costs all processes.",
-    "cpu": "a hot check does work the allow-all server does not (callgrind, 16 KiB / 20 tools: ~350k instructions "
-           "per check against allow-all's ~138k): reading the body (~half: every byte of the tool schemas and the "
-           "conversation held to the JSON grammar by agent-authz's prescan, ~100k, and what a dialect reads built "
-           "by serde_json from the compacted copy, ~68k), HTTP/2 and gRPC, the one lookup of the remembered "
-           "decision, the Envoy answer, the decision record. Through Envoy at one connection the service also "
-           "sleeps and is woken for every check on a CPU Envoy and the upstream have just used: agent-authz alone "
-           "(gRPC load, no Envoy) spends ~52 us a check, through Envoy ~127 us, and the ~15 % fewer instructions "
-           "of issue 17's fourth round moved the alone row (-12 %) but not this one beyond its run-to-run spread "
-           "(README, Performance; bench/CALLGRIND.md).",
+    "cpu": "a hot check does work the allow-all server does not, though no longer much more of it "
+           "(callgrind, 16 KiB / 20 tools: ~164k instructions per check against allow-all's ~140k, down from "
+           "~350k: a tool array resent byte for byte is taken as read, extract/known_tools.rs): the rest of the "
+           "body held to the JSON grammar, the one lookup of the remembered decision, the Envoy answer and the "
+           "ext_proc handoff, the decision record (~5.8 KB a check for 21 resources, written by a thread that "
+           "wakes every 2 ms), each 1-8 % of a check. perf at one connection finds the difference in user time "
+           "(kernel time about equal), spent at a lower rate of instructions per cycle than the allow-all "
+           "server's (a larger working set: the body and its compacted copy, the remembered decision, the "
+           "console's ring of records) (README, Performance; bench/CALLGRIND.md).",
     "idle_rss": "",
     "loaded_rss": "each of the 64 requests holds its 1 MiB body (gRPC decode buffer plus the decoded message) "
                   "until it is answered.",
