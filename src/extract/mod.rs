@@ -345,6 +345,18 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A seeded xorshift: each call a number below its argument (0 for 0), the same sequence
+    /// for the same seed, so mutation tests are repeatable.
+    pub fn below(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut rng = seed;
+        move |below: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % below.max(1) as u64) as usize
+        }
+    }
+
     /// Strips `denied` from `body` in `format`; `None` when nothing changed.
     pub fn strip(format: &dyn RequestFormat, body: &str, denied: &[&str]) -> Option<String> {
         let denied: Vec<String> = denied.iter().map(|s| s.to_string()).collect();

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::compact;
 use crate::extract::json_view::View;
 use crate::extract::strict_json::{Reading, parse_members, parse_members_in_full};
+use crate::extract::test_support::below;
 use crate::extract::{anthropic_messages, bedrock_converse, gemini, openai_chat, openai_responses};
 
 const MODEL_ONLY: Reading<'static> = Reading {
@@ -361,13 +362,7 @@ fn the_fast_reading_equals_the_full_one_over_the_corpus_and_mutations() {
         .map(|b| b.as_bytes().to_vec()),
     );
     let readings = readings();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |below: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % below.max(1) as u64) as usize
-    };
+    let mut next = below(0x9e37_79b9_7f4a_7c15);
     const INSERTS: [&[u8]; 14] = [
         b"\"", b"\\", b"\x01", b"\t", b"\x7f", b"{", b"}", b"[", b",", b":", b"0", b"e", b"-",
         b"\\u00",
