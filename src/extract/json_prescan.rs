@@ -139,13 +139,17 @@ impl<'t> Scan<'t, '_, '_> {
                     self.cur.whitespace();
                     let start = self.cur.pos;
                     match self.known.find(member, &self.cur.bytes[start..]) {
-                        Some(len) if self.is_known_value(start, start + len) => {
+                        Some(len) => {
+                            // A span that cannot be a value: the full reading, which forgets it.
+                            if !self.is_known_value(start, start + len) {
+                                return None;
+                            }
                             // Its bytes were checked when it was first read: UTF-8 included.
                             self.check_utf8(start)?;
                             self.checked = start + len;
                             self.write_null(start, start + len);
                         }
-                        _ => {
+                        None => {
                             self.built(1)?;
                             self.known.scanned(member, start..self.cur.pos);
                         }

@@ -433,3 +433,45 @@ fn the_fast_reading_equals_the_full_one_over_the_corpus_and_mutations() {
         "bodies with escaped keys are in the corpus"
     );
 }
+
+/// A `KnownValues` that claims a span no value can have (empty, past the body) sends the body to
+/// the full reading, and is told to forget; one that cuts a value short leaves what follows
+/// unreadable, with the same end.
+#[test]
+fn a_known_span_that_cannot_be_a_value_goes_to_the_full_reading() {
+    use std::ops::Range;
+
+    use super::KnownValues;
+    use crate::extract::strict_json::parse_members_with;
+
+    struct Claims {
+        len: usize,
+        forgotten: bool,
+    }
+    impl KnownValues for Claims {
+        fn find(&mut self, member: &str, _: &[u8]) -> Option<usize> {
+            (member == "tools").then_some(self.len)
+        }
+        fn scanned(&mut self, _: &str, _: Range<usize>) {}
+        fn forget(&mut self) {
+            self.forgotten = true;
+        }
+    }
+    let body = br#"{"model":"m","tools":[{"type":"function","function":{"name":"a\u00e9"}}]}"#;
+    let full = parse_members_in_full::<Value>(body, &openai_chat::READING).unwrap();
+    for len in [0, body.len(), 3] {
+        let mut claims = Claims {
+            len,
+            forgotten: false,
+        };
+        let got = parse_members_with::<Value>(
+            body,
+            &openai_chat::READING,
+            &mut claims,
+            &mut String::new(),
+        )
+        .unwrap();
+        assert_eq!(got, full, "{len}");
+        assert!(claims.forgotten, "{len}");
+    }
+}
