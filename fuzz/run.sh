@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(extract_request strip_tools sse_events jwt_identity bedrock_converse_answer tool_call_answers json_prescan_differential)
+[[ ${#targets[@]} -gt 0 ]] || targets=(extract_request strip_tools sse_events jwt_identity bedrock_converse_answer tool_call_answers json_prescan_differential known_tools_differential)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 for target in "${targets[@]}"; do

@@ -156,7 +156,7 @@ impl Arrays {
 }
 
 /// Forgets what this thread remembers (tests compare readings with and without).
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub fn forget_all() {
     REMEMBERED.with_borrow_mut(|arrays| {
         arrays.recent.clear();

@@ -11,7 +11,12 @@ pub mod bedrock_converse;
 pub mod gemini;
 mod json_prescan;
 mod json_view;
+#[cfg(not(fuzzing))]
 mod known_tools;
+/// Public only to the `known_tools_differential` fuzz target, which reads bodies with and without
+/// a remembered tool array.
+#[cfg(fuzzing)]
+pub mod known_tools;
 mod llm;
 pub mod mcp;
 pub mod openai_chat;

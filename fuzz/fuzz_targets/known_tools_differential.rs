@@ -1,0 +1,76 @@
+//! A remembered tool array never changes a reading: a body made from a primer (an OpenAI Chat
+//! request declaring a large `tools` array) by the fuzzer's edits is read with nothing remembered,
+//! then again with the primer's array remembered, and both readings must agree (the same request,
+//! or the same refusal). The edits land anywhere: in the array (where the memory must not match),
+//! before it and after it (where it must match and the rest still be checked).
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use agent_authz::extract::known_tools::forget_all;
+use agent_authz::extract::{HttpRequest, openai_chat};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+
+fn tools(names: &[&str]) -> Value {
+    names
+        .iter()
+        .map(|name| {
+            json!({"type": "function", "function": {"name": name,
+                "description": format!("Looks {name} up. \"Quoted\" \u{e9} \u{2603}"),
+                "parameters": {"type": "object", "properties": {
+                    "ticket_id": {"type": "string", "pattern": "^T-[0-9]+$"},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 1.5e0}},
+                    "required": ["ticket_id"]}}})
+        })
+        .collect()
+}
+
+static PRIMERS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+    let names = ["lookup_ticket", "search_kb", "get_weather", "refund"];
+    vec![
+        serde_json::to_vec(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+            "tools": tools(&names), "tool_choice": "auto"}))
+        .unwrap(),
+        serde_json::to_vec_pretty(&json!({"tools": tools(&names[1..]), "model": "m",
+            "functions": [{"name": "run_shell"}], "messages": []}))
+        .unwrap(),
+        format!(
+            r#"{{"tools" : [ {{"type":"custom","custom":{{"name":"gr\u0065p","format":{{"type":"grammar","definition":"{}"}}}}}},{{"type":"function","function":{{"name":"a"}}}} ] , "model":"m", "tool_choice":{{"type":"function","function":{{"name":"a"}}}}}}"#,
+            "x".repeat(600)
+        )
+        .into_bytes(),
+    ]
+});
+
+fn read(body: &[u8]) -> Result<String, String> {
+    let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+    let request = HttpRequest { method: "POST", path: "/v1/chat/completions", headers: &headers, body };
+    openai_chat::read(&request, None).map(|r| format!("{r:?}")).map_err(|e| e.to_string())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, edits)) = data.split_first() else { return };
+    let primer = &PRIMERS[usize::from(which) % PRIMERS.len()];
+    let mut body = primer.clone();
+    // Each edit: a position (two bytes), an operation, a byte.
+    for edit in edits.chunks_exact(4) {
+        let at = usize::from(u16::from_le_bytes([edit[0], edit[1]])) % (body.len() + 1);
+        match edit[2] % 4 {
+            0 if at < body.len() => body[at] = edit[3],
+            1 => body.insert(at, edit[3]),
+            2 if at < body.len() => {
+                body.remove(at);
+            }
+            3 => body.truncate(at),
+            _ => {}
+        }
+    }
+    forget_all();
+    let cold = read(&body);
+    forget_all();
+    read(primer).expect("the primer reads");
+    let warm = read(&body);
+    assert_eq!(cold, warm, "primed and cold readings differ");
+});
