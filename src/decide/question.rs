@@ -5,11 +5,12 @@
 //!
 //! The bytes are a prefix-free binary form of the question: each string carries its length,
 //! each JSON value a tag for its kind (integers and floats apart, as their JSON spellings
-//! are), each list and object its size. The principal is the exception: its JSON, written once per
-//! remembered token by the identity stage, is copied, not encoded again. So distinct questions give distinct bytes, without the
-//! escaping a JSON serialisation spends most of its time on (the key is built for every
-//! request: it was ~6 % of a cached 20-tool check as JSON). The bytes are hashed once, with
-//! the engine's random keys; a lookup compares the hash, then every byte.
+//! are), each list and object its size. The principal is the exception: its JSON, written once
+//! per remembered token by the identity stage, is copied, not encoded again. So distinct
+//! questions give distinct bytes, without the escaping a JSON serialisation spends most of its
+//! time on (the key is built for every request: it was ~6 % of a cached 20-tool check as JSON).
+//! The bytes are hashed once, with the engine's random keys; a lookup compares the hash, then
+//! every byte.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;

@@ -24,10 +24,10 @@
 //! parts to, so a body accepted here is one serde_json accepted, and the values replaced by
 //! `null` are exactly the values it skipped: value boundaries are found by the same grammar.
 //! Whenever this module is unsure (the top level is not an object, a key it compares holds an
-//! escape, a built member nests deeper than serde_json allows, any grammar or UTF-8 error) it answers
-//! `None` and the body is read in full as before; when serde_json refuses the compacted text,
-//! the caller reads the original body in full too, so every refusal (and its message) is the one
-//! the full reading gives. Differential tests and the `json_prescan_differential` fuzz target
+//! escape, a built member nests deeper than serde_json allows, any grammar or UTF-8 error) it
+//! answers `None` and the body is read in full as before; when serde_json refuses the compacted
+//! text, the caller reads the original body in full too, so every refusal (and its message) is
+//! the one the full reading gives. Differential tests and the `json_prescan_differential` fuzz target
 //! hold the two readings equal.
 
 use std::ops::Range;

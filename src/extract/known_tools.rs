@@ -108,7 +108,8 @@ impl KnownValues for KnownTools {
 }
 
 thread_local! {
-    static REMEMBERED: RefCell<Arrays> = const { RefCell::new(Arrays { recent: Vec::new(), bytes: 0 }) };
+    static REMEMBERED: RefCell<Arrays> =
+        const { RefCell::new(Arrays { recent: Vec::new(), bytes: 0 }) };
 }
 
 /// One thread's remembered arrays, most recently used first.
