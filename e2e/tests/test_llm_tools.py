@@ -158,9 +158,14 @@ def test_an_agent_loop_resending_its_tools_is_judged_every_turn(reject_stack):
     weather["function"]["description"] = "Current weather for a city, in metric units. " * 12
     messages = list(HELLO)
     for turn in range(3):
+        before = len(reject_stack.decisions())
         completion = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=[weather])
         messages += [{"role": "assistant", "content": completion.choices[0].message.content},
                      {"role": "user", "content": f"and turn {turn + 2}?"}]
+        # What the model's endpoint parsed is what was judged, every turn.
+        parsed = [t["function"]["name"] for t in json.loads(reject_stack.llm_received()[-1]["body"])["tools"]]
+        judged = reject_stack.wait_for_request_decision("/v1/chat/completions", after=before)
+        assert parsed == judged["allowed_tools"] == ["get_weather"], (parsed, judged)
     assert len(reject_stack.llm_received()) == 3
     renamed = json.loads(json.dumps(weather).replace("get_weather", "get_weathes"))
     for tools in ([weather, tool("delete_repo")], [renamed]):
