@@ -27,8 +27,8 @@
 //! escape, a built member nests deeper than serde_json allows, any grammar or UTF-8 error) it
 //! answers `None` and the body is read in full as before; when serde_json refuses the compacted
 //! text, the caller reads the original body in full too, so every refusal (and its message) is
-//! the one the full reading gives. Differential tests and the `json_prescan_differential` fuzz target
-//! hold the two readings equal.
+//! the one the full reading gives. Differential tests and the `json_prescan_differential` fuzz
+//! target hold the two readings equal.
 
 use std::ops::Range;
 
