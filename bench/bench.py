@@ -6,9 +6,11 @@ Starts, on free 127.0.0.1 ports, from a fresh temporary directory:
   - Cerbos (.tools/bin/cerbos) with the bench-only policies in bench/policies/,
   - the fast upstream (examples/bench_upstream.rs),
   - the allow-all ext_authz server (examples/allow_all.rs), baseline (b),
+  - the same asking Cerbos one fixed question per check (examples/ask_cerbos.rs), floor (f) of
+    an uncached check, once agent-authz has shown which question a 1 KiB chat asks,
   - agent-authz twice: bench/agent-authz.yaml (cache off) and bench/agent-authz-cached.yaml,
-  - one Envoy (.tools/bin/envoy) with bench/envoy.yaml: four listeners (direct, allow-all,
-    agent-authz, agent-authz cached) in front of the same upstream.
+  - one Envoy (.tools/bin/envoy) with bench/envoy.yaml: listeners (direct, allow-all, the
+    floor, agent-authz, agent-authz cached, the SSE pairs) in front of the same upstream.
 Then drives load from separate processes, each bounded in time or count:
   - wrk (bench/wrk_fixed.lua, bench/wrk_rotate.lua) through Envoy, at each concurrency level,
   - examples/grpc_load.rs against Cerbos alone (baseline (c), the same CheckResources
@@ -130,7 +132,7 @@ WITH_LITELLM = os.environ.get("BENCH_LITELLM", "") not in ("", "0") or ONLY == "
 ONLY_LITELLM_SCENARIOS = {"a_1k", "b_1k", "a_16k", "b_16k", "chat_1k_0tools", "chat_16k_20tools", "repeat_cache"}
 # BENCH_ONLY=targets keeps the same through Envoy (issue 17's targets read no other), Cerbos
 # alone for their questions, agent-authz alone and the SSE answers (no memory run).
-ONLY_TARGET_SCENARIOS = ONLY_LITELLM_SCENARIOS
+ONLY_TARGET_SCENARIOS = ONLY_LITELLM_SCENARIOS | {"f_1k"}
 
 
 def server_argv(argv: list[str]) -> list[str]:
@@ -170,8 +172,10 @@ ENVOY_TEMPLATE_PORTS = {
     10006: "listener_sse_on",
     10007: "listener_sse_off_uncached",
     10008: "listener_sse_on_uncached",
+    10009: "listener_ask_cerbos",
     8081: "upstream",
     9291: "allow_all",
+    9292: "ask_cerbos",
     9191: "authz",
     9193: "authz_cached",
 }
@@ -634,7 +638,7 @@ class Bench:
         self.fastest_probe = float("inf")
         self.retry_spent = 0.0  # seconds spent repeating runs measured on a slow machine
         self.probe_spec: Path | None = None
-        self.tracked = ["agent_authz", "agent_authz_cached", "cerbos", "envoy", "upstream", "allow_all"]
+        self.tracked = ["agent_authz", "agent_authz_cached", "cerbos", "envoy", "upstream", "allow_all", "ask_cerbos"]
         # Measured as a whole process tree (CPU and peak RSS summed), not as one process.
         self.trees = {"litellm"}
         if WITH_LITELLM:
@@ -735,6 +739,18 @@ class Bench:
         p.wait_ready("envoy", lambda: http_get(f"http://127.0.0.1:{self.ports['envoy_admin']}/ready")[0] == 200)
         log(f"stack up in {d}")
 
+    def start_floor(self, question: str) -> None:
+        """Floor (f): examples/ask_cerbos.rs asking Cerbos the question agent-authz asked for
+        `question` (grpc_load's Cerbos spec, written by `sanity`), with agent-authz's runtime
+        settings (worker threads as bench/agent-authz.yaml)."""
+        if question not in self.cerbos_specs:
+            raise BenchError(f"floor (f): agent-authz has not shown the {question!r} question yet")
+        workers = yaml.safe_load((BENCH / "agent-authz.yaml").read_text())["server"].get("worker_threads")
+        self.procs.spawn("ask_cerbos", [str(EXAMPLES / "ask_cerbos"), f"127.0.0.1:{self.ports['ask_cerbos']}",
+                                        f"http://127.0.0.1:{self.ports['cerbos_grpc']}", str(self.cerbos_specs[question])]
+                         + (["--worker-threads", str(workers)] if workers else []))
+        self.procs.wait_ready("ask_cerbos", lambda: tcp_open(self.ports["ask_cerbos"]))
+
     def fresh(self, proc: str) -> None:
         """Restarts one agent-authz instance, so its peak RSS (and cache) is this run's alone."""
         admin = "authz_cached_admin" if proc == "agent_authz_cached" else "authz_admin"
@@ -757,6 +773,11 @@ class Bench:
                         "headers": headers, "tokens": None, "expect": 200, "target": None, "base": key})
             out.append({"id": f"b_{key}", "group": "b", "listener": "allow_all", "body": body, "path": path,
                         "headers": headers, "tokens": None, "expect": 200, "target": "allow_all", "base": key})
+            if key == "1k":
+                # Floor (f) of the uncached 1 KiB check: (b) plus one Cerbos call, nothing else.
+                out.append({"id": "f_1k", "group": "f", "listener": "ask_cerbos", "body": body, "path": path,
+                            "headers": headers, "tokens": None, "expect": 200, "target": "ask_cerbos",
+                            "base": key, "cerbos": "model"})
         authz = [
             ("chat_1k_0tools", "chat 1 KiB, 0 tools", "chat_1k", chat, {}, "fixed", 200, "1k", "model"),
             ("chat_16k_20tools", "chat 16 KiB, 20 tools", "chat_16k_20tools", chat, {}, "fixed", 200, "16k", "model_20tools"),
@@ -785,8 +806,11 @@ class Bench:
 
     def sanity(self, scenarios: list[dict]) -> None:
         """One request per scenario before any load: the expected status, and the question
-        agent-authz asked Cerbos (from its decision log) for baseline (c)."""
-        for s in scenarios:
+        agent-authz asked Cerbos (from its decision log) for baseline (c) and floor (f), which
+        starts once that question is known (its scenarios are checked last)."""
+        for s in sorted(scenarios, key=lambda s: s["group"] == "f"):
+            if s["group"] == "f" and "ask_cerbos" not in self.procs.popen:
+                self.start_floor(s["cerbos"])
             headers = {"Content-Type": "application/json", **s["headers"]}
             if s["tokens"]:
                 headers["Authorization"] = f"Bearer {self.tokens['alice']}"
@@ -863,7 +887,7 @@ class Bench:
             raise BenchError("BENCH_MAX_SECONDS exceeded")
         probe_before = self.probe()
         self.procs.check_alive()
-        pids = {n: self.procs.pid(n) for n in self.tracked if n not in self.trees}
+        pids = {n: self.procs.pid(n) for n in self.tracked if n not in self.trees and n in self.procs.popen}
         trees = {n: self.tree_pids(n) for n in self.tracked if n in self.trees}
         for pid in list(pids.values()) + [p for tree in trees.values() for p in tree]:
             reset_peak_rss(pid)
@@ -1029,8 +1053,9 @@ class Bench:
 
     def run_direct_uncached(self) -> None:
         """The uncached hop without Envoy, one connection: agent-authz alone asking Cerbos,
-        the allow-all server fed the same way (the hop's floor), and Cerbos alone at the pace
-        agent-authz asked it, each right after the other. What agent-authz adds beyond the two
+        the allow-all server fed the same way (the hop's floor), the same asking Cerbos (the
+        floor (f) of an uncached 1 KiB check) and Cerbos alone at the pace agent-authz asked it,
+        each right after the other. What agent-authz adds beyond the two
         floors here is its own share of an uncached check; the rest of the gap measured through
         Envoy comes from the longer chain of processes sharing the CPUs."""
         for key, body, question in (("1k_0tools", "chat_1k", "model"),
@@ -1038,7 +1063,10 @@ class Bench:
             spec = self.direct_spec(f"uncached_{key}", body)
             out = {}
             self.fresh("agent_authz")
-            for name, port in (("agent_authz", self.ports["authz"]), ("allow_all", self.ports["allow_all"])):
+            servers = [("agent_authz", self.ports["authz"]), ("allow_all", self.ports["allow_all"])]
+            if question == "model" and "ask_cerbos" in self.procs.popen:
+                servers.append(("ask_cerbos", self.ports["ask_cerbos"]))
+            for name, port in servers:
                 self.grpc_load("ext-authz", port, spec, 1, 300, WARMUP)
                 out[name] = self.measure(lambda: self.grpc_load("ext-authz", port, spec, 1, 100000, DURATION))
             interval = int(1e6 / out["agent_authz"]["throughput_rps"])
@@ -1333,7 +1361,7 @@ def _interrupted(*_: Any) -> None:
 
 def main() -> int:
     missing = [str(p) for p in (AGENT_AUTHZ, EXAMPLES / "grpc_load", EXAMPLES / "allow_all", EXAMPLES / "bench_upstream",
-                                EXAMPLES / "sse_load",
+                                EXAMPLES / "sse_load", EXAMPLES / "ask_cerbos",
                                 TOOLS_BIN / "envoy", TOOLS_BIN / "cerbos") if not p.exists()]
     if shutil.which("wrk") is None:
         missing.append("wrk")

@@ -27,7 +27,7 @@ BODY_LABEL = {"1k": "1 KiB chat, 0 tools", "16k": "16 KiB chat, 20 tools", "256k
               "1m": "1 MiB conversation, 20 tools", "mcp": "MCP tools/call (small)"}
 CERBOS_LABEL = {"model": "1 model", "model_20tools": "1 model + 20 tools", "mcp_refund": "1 MCP tools/call (refund)",
                 "denied_model": "1 model (denied)"}
-SERVERS = ("envoy", "agent_authz", "agent_authz_cached", "cerbos", "upstream", "allow_all", "litellm")
+SERVERS = ("envoy", "agent_authz", "agent_authz_cached", "cerbos", "upstream", "allow_all", "ask_cerbos", "litellm")
 
 
 def ms(x: float) -> str:
@@ -213,7 +213,8 @@ def render(res: dict, summaries: bool = True) -> str:
     du = res.get("direct_uncached") or {}
     if du:
         out.append("The same hop without Envoy, one connection, each run right after the other: grpc_load → "
-                   "agent-authz (cache off) → Cerbos; grpc_load → allow-all (the hop's floor); grpc_load → Cerbos at "
+                   "agent-authz (cache off) → Cerbos; grpc_load → allow-all (the hop's floor); grpc_load → the "
+                   "allow-all server asking Cerbos (floor (f), 1 KiB only); grpc_load → Cerbos at "
                    "the pace agent-authz asked it. What remains after both floors is agent-authz's own share of an "
                    "uncached check (extraction, the Cerbos request and answer, the decision, the answer); the rest "
                    "of the gap through Envoy comes with the longer chain (wrk, two Envoy workers, agent-authz, "
@@ -223,13 +224,16 @@ def render(res: dict, summaries: bool = True) -> str:
             x = du.get(key)
             if not x:
                 continue
-            a, f, c = x["agent_authz"], x["allow_all"], x["cerbos_paced"]
+            a, f, c, k = x["agent_authz"], x["allow_all"], x["cerbos_paced"], x.get("ask_cerbos")
             own = a["p50_ms"] - f["p50_ms"] - c["p50_ms"]
             rows.append([label, ms(a["p50_ms"]), ms(f["p50_ms"]), ms(c["p50_ms"]), f"{own * 1000:.0f} µs",
                          "**pass**" if own <= TARGET_SLACK_MS else "**FAIL**",
-                         us(per_request_us(a, "agent_authz")), noisy(a).lstrip("; ") or "–"])
+                         us(per_request_us(a, "agent_authz")), us(per_request_us(f, "allow_all")),
+                         f"{ms(k['p50_ms'])}, {us(per_request_us(k, 'ask_cerbos'))}" if k else "–",
+                         noisy(a).lstrip("; ") or "–"])
         out.append(table(["request", "agent-authz p50 (uncached)", "allow-all p50", "Cerbos p50 at this pace",
-                          "agent-authz's own share", "≤ 100 µs", "agent-authz CPU/check", "notes"], rows))
+                          "agent-authz's own share", "≤ 100 µs", "agent-authz CPU/check", "allow-all CPU/check",
+                          "floor (f) p50, CPU/check", "notes"], rows))
 
     # ---------------------------------------------------------------- through Envoy
     for c in conc:
@@ -253,7 +257,8 @@ def render(res: dict, summaries: bool = True) -> str:
                           "Envoy CPU/req", "all servers CPU/req", "agent-authz peak RSS", "answers"], rows))
         rows = []
         for key, label in BODY_LABEL.items():
-            for g, name, proc in (("a", "(a) Envoy → upstream", None), ("b", "(b) Envoy + allow-all ext_authz", "allow_all")):
+            for g, name, proc in (("a", "(a) Envoy → upstream", None), ("b", "(b) Envoy + allow-all ext_authz", "allow_all"),
+                                  ("f", "(f) Envoy + allow-all asking Cerbos", "ask_cerbos")):
                 x = r(f"{g}_{key}", c)
                 if not x:
                     continue
@@ -262,7 +267,7 @@ def render(res: dict, summaries: bool = True) -> str:
                              us(per_request_us(x, proc)) if proc else "–", us(stack_us(x)),
                              mib(x["hwm_kib"]["envoy"]), answers(x, scen[f"{g}_{key}"])])
         out.append(f"Baselines (a) and (b), {c} connection{'s' if c != '1' else ''}:\n")
-        out.append(table(["baseline", "body", "req/s", "p50", "p90", "p99", "Envoy CPU/req", "allow-all CPU/check",
+        out.append(table(["baseline", "body", "req/s", "p50", "p90", "p99", "Envoy CPU/req", "ext_authz server CPU/check",
                           "all servers CPU/req", "Envoy peak RSS", "answers"], rows))
 
     # ---------------------------------------------------------------- Cerbos alone
@@ -825,11 +830,12 @@ def issue17_targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
     else:
         missing(name, f"≥ {I17_HOT_THROUGHPUT_HIGH * 100:.0f} %")
     name = f"Uncached, 1 KiB chat (1 resource): service CPU per check vs allow-all's ({low} conn)"
-    x, b = r("chat_1k_0tools", low), r("b_1k", low)
+    x, b, f = r("chat_1k_0tools", low), r("b_1k", low), r("f_1k", low)
     if x and b:
         mine, floor = per_request_us(x, "agent_authz"), per_request_us(b, "allow_all")
+        asking = f"; floor (f), allow-all asking Cerbos: {us(per_request_us(f, 'ask_cerbos'))}" if f else ""
         out.append((name, f"≤ allow-all + {I17_UNCACHED_CPU_SLACK_US:.0f} µs = "
-                    f"{us(floor + I17_UNCACHED_CPU_SLACK_US)}", f"{us(mine)} (allow-all {us(floor)})",
+                    f"{us(floor + I17_UNCACHED_CPU_SLACK_US)}", f"{us(mine)} (allow-all {us(floor)}{asking})",
                     mine <= floor + I17_UNCACHED_CPU_SLACK_US))
     else:
         missing(name, f"≤ allow-all + {I17_UNCACHED_CPU_SLACK_US:.0f} µs")
@@ -841,6 +847,8 @@ def issue17_targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
         floor = c_paced or c_hot
         if floor:
             other = f"; hot loop {ms(c_hot['p50_ms'])}" if c_paced and c_hot else ""
+            if f:
+                other += f"; floor (f) adds {f['p50_ms'] - b['p50_ms']:+.3f} ms"
             out.append((name, f"≤ Cerbos + {I17_UNCACHED_SLACK_MS * 1000:.0f} µs = "
                         f"{ms(floor['p50_ms'] + I17_UNCACHED_SLACK_MS)}",
                         f"{add:+.3f} ms vs Cerbos {ms(floor['p50_ms'])} ({'at the scenario' + chr(39) + 's pace' if c_paced else 'hot loop'}{other})",
@@ -887,7 +895,32 @@ def issue17_section(modes: dict[str, dict]) -> str:
             "CPU per check is the server process's utime+stime over the run divided by the requests answered. "
             "Cerbos' own p50 is (c) asked at the scenario's pace (hot loop shown beside it); Cerbos alone at "
             "16 connections is grpc_load's hot loop with the CheckResources agent-authz sent. "
-            f"**{summary}.**\n\n" + table(header, rows))
+            f"**{summary}.**\n\n" + table(header, rows) + uncached_floor(modes))
+
+
+def uncached_floor(modes: dict[str, dict]) -> str:
+    """What the uncached 1 KiB check costs with nothing but the Cerbos call added to the
+    allow-all hop (floor (f), examples/ask_cerbos.rs), beside allow-all and agent-authz."""
+    lines = []
+    for mode, res in modes.items():
+        http = res["http"]
+        low = str(res["settings"]["concurrency"][0])
+        b, f, x = (http.get(sid, {}).get(low) for sid in ("b_1k", "f_1k", "chat_1k_0tools"))
+        if not (b and f and x):
+            continue
+        cb, cf, cx = (per_request_us(r, p) for r, p in ((b, "allow_all"), (f, "ask_cerbos"), (x, "agent_authz")))
+        lines.append(f"- {mode}: allow-all {us(cb)} → floor (f) {us(cf)} (the Cerbos call: {cf - cb:+.0f} µs) → "
+                     f"agent-authz {us(cx)} (everything else it does: {cx - cf:+.0f} µs); p50 {ms(b['p50_ms'])} → "
+                     f"{ms(f['p50_ms'])} → {ms(x['p50_ms'])}. The limit, allow-all + "
+                     f"{I17_UNCACHED_CPU_SLACK_US:.0f} µs, leaves {cb + I17_UNCACHED_CPU_SLACK_US - cf:.0f} µs above "
+                     "the floor for identity, reading the body, building the checks, the Envoy answer and the "
+                     "decision record.")
+    if not lines:
+        return ""
+    return ("\n\nThe uncached check's floor, through Envoy at one connection: floor (f) is the allow-all server "
+            "asking Cerbos the same question (the one agent-authz asked for this 1 KiB chat) through agent-authz's own "
+            "Cerbos client before allowing (examples/ask_cerbos.rs, agent-authz's runtime settings), measured in the "
+            "same run. Service CPU per check:\n\n" + "\n".join(lines) + "\n")
 
 
 def sse_rows(res: dict) -> list[list[str]]:
@@ -1036,7 +1069,7 @@ def render_modes(combined: dict) -> str:
     order = ", ".join(f"{m} ({modes[m]['date']}, {modes[m]['bench_seconds']:.0f} s)" for m in modes)
     pinned = next((m for m in modes.values() if (m["settings"].get("pinned"))), None)
     pin_text = (f"Pinned: every server (Envoy with {pinned['settings'].get('envoy_workers', 1)} worker, agent-authz, "
-                f"Cerbos, the upstream, the allow-all server) on CPU {pinned['settings']['pinned']['servers_cpu']} and "
+                f"Cerbos, the upstream, the allow-all server and floor (f)) on CPU {pinned['settings']['pinned']['servers_cpu']} and "
                 f"the load generators (wrk, grpc_load, sse_load) on CPU {pinned['settings']['pinned']['load_cpu']} "
                 "(`taskset`), so every microsecond of CPU a server spends shows up as latency. Unpinned: everything "
                 "shares the CPUs, Envoy with 2 workers, where spare CPU hides cost. " if pinned else "")

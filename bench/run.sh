@@ -2,7 +2,7 @@
 # The benchmark, in one command:  bench/run.sh
 #   1. scripts/setup.sh (Envoy, Cerbos, the Python venv) and wrk (apt) when missing,
 #   2. cargo build --release (agent-authz) and cargo build --release --examples
-#      (examples/allow_all.rs, grpc_load.rs, sse_load.rs, bench_upstream.rs),
+#      (examples/allow_all.rs, ask_cerbos.rs, grpc_load.rs, sse_load.rs, bench_upstream.rs),
 #   3. bench/bench.py: starts the real Cerbos, Envoy, agent-authz (cache off and on), the
 #      allow-all ext_authz server and the upstream on free 127.0.0.1 ports, drives bounded load
 #      (wrk through Envoy; grpc_load against Cerbos and against agent-authz; sse_load for
