@@ -17,7 +17,7 @@ use crate::decide::{Effect, Verdict};
 use crate::identity::{Principal, SharedPrincipal};
 
 mod resources;
-pub use resources::{Resources, SharedResources};
+pub use resources::{AllowedTools, Resources, SharedResources};
 
 /// Everything known about one decision.
 #[derive(Debug, Clone, Serialize)]
@@ -53,8 +53,8 @@ pub struct DecisionRecord {
     pub model: Option<String>,
     pub resources: Resources,
     /// Declared tools the policy allowed (the other half of `denied_tools`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed_tools: Vec<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub allowed_tools: AllowedTools,
     /// Declared tools the policy denied (reported even when `denied_tools: pass` let them by).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied_tools: Vec<String>,
@@ -349,7 +349,7 @@ pub(crate) mod tests {
             format: None,
             model: None,
             resources: Resources::default(),
-            allowed_tools: Vec::new(),
+            allowed_tools: AllowedTools::default(),
             denied_tools: Vec::new(),
             hidden: Vec::new(),
             cerbos_call_ids: Vec::new(),

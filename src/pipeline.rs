@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{
-    AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, Resources, now_rfc3339,
+    AllowedTools, AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, Resources, now_rfc3339,
 };
 use crate::config::{
     Config, DeniedToolCall, DeniedTools, ForcedDeniedTool, Format, ModelToolCalls, RouteConfig,
@@ -828,16 +828,10 @@ fn record(
     refusal: Option<&'static str>,
     dry_run: bool,
 ) -> DecisionRecord {
-    let allowed_tools = trace
-        .decision
-        .verdicts
-        .iter()
-        .filter(|v| v.effect.allows())
-        .filter_map(|v| match &v.check.subject {
-            Subject::Tool(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
+    let allowed_tools = AllowedTools::of(
+        &trace.decision.verdicts,
+        trace.decision.shared_records.as_ref(),
+    );
     let model = match &trace.request {
         Some(AgentRequest::Llm(llm)) => Some(llm.model.clone()),
         _ => None,

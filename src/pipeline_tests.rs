@@ -1315,3 +1315,35 @@ async fn a_remembered_decision_counts_its_verdicts_every_turn() {
     let thrice: Vec<(String, u64)> = once.iter().map(|(s, n)| (s.clone(), 3 * n)).collect();
     assert_eq!(decisions(text), thrice);
 }
+
+/// A remembered decision's record carries the tool lists and resources a record built afresh
+/// from the same verdicts carries (the remembered one's JSON was written when it was made).
+#[tokio::test]
+async fn a_remembered_decision_records_what_a_fresh_decision_records() {
+    let remembering = cached("denied_tools: strip\n").await;
+    let fresh = Harness::new("denied_tools: strip\n").await;
+    let turn = || {
+        input(
+            "/v1/chat/completions",
+            chat("gpt-4o-mini", &["get_weather", "delete_repo", "search"]),
+            alice(),
+        )
+    };
+    for _ in 0..3 {
+        remembering.check(turn()).await;
+    }
+    fresh.pipeline.check(turn()).await;
+    let metrics = remembering.metrics.encode();
+    assert!(
+        metrics.contains("agent_authz_cache_hits_total 8"),
+        "turns two and three remembered (four verdicts each): {metrics}"
+    );
+    let built = &fresh.log()[0];
+    assert_eq!(built["allowed_tools"], json!(["get_weather"]));
+    assert_eq!(built["denied_tools"], json!(["delete_repo", "search"]));
+    for line in remembering.audit.lines() {
+        for key in ["allowed_tools", "denied_tools", "resources"] {
+            assert_eq!(line[key], built[key], "{key}");
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //! check. A request-level cache hit ([`crate::decide::cache`]) hands the record the entry's
 //! records and their JSON, so the log writer copies bytes instead. The JSON is made from
 //! exactly those records (the same checks, as redacted before they were sent, and the same
-//! verdicts), so the line written is the line that building them again would give.
+//! verdicts), so the line written is the line that building them again would give. The same
+//! holds for the record's `allowed_tools` (20 names cloned and escaped every turn otherwise).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, OnceLock};
@@ -17,13 +18,16 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::ResourceRecord;
-use crate::decide::Verdict;
+use crate::decide::{Subject, Verdict};
 
 /// Resource records serialised once, shared by every decision they answer.
 #[derive(Debug)]
 pub struct SharedResources {
     list: Vec<ResourceRecord>,
     json: Box<RawValue>,
+    /// The declared tools these verdicts allow, and their JSON.
+    allowed_tools: Vec<String>,
+    allowed_tools_json: Box<RawValue>,
     /// The decision counters these records add to, each with how many records it counts:
     /// found once (`Pipeline::count` labels and looks them up), then only incremented.
     counters: OnceLock<Vec<(Counter, u64)>>,
@@ -35,15 +39,33 @@ impl SharedResources {
     pub fn of(verdicts: &[Verdict]) -> Arc<SharedResources> {
         let list: Vec<ResourceRecord> =
             verdicts.iter().cloned().map(ResourceRecord::from).collect();
-        // Strings, numbers from JSON, maps with string keys: serialising cannot fail.
-        let json = serde_json::value::to_raw_value(&list)
-            .unwrap_or_else(|_| RawValue::from_string("[]".to_owned()).expect("valid JSON"));
+        let allowed_tools = allowed_tools(verdicts);
         Arc::new(SharedResources {
+            json: json_of(&list),
             list,
-            json,
+            allowed_tools_json: json_of(&allowed_tools),
+            allowed_tools,
             counters: OnceLock::new(),
         })
     }
+}
+
+/// Strings, numbers from JSON, maps with string keys: serialising cannot fail.
+fn json_of<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| RawValue::from_string("[]".to_owned()).expect("valid JSON"))
+}
+
+/// The declared tools `verdicts` allow, in their order.
+fn allowed_tools(verdicts: &[Verdict]) -> Vec<String> {
+    verdicts
+        .iter()
+        .filter(|v| v.effect.allows())
+        .filter_map(|v| match &v.check.subject {
+            Subject::Tool(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl SharedResources {
@@ -76,6 +98,56 @@ impl Resources {
         match shared {
             Some(shared) => Resources::Shared(shared),
             None => Resources::Owned(verdicts.into_iter().map(ResourceRecord::from).collect()),
+        }
+    }
+}
+
+/// A record's `allowed_tools`: built from its verdicts, or the shared records' (the same
+/// verdicts) with their JSON.
+#[derive(Debug, Clone)]
+pub enum AllowedTools {
+    Owned(Vec<String>),
+    Shared(Arc<SharedResources>),
+}
+
+impl AllowedTools {
+    /// The tools `verdicts` allow: the shared records' when the cache answered with them.
+    pub fn of(verdicts: &[Verdict], shared: Option<&Arc<SharedResources>>) -> AllowedTools {
+        match shared {
+            Some(shared) => AllowedTools::Shared(Arc::clone(shared)),
+            None => AllowedTools::Owned(allowed_tools(verdicts)),
+        }
+    }
+}
+
+impl Default for AllowedTools {
+    fn default() -> Self {
+        AllowedTools::Owned(Vec::new())
+    }
+}
+
+impl From<Vec<String>> for AllowedTools {
+    fn from(list: Vec<String>) -> Self {
+        AllowedTools::Owned(list)
+    }
+}
+
+impl Deref for AllowedTools {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        match self {
+            AllowedTools::Owned(list) => list,
+            AllowedTools::Shared(shared) => &shared.allowed_tools,
+        }
+    }
+}
+
+impl Serialize for AllowedTools {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowedTools::Owned(list) => list.serialize(serializer),
+            AllowedTools::Shared(shared) => shared.allowed_tools_json.serialize(serializer),
         }
     }
 }
@@ -170,6 +242,21 @@ mod tests {
         );
         assert_eq!(shared.len(), 2);
         assert_eq!(shared[1].reason, "no");
+    }
+
+    #[test]
+    fn shared_allowed_tools_serialise_as_the_list_built_again_would() {
+        let shared = SharedResources::of(&verdicts());
+        let from_cache = AllowedTools::of(&verdicts(), Some(&shared));
+        let built = AllowedTools::of(&verdicts(), None);
+        assert!(matches!(from_cache, AllowedTools::Shared(_)));
+        assert_eq!(&*from_cache, ["a".to_owned()]);
+        assert_eq!(&*from_cache, &*built);
+        assert_eq!(
+            serde_json::to_string(&from_cache).unwrap(),
+            serde_json::to_string(&built).unwrap()
+        );
+        assert_eq!(serde_json::to_string(&built).unwrap(), r#"["a"]"#);
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Matcher {
                     || r.resources.iter().any(|x| attr(x, "model") == Some(m))
             })
             && self.tool.as_deref().is_none_or(|t| {
-                [&r.allowed_tools, &r.denied_tools, &r.hidden]
+                [&r.allowed_tools[..], &r.denied_tools, &r.hidden]
                     .iter()
                     .any(|list| list.iter().any(|x| x == t))
                     || r.resources.iter().any(|x| attr(x, "tool_name") == Some(t))
@@ -241,7 +241,7 @@ mod tests {
         let mut r = record(2);
         r.time = "2026-01-31T12:05:00.000Z".into();
         r.model = Some("gpt-4o".into());
-        r.allowed_tools = vec!["search".into()];
+        r.allowed_tools = vec!["search".into()].into();
         r.denied_tools = vec!["shell".into()];
         r
     }

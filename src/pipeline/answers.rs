@@ -244,7 +244,7 @@ fn leg_record(
         format: format.map(Format::as_str),
         model: None,
         resources: Resources::default(),
-        allowed_tools: Vec::new(),
+        allowed_tools: AllowedTools::default(),
         denied_tools: Vec::new(),
         hidden: Vec::new(),
         cerbos_call_ids: Vec::new(),
