@@ -23,6 +23,7 @@ pub mod console;
 pub mod decide;
 pub mod extract;
 pub mod handoff;
+pub mod headers;
 pub mod identity;
 pub mod metrics;
 pub mod pipeline;

@@ -25,6 +25,7 @@ use crate::extract::{
     self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
 };
 use crate::handoff::{self, Handoff, ToolsListHandoff};
+use crate::headers::Headers;
 use crate::identity::session::SessionSeal;
 use crate::identity::{Authenticator, Principal, SharedPrincipal};
 use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
@@ -56,7 +57,7 @@ pub struct CheckInput {
     /// The request target as Envoy saw it (may include a query string).
     pub path: String,
     /// Lower-cased header names.
-    pub headers: HashMap<String, String>,
+    pub headers: Headers,
     pub body: Bytes,
     /// Envoy metadata namespaces (`metadata_context.filter_metadata`) as JSON.
     pub metadata: HashMap<String, Value>,
@@ -193,7 +194,7 @@ impl<E: PolicyEngine> Pipeline<E> {
     fn unseal_session(
         &self,
         principal: &Principal,
-        headers: &HashMap<String, String>,
+        headers: &Headers,
     ) -> Result<Option<String>, Refusal> {
         let (Some(seal), Some(sealed)) = (&self.sessions, headers.get(MCP_SESSION_HEADER)) else {
             return Ok(None);

@@ -118,7 +118,7 @@ fn input(path: &str, body: Value, metadata: HashMap<String, Value>) -> CheckInpu
     CheckInput {
         method: "POST".into(),
         path: path.into(),
-        headers: HashMap::from([
+        headers: Headers::from_iter([
             ("content-type".to_owned(), "application/json".to_owned()),
             ("x-request-id".to_owned(), "req-1".to_owned()),
         ]),

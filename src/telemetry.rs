@@ -2,8 +2,6 @@
 //! (`traceparent`), exported over OTLP/HTTP when `tracing.otlp_endpoint` is set. Without an
 //! endpoint the spans only feed the stderr diagnostics.
 
-use std::collections::HashMap;
-
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
@@ -13,6 +11,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TracingConfig;
+use crate::headers::Headers;
 
 /// Builds the OTLP tracer provider, if configured. Keep it alive (and shut it down at exit, to
 /// flush) for as long as spans should be exported.
@@ -45,7 +44,7 @@ where
 }
 
 /// The span of one check, child of the caller's trace when `traceparent` names one.
-pub fn check_span(headers: &HashMap<String, String>) -> tracing::Span {
+pub fn check_span(headers: &Headers) -> tracing::Span {
     let span = tracing::info_span!(
         "agent_authz.check",
         decision_id = tracing::field::Empty,
@@ -119,7 +118,7 @@ mod tests {
         };
         let provider = otlp_provider(&config).unwrap().unwrap();
         let subscriber = tracing_subscriber::registry().with(layer(&provider));
-        let headers = HashMap::from([(
+        let headers = Headers::from_iter([(
             "traceparent".to_owned(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         )]);

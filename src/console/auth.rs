@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Map;
 
 use crate::decide::{DecideError, PolicyEngine, ResourceCheck, Subject};
+use crate::headers::Headers;
 use crate::identity::{IdentityError, SharedPrincipal};
 use crate::pipeline::Pipeline;
 
@@ -102,8 +103,8 @@ pub async fn authorize<E: PolicyEngine>(
 
 /// Headers as the authenticator reads them (lower-case names). Repeated headers are joined
 /// with commas, as Envoy joins them, so two Authorization headers are refused, not guessed.
-fn flatten(headers: &HeaderMap) -> HashMap<String, String> {
-    let mut flat: HashMap<String, String> = HashMap::new();
+fn flatten(headers: &HeaderMap) -> Headers {
+    let mut flat = Headers::default();
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         flat.entry(name.as_str().to_owned())

@@ -385,14 +385,14 @@ fn mcp_error(id: Option<Value>, code: i64, message: String) -> ExtractError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use crate::headers::Headers;
 
     use serde_json::json;
 
     use super::*;
 
     fn post(headers: &[(&str, &str)], body: Value) -> Result<McpRequest, ExtractError> {
-        let mut h: HashMap<String, String> = headers
+        let mut h: Headers = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -542,7 +542,8 @@ mod tests {
             INVALID_REQUEST,
             "a tools/call notification would execute without an answer to deny"
         );
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let headers =
+            Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
         let r = extract(&HttpRequest {
             method: "POST",
             path: "/mcp",
@@ -652,7 +653,7 @@ mod tests {
 
     #[test]
     fn get_and_delete_are_session_exchanges() {
-        let headers = HashMap::new();
+        let headers = Headers::default();
         for method in ["GET", "DELETE"] {
             let r = extract(&HttpRequest {
                 method,

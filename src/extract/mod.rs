@@ -31,11 +31,10 @@ pub(crate) mod strict_json;
 pub mod strict_json;
 pub mod tool_schemas;
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 
 use crate::config::Format;
+use crate::headers::Headers;
 use crate::rewrite::json_edit::EditError;
 use json_prescan::KnownValues;
 pub use routing::Router;
@@ -48,7 +47,7 @@ pub struct HttpRequest<'a> {
     /// The request target without the query string.
     pub path: &'a str,
     /// Lower-cased header names.
-    pub headers: &'a HashMap<String, String>,
+    pub headers: &'a Headers,
     pub body: &'a [u8],
 }
 
@@ -325,7 +324,7 @@ const TOOL_NAME_BYTES: [bool; 256] = {
 /// Test helpers shared by the format modules.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use std::collections::HashMap;
+    use crate::headers::Headers;
 
     use serde_json::Value;
 
@@ -337,7 +336,8 @@ pub(crate) mod test_support {
         path: &str,
         body: &Value,
     ) -> Result<LlmRequest, ExtractError> {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let headers =
+            Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
         let body = body.to_string().into_bytes();
         match format.extract(&HttpRequest {
             method: "POST",
@@ -518,7 +518,8 @@ mod tests {
             assert_eq!(check_tool_name(&name).is_ok(), expected, "{c:?}");
         }
         assert!(check_tool_name(&"a".repeat(128)).is_ok());
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let headers =
+            Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
         let body =
             r#"{"model":"m","tools":[{"type":"function","function":{"name":"ｄelete_repo"}}]}"#;
         let r = extract(
@@ -556,11 +557,11 @@ mod tests {
 
     #[test]
     fn json_bodies_must_say_so() {
-        let mut headers = HashMap::from([(
+        let mut headers = Headers::from_iter([(
             "content-type".to_owned(),
             "application/json; charset=utf-8".to_owned(),
         )]);
-        let req = |h: &HashMap<String, String>, body: &'static [u8]| {
+        let req = |h: &Headers, body: &'static [u8]| {
             json_body(&HttpRequest {
                 method: "POST",
                 path: "/",

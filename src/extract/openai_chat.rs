@@ -242,14 +242,15 @@ fn parse(body: &[u8], span: &Range<usize>) -> Result<Value, EditError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use crate::headers::Headers;
 
     use serde_json::json;
 
     use super::*;
 
     fn run(body: Value) -> Result<LlmRequest, ExtractError> {
-        let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+        let headers =
+            Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
         let body = body.to_string().into_bytes();
         read(
             &HttpRequest {

@@ -43,12 +43,12 @@ impl RequestFormat for OpenaiModels {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use crate::headers::Headers;
 
     use super::*;
 
     fn read(method: &str, path: &str) -> Result<AgentRequest, ExtractError> {
-        let headers = HashMap::new();
+        let headers = Headers::default();
         OpenaiModels.extract(&HttpRequest {
             method,
             path,

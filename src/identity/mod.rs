@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::{IdentityConfig, IdentitySource, MeshPeerConfig, PrincipalConfig};
+use crate::headers::Headers;
 use jwks::KeyStores;
 use jwt::JwtVerifier;
 
@@ -194,7 +195,7 @@ impl Authenticator {
     /// to its mesh identity). Without one, a configured mesh peer is recognised by its SPIFFE id.
     pub async fn authenticate(
         &self,
-        headers: &HashMap<String, String>,
+        headers: &Headers,
         metadata: &HashMap<String, Value>,
         peer: &str,
     ) -> Result<Arc<SharedPrincipal>, IdentityError> {
@@ -216,7 +217,7 @@ impl Authenticator {
 
     async fn authenticate_token(
         &self,
-        headers: &HashMap<String, String>,
+        headers: &Headers,
         metadata: &HashMap<String, Value>,
     ) -> Result<Arc<SharedPrincipal>, IdentityError> {
         match &self.source {
@@ -280,7 +281,7 @@ const TOKEN_BYTE: [bool; 256] = {
 /// Envoy joins repeated headers with commas; a comma can never appear in a JWT, so its
 /// presence means the client sent several Authorization headers, which is refused rather than
 /// guessing which one the upstream would read.
-pub fn bearer_token(headers: &HashMap<String, String>) -> Result<&str, IdentityError> {
+pub fn bearer_token(headers: &Headers) -> Result<&str, IdentityError> {
     let token = bearer_credential(headers)?;
     check_token_bytes(token)?;
     Ok(token)
@@ -289,7 +290,7 @@ pub fn bearer_token(headers: &HashMap<String, String>) -> Result<&str, IdentityE
 /// [`bearer_token`] without the check of the token's bytes, for the verifier, which makes that
 /// check before verifying a token it does not remember ([`check_token_bytes`]): a remembered
 /// token is one that passed it.
-fn bearer_credential(headers: &HashMap<String, String>) -> Result<&str, IdentityError> {
+fn bearer_credential(headers: &Headers) -> Result<&str, IdentityError> {
     let value = headers
         .get("authorization")
         .ok_or(IdentityError::MissingToken)?;

@@ -82,8 +82,8 @@ fn authenticator(mapping: PrincipalConfig) -> Authenticator {
     Authenticator::with_verifier(JwtVerifier::new(&config, keys).unwrap(), mapping)
 }
 
-fn bearer(token: &str) -> HashMap<String, String> {
-    HashMap::from([("authorization".to_owned(), format!("Bearer {token}"))])
+fn bearer(token: &str) -> Headers {
+    Headers::from_iter([("authorization".to_owned(), format!("Bearer {token}"))])
 }
 
 fn check(token: &str) -> Result<Principal, IdentityError> {
@@ -283,12 +283,10 @@ fn oversized_tokens_are_refused_unparsed() {
 fn authorization_header_shapes() {
     let a = authenticator(PrincipalConfig::default());
     let none = HashMap::new();
-    let run = |h: HashMap<String, String>| {
-        block(a.authenticate(&h, &none, "")).map(|p| Principal::clone(&p))
-    };
-    assert_eq!(run(HashMap::new()), Err(IdentityError::MissingToken));
+    let run = |h: Headers| block(a.authenticate(&h, &none, "")).map(|p| Principal::clone(&p));
+    assert_eq!(run(Headers::default()), Err(IdentityError::MissingToken));
     let token = rs256(&claims());
-    let h = |v: String| HashMap::from([("authorization".to_owned(), v)]);
+    let h = |v: String| Headers::from_iter([("authorization".to_owned(), v)]);
     assert!(
         run(h(format!("bearer {token}"))).is_ok(),
         "scheme is case-insensitive"
@@ -686,7 +684,8 @@ async fn a_jwks_file_edit_revokes_a_key_at_once_and_adds_new_ones() {
 #[test]
 fn a_token_byte_outside_base64url_is_refused_wherever_it_lies() {
     let token = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln-_=";
-    let header = |t: &str| HashMap::from([("authorization".to_owned(), format!("Bearer {t}"))]);
+    let header =
+        |t: &str| Headers::from_iter([("authorization".to_owned(), format!("Bearer {t}"))]);
     assert_eq!(bearer_token(&header(token)), Ok(token));
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.=".contains(c);
     // Space and comma fail earlier (two tokens, two headers); every other character here.

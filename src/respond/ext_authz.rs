@@ -6,8 +6,6 @@
 //! Denials use `denied_response` (never `error_response`), so a deployment that turned on
 //! `failure_mode_allow` still cannot let a refused request through.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
@@ -19,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::check_request::CheckRequest;
 use super::{Denial, Outcome};
+use crate::headers::Headers;
 use crate::pipeline::CheckInput;
 
 /// gRPC status codes used in `CheckResponse.status`.
@@ -38,7 +37,8 @@ pub fn decode(request: CheckRequest) -> CheckInput {
         .unwrap_or_default();
     let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
     let raw = http.header_map.map(|m| m.headers).unwrap_or_default();
-    let mut headers = HashMap::with_capacity(http.headers.len() + raw.len());
+    let mut headers =
+        Headers::with_capacity_and_hasher(http.headers.len() + raw.len(), Default::default());
     // A key given twice: the last entry wins, as in a proto map (Envoy sends each once).
     for entry in http.headers {
         headers.insert(entry.key, entry.value);
@@ -307,7 +307,7 @@ mod tests {
             },
             None,
         ));
-        assert_eq!(input.headers, sent);
+        assert_eq!(input.headers, sent.into_iter().collect::<Headers>());
     }
 
     #[test]
@@ -342,7 +342,7 @@ mod tests {
             .unwrap()
             .headers;
         let input = decode(CheckRequest::decode(wire.as_slice()).unwrap());
-        assert_eq!(input.headers, reference);
+        assert_eq!(input.headers, reference.into_iter().collect::<Headers>());
         assert_eq!(input.headers["authorization"], "Bearer b");
         assert_eq!(input.headers.len(), 2);
     }

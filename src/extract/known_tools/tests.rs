@@ -3,7 +3,7 @@
 //! the remembered one anywhere (in the array above all); and the array is known exactly when
 //! its bytes are the remembered ones.
 
-use std::collections::HashMap;
+use crate::headers::Headers;
 
 use serde_json::{Value, json};
 
@@ -12,7 +12,7 @@ use crate::extract::test_support::below;
 use crate::extract::{ExtractError, HttpRequest, LlmRequest, openai_chat};
 
 fn read(body: &[u8]) -> Result<LlmRequest, ExtractError> {
-    let headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+    let headers = Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
     openai_chat::read(
         &HttpRequest {
             method: "POST",
