@@ -13,6 +13,9 @@
 //! "resources": [{"kind", "id", "action", "attr"}]}` (bench/bench.py writes it from the question
 //! agent-authz asked, taken from its decision log).
 
+#[path = "common/ext_authz.rs"]
+mod ext_authz;
+
 use std::sync::Arc;
 
 use agent_authz::config::CerbosConfig;
@@ -20,20 +23,12 @@ use agent_authz::decide::cerbos::CerbosEngine;
 use agent_authz::decide::{PolicyEngine, ResourceCheck, Subject};
 use agent_authz::identity::{Principal, SharedPrincipal};
 use anyhow::Context;
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
-};
-use envoy_types::pb::google::rpc::Status;
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 use serde_json::{Map, Value};
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Room for a 2 MiB body plus headers, as agent-authz derives it (max_request_bytes + 1 MiB).
-const MAX_MESSAGE_BYTES: usize = 3 * 1024 * 1024;
 
 struct AskCerbos {
     engine: CerbosEngine,
@@ -55,15 +50,7 @@ impl Authorization for AskCerbos {
             .await
             .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
         std::hint::black_box(decision);
-        Ok(Response::new(CheckResponse {
-            status: Some(Status {
-                code: 0,
-                message: String::new(),
-                details: vec![],
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            dynamic_metadata: None,
-        }))
+        Ok(Response::new(ext_authz::allowed()))
     }
 }
 
@@ -127,15 +114,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = workers {
         runtime.worker_threads(n);
     }
-    runtime.enable_all().build()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(address).await?;
-        eprintln!("ask_cerbos listening on {}", listener.local_addr()?);
-        Server::builder()
-            .add_service(
-                AuthorizationServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
-            .await?;
-        Ok(())
-    })
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(ext_authz::serve("ask_cerbos", address, service))
 }
