@@ -339,7 +339,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 let dialect = with_request_ids(dialect, &input.body);
                 let denial = refusal.answer(&principal_id, &dialect, self.answers);
                 let status = denial.status;
-                let metadata = metadata(&trace, "deny", &reason);
+                let metadata = outcome::metadata(&trace, "deny", &reason);
                 (
                     Outcome::Deny { denial, metadata },
                     status,
@@ -349,7 +349,7 @@ impl<E: PolicyEngine> Pipeline<E> {
                 )
             }
         };
-        let record = record(&input, trace, status, reason, refusal, dry_run);
+        let record = evidence::record(&input, trace, status, reason, refusal, dry_run);
         let span = tracing::Span::current();
         span.record("decision_id", record.decision_id.as_str());
         span.record("effect", record.effect);
@@ -359,68 +359,6 @@ impl<E: PolicyEngine> Pipeline<E> {
         self.count(&record);
         self.audit.write(record);
         outcome
-    }
-
-    /// The decision counters `resources` add to, with how many each: one per distinct (kind,
-    /// action, effect), so a 20-tool request is usually two of them, not 21. Actions are
-    /// labelled from a bounded set (a tool's name is request text: one series per name would
-    /// grow without end).
-    fn decision_counters(&self, resources: &[ResourceRecord]) -> Vec<(Counter, u64)> {
-        let mut tally: Vec<(&str, std::borrow::Cow<'_, str>, &'static str, u64)> = Vec::new();
-        for r in resources {
-            let action = self.vocabulary.action_label(&r.action);
-            match tally
-                .iter_mut()
-                .find(|t| t.0 == r.kind && t.1 == action && t.2 == r.effect.as_str())
-            {
-                Some(t) => t.3 += 1,
-                None => tally.push((r.kind.as_str(), action, r.effect.as_str(), 1)),
-            }
-        }
-        tally
-            .into_iter()
-            .map(|(kind, action, effect, n)| {
-                let labels = DecisionLabels {
-                    kind: kind.to_owned(),
-                    action: action.into_owned(),
-                    effect,
-                };
-                (self.metrics.decisions.get_or_create(&labels).clone(), n)
-            })
-            .collect()
-    }
-
-    fn count(&self, record: &DecisionRecord) {
-        self.metrics
-            .check_duration
-            .observe(record.latency_ms / 1000.0);
-        self.metrics
-            .checks
-            .get_or_create(&CheckLabels {
-                route: record.route.clone().unwrap_or_default(),
-                format: record.format.unwrap_or(""),
-                effect: record.effect,
-                refusal: record.refusal.unwrap_or(""),
-                dry_run: record.dry_run,
-            })
-            .inc();
-        // A remembered decision's records are shared: so are the counters they add to.
-        match &record.resources {
-            Resources::Shared(shared) => {
-                for (counter, n) in shared.counters(|list| self.decision_counters(list)) {
-                    counter.inc_by(*n);
-                }
-            }
-            Resources::Owned(list) => {
-                for (counter, n) in self.decision_counters(list) {
-                    counter.inc_by(n);
-                }
-            }
-        }
-        if self.denied_tools == DeniedTools::Strip && record.effect == "allow" {
-            self.metrics
-                .count_removed("strip", record.denied_tools.len());
-        }
     }
 
     async fn run(&self, input: &CheckInput, trace: &mut Trace) -> (Result<(), Refusal>, Dialect) {
@@ -637,107 +575,6 @@ impl<E: PolicyEngine> Pipeline<E> {
         blocking.sort_by_key(|v| !matches!(v.check.subject, Subject::Model(_)));
         Err(Refusal::PolicyDenied(blocking))
     }
-
-    fn allow(&self, input: &CheckInput, trace: &Trace, reason: &str) -> Outcome {
-        let mut headers = vec![(DECISION_ID_HEADER.to_owned(), trace.decision_id.clone())];
-        if let Some(p) = &trace.principal {
-            headers.push((PRINCIPAL_HEADER.to_owned(), p.id.clone()));
-        }
-        if let Some(session) = &trace.session {
-            headers.push((MCP_SESSION_HEADER.to_owned(), session.clone()));
-        }
-        if self.output_headers {
-            headers.extend(output_headers(&trace.decision));
-        }
-        let mut remove_headers: Vec<String> = input
-            .headers
-            .keys()
-            .filter(|name| {
-                self.protected_prefixes
-                    .iter()
-                    .any(|p| name.starts_with(p.as_str()))
-                    && !headers.iter().any(|(set, _)| set == *name)
-            })
-            .cloned()
-            .collect();
-        let mut response_headers = Vec::new();
-        if self.denied_tools_header && !trace.denied_tools.is_empty() {
-            response_headers.push((DENIED_TOOLS_HEADER.to_owned(), trace.denied_tools.join(",")));
-        }
-        let mut metadata = metadata(trace, "allow", reason);
-        if let Some(handoff) = self.handoff(input, trace) {
-            if !handoff.strip_tools.is_empty() {
-                headers.push((STRIP_PENDING_HEADER.to_owned(), trace.decision_id.clone()));
-                remove_headers.retain(|name| name != STRIP_PENDING_HEADER);
-            }
-            // An answer the ext_proc leg filters must arrive readable: ask the upstream for it
-            // uncompressed (the leg refuses any encoding that is left).
-            if handoff.filters_answer() && input.headers.contains_key("accept-encoding") {
-                remove_headers.push("accept-encoding".to_owned());
-            }
-            metadata.insert(handoff::METADATA_KEY.into(), handoff.to_value());
-        }
-        Outcome::Allow {
-            headers,
-            remove_headers,
-            response_headers,
-            metadata,
-        }
-    }
-
-    /// What the ext_proc leg needs to apply this decision without asking Cerbos again.
-    fn handoff<'t>(&self, input: &CheckInput, trace: &'t Trace) -> Option<Handoff<&'t RawValue>> {
-        let principal = trace.principal.as_ref()?;
-        let strip_tools = if self.denied_tools == DeniedTools::Strip {
-            trace.denied_tools.clone()
-        } else {
-            Vec::new()
-        };
-        // Answers that may carry a tools/list result: to a request or batch holding one, and
-        // every GET stream: a resumed one (Last-Event-ID) may replay an earlier answer; one
-        // opened without a session id may be the 2024-11-05 HTTP+SSE transport's (which
-        // answers every request there), so it is filtered throughout; one of a Streamable HTTP
-        // session is held until its first event tells its transport (see the leg).
-        let tools_list = match (&trace.request, &trace.route) {
-            (Some(AgentRequest::Mcp(mcp)), Some(route)) => {
-                let get = mcp.messages.iter().any(|m| m.method == "GET");
-                let resumed = get && input.headers.contains_key("last-event-id");
-                (get || mcp.messages.iter().any(|m| m.method == "tools/list")).then(|| {
-                    ToolsListHandoff {
-                        request_ids: extract::mcp::tools_list_ids(&input.body),
-                        server: route.mcp_server.clone().unwrap_or_default(),
-                        kind: self.vocabulary.mcp_kind(route),
-                        probe_transport: get
-                            && !resumed
-                            && input.headers.contains_key(MCP_SESSION_HEADER),
-                    }
-                })
-            }
-            _ => None,
-        };
-        Some(Handoff {
-            decision_id: trace.decision_id.clone(),
-            request_id: trace.request_id.clone(),
-            format: trace.format,
-            principal: principal.json(),
-            strip_tools,
-            tools_list,
-            models_list: match (&trace.request, &trace.route) {
-                (Some(AgentRequest::ModelList), Some(route)) => Some(route.label().to_owned()),
-                _ => None,
-            },
-            judge_tool_calls: match (&trace.request, &trace.route, trace.format) {
-                (Some(AgentRequest::Llm(llm)), Some(route), Some(format))
-                    if route.model_tool_calls.unwrap_or(self.model_tool_calls)
-                        == ModelToolCalls::Judge
-                        && format.answers_with_tool_calls() =>
-                {
-                    Some(llm.model.clone())
-                }
-                _ => None,
-            },
-        })
-    }
 }
 
 /// An MCP refusal decided before the body was read (identity, path) still echoes the JSON-RPC
@@ -766,105 +603,9 @@ fn with_request_ids(dialect: Dialect, body: &[u8]) -> Dialect {
     }
 }
 
-/// `x-authz-*` entries of the outputs of allowing rules, as upstream headers. Values that are
-/// not strings are sent as JSON; a value with control characters is dropped (Envoy would
-/// refuse the mutation).
-fn output_headers(decision: &Decision) -> Vec<(String, String)> {
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for verdict in decision.verdicts.iter().filter(|v| v.effect.allows()) {
-        for (_, output) in &verdict.outputs {
-            let Value::Object(fields) = output else {
-                continue;
-            };
-            for (key, value) in fields {
-                let key = key.to_ascii_lowercase();
-                if !key.starts_with("x-authz-")
-                    || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                {
-                    continue;
-                }
-                let value = match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                if !value.chars().any(char::is_control) && !headers.iter().any(|(k, _)| *k == key) {
-                    headers.push((key, value));
-                }
-            }
-        }
-    }
-    headers
-}
-
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32);
-    valid.then(|| id.to_ascii_lowercase())
-}
-
-/// Dynamic metadata for Envoy's access log (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:...)%`).
-fn metadata(trace: &Trace, effect: &str, reason: &str) -> Map<String, Value> {
-    // Room for every entry below and the handoff, so the map is allocated once.
-    let mut m = Map::with_capacity(6);
-    m.insert("decision_id".into(), trace.decision_id.clone().into());
-    m.insert("effect".into(), effect.into());
-    m.insert("reason".into(), reason.into());
-    if let Some(p) = &trace.principal {
-        m.insert("principal".into(), p.id.clone().into());
-    }
-    if !trace.denied_tools.is_empty() {
-        m.insert("denied_tools".into(), trace.denied_tools.join(",").into());
-    }
-    m
-}
-
-/// The decision record; consumes the trace (nothing reads it after the answer is built).
-fn record(
-    input: &CheckInput,
-    trace: Trace,
-    status: u16,
-    reason: String,
-    refusal: Option<&'static str>,
-    dry_run: bool,
-) -> DecisionRecord {
-    let allowed_tools = AllowedTools::of(
-        &trace.decision.verdicts,
-        trace.decision.shared_records.as_ref(),
-    );
-    let model = match &trace.request {
-        Some(AgentRequest::Llm(llm)) => Some(llm.model.clone()),
-        _ => None,
-    };
-    DecisionRecord {
-        time: now_rfc3339(),
-        phase: "request",
-        decision_id: trace.decision_id,
-        request_id: trace.request_id,
-        trace_id: input.headers.get("traceparent").and_then(|t| trace_id(t)),
-        effect: if refusal.is_none() { "allow" } else { "deny" },
-        dry_run,
-        status,
-        reason,
-        refusal,
-        principal: trace.principal.map(PrincipalRecord::from),
-        method: input.method.clone(),
-        path: extract::path_without_query(&input.path).to_owned(),
-        route: trace.route.map(|r| r.label().to_owned()),
-        format: trace.format.map(Format::as_str),
-        model,
-        resources: Resources::of(trace.decision.verdicts, trace.decision.shared_records),
-        allowed_tools,
-        denied_tools: trace.denied_tools,
-        hidden: Vec::new(),
-        cerbos_call_ids: trace.decision.call_ids,
-        cerbos_ms: trace.decision.engine_ms,
-        latency_ms: trace.started.elapsed().as_secs_f64() * 1000.0,
-    }
-}
-
 mod answers;
+mod evidence;
+mod outcome;
 
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
