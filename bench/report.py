@@ -909,12 +909,14 @@ def uncached_floor(modes: dict[str, dict]) -> str:
         if not (b and f and x):
             continue
         cb, cf, cx = (per_request_us(r, p) for r, p in ((b, "allow_all"), (f, "ask_cerbos"), (x, "agent_authz")))
+        room = cb + I17_UNCACHED_CPU_SLACK_US - cf
+        left = (f"leaves {room:.0f} µs above the floor for identity, reading the body, building the checks, the "
+                "Envoy answer and the decision record" if room >= 0 else
+                f"is {-room:.0f} µs below the floor itself")
         lines.append(f"- {mode}: allow-all {us(cb)} → floor (f) {us(cf)} (the Cerbos call: {cf - cb:+.0f} µs) → "
                      f"agent-authz {us(cx)} (everything else it does: {cx - cf:+.0f} µs); p50 {ms(b['p50_ms'])} → "
                      f"{ms(f['p50_ms'])} → {ms(x['p50_ms'])}. The limit, allow-all + "
-                     f"{I17_UNCACHED_CPU_SLACK_US:.0f} µs, leaves {cb + I17_UNCACHED_CPU_SLACK_US - cf:.0f} µs above "
-                     "the floor for identity, reading the body, building the checks, the Envoy answer and the "
-                     "decision record.")
+                     f"{I17_UNCACHED_CPU_SLACK_US:.0f} µs, {left}.")
     if not lines:
         return ""
     return ("\n\nThe uncached check's floor, through Envoy at one connection: floor (f) is the allow-all server "
