@@ -120,7 +120,7 @@ def render(res: dict, summaries: bool = True) -> str:
         ["Kernel", m["kernel"]],
         ["Envoy", m["envoy"]],
         ["Cerbos", m["cerbos"]],
-        ["agent-authz", m["agent_authz"] + ", release profile (thin LTO)"],
+        ["agent-authz", m["agent_authz"] + ", release profile (fat LTO, one codegen unit)"],
         ["Load generators", f"{m['wrk']} (1 thread); examples/grpc_load.rs (tokio, 1 thread); {m['rustc']}"],
     ]))
     st = res["settings"]
