@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{
-    AllowedTools, AuditLog, DecisionRecord, PrincipalRecord, ResourceRecord, Resources, now_rfc3339,
+    AllowedTools, AuditLog, DecisionRecord, PrincipalRecord, Resources, now_rfc3339,
 };
 use crate::config::{
     Config, DeniedToolCall, DeniedTools, ForcedDeniedTool, Format, ModelToolCalls, RouteConfig,
@@ -24,11 +22,11 @@ use crate::extract::tool_schemas::ToolSchemas;
 use crate::extract::{
     self, AgentRequest, ExtractError, HttpRequest, McpOperation, McpRequest, Router,
 };
-use crate::handoff::{self, Handoff, ToolsListHandoff};
+use crate::handoff::Handoff;
 use crate::headers::Headers;
 use crate::identity::session::SessionSeal;
 use crate::identity::{Authenticator, Principal, SharedPrincipal};
-use crate::metrics::{CheckLabels, DecisionLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::redact::Redaction;
 use crate::respond::Outcome;
 use crate::respond::refusal::{AnswerSettings, Dialect, Refusal};

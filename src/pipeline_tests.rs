@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::decide::{DecideError, Effect, ResourceCheck, Verdict};
+use crate::handoff;
 
 /// Allows what `allow` says; records every check it is asked.
 struct FakeEngine {

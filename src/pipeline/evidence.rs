@@ -2,7 +2,16 @@
 //! resources and arguments judged, the effect, the policies, the reason) and the check and
 //! decision counters it adds to.
 
-use super::*;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{CheckInput, Pipeline, Trace};
+use crate::audit::{
+    AllowedTools, DecisionRecord, PrincipalRecord, ResourceRecord, Resources, now_rfc3339,
+};
+use crate::config::{DeniedTools, Format};
+use crate::decide::PolicyEngine;
+use crate::extract::{self, AgentRequest};
+use crate::metrics::{CheckLabels, DecisionLabels};
 
 impl<E: PolicyEngine> Pipeline<E> {
     /// The decision counters `resources` add to, with how many each: one per distinct (kind,

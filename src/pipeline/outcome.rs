@@ -2,7 +2,18 @@
 //! adds and removes, the rule outputs it forwards and the handoff to the ext_proc leg; for
 //! every decision the dynamic metadata Envoy's access log and later filters read.
 
-use super::*;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::{
+    CheckInput, DECISION_ID_HEADER, DENIED_TOOLS_HEADER, MCP_SESSION_HEADER, PRINCIPAL_HEADER,
+    Pipeline, STRIP_PENDING_HEADER, Trace,
+};
+use crate::config::{DeniedTools, ModelToolCalls};
+use crate::decide::{Decision, PolicyEngine};
+use crate::extract::{self, AgentRequest};
+use crate::handoff::{self, Handoff, ToolsListHandoff};
+use crate::respond::Outcome;
 
 impl<E: PolicyEngine> Pipeline<E> {
     /// The answer to an allowed request, or to a policy denial dry-run lets through.
