@@ -61,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -1302,6 +1303,8 @@ class Bench:
             "envoy": envoy,
             "cerbos": first_line([str(TOOLS_BIN / "cerbos"), "--version"]),
             "agent_authz": first_line([str(AGENT_AUTHZ), "--version"]) + f" (git {git}{', uncommitted changes to the code' if dirty else ''})",
+            # The build the measured binaries came from (Cargo.toml's [profile.release]).
+            "release_profile": tomllib.loads((REPO / "Cargo.toml").read_text()).get("profile", {}).get("release", {}),
             "rustc": first_line(["rustc", "--version"]),
             "wrk": first_line(["wrk", "-v"]).split(" [")[0],
             "python": platform.python_version(),

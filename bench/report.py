@@ -73,6 +73,14 @@ def stack_us(r: dict) -> float:
     return sum(r["cpu_s"].get(p, 0.0) for p in SERVERS) / n * 1e6 if n else float("nan")
 
 
+def release_profile(profile: dict | None) -> str:
+    """The release build the run measured (`lto`, `codegen-units`), as bench.py read it from
+    Cargo.toml; runs that did not record it say only that it was a release build."""
+    if not profile:
+        return ", release profile"
+    return ", release profile (" + ", ".join(f"{k} = {v!r}" for k, v in profile.items()) + ")"
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -120,7 +128,7 @@ def render(res: dict, summaries: bool = True) -> str:
         ["Kernel", m["kernel"]],
         ["Envoy", m["envoy"]],
         ["Cerbos", m["cerbos"]],
-        ["agent-authz", m["agent_authz"] + ", release profile (fat LTO, one codegen unit)"],
+        ["agent-authz", m["agent_authz"] + release_profile(m.get("release_profile"))],
         ["Load generators", f"{m['wrk']} (1 thread); examples/grpc_load.rs (tokio, 1 thread); {m['rustc']}"],
     ]))
     st = res["settings"]
