@@ -267,6 +267,8 @@ class Stack:
         name: str = "stack",
         copy_policies: bool = False,
         keep_dir: bool | None = None,
+        cerbos_tls: tuple[Path, Path] | None = None,
+        authz_env: dict[str, str] | None = None,
     ) -> None:
         missing = missing_binaries()
         if missing:
@@ -285,6 +287,10 @@ class Stack:
         self.mcp_script = mcp_script
         # A private copy of policies/ that a run may edit (Cerbos watches it for changes).
         self.copy_policies = copy_policies
+        # Cerbos serving TLS on both listeners with this (certificate, key); agent-authz then
+        # reaches it at https://127.0.0.1 (trusting whatever authz_env's SSL_CERT_FILE names).
+        self.cerbos_tls = cerbos_tls
+        self.authz_env = authz_env or {}
         self.keep_dir = bool(os.environ.get("E2E_KEEP_DIR")) if keep_dir is None else keep_dir
         self.dir = Path(tempfile.mkdtemp(prefix=f"agent-authz-{name}-"))
         self.ports = {k: free_port() for k in ("listener", "admin", "authz", "authz_admin", "llm", "mcp", "cerbos_grpc", "cerbos_http")}
@@ -357,14 +363,14 @@ class Stack:
         if self.upstream_script:
             mcp_argv = [str(REPO / "e2e/upstreams" / self.upstream_script), "--port", str(self.ports["mcp"])]
         self._spawn("mcp_server", [python, "-u", *mcp_argv], env={"MCP_EXECUTIONS_LOG": str(self.executions_log)})
-        self._wait("cerbos", lambda: http_get(f"{self.cerbos_http_url}/_cerbos/health")[0] == 200)
+        self._wait("cerbos", self._cerbos_ready)
         self._wait("llm_upstream", lambda: http_get(f"{self.llm_direct_url}/_received")[0] == 200)
         self._wait("mcp_server", lambda: tcp_open(self.ports["mcp"]))
 
         self._spawn(
             "agent_authz",
             [str(agent_authz_binary()), "serve", "--config", str(self.dir / "agent-authz.yaml")],
-            env={"RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), **self.authz_env},
             separate_stdout=True,
         )
         self._wait("agent_authz", lambda: tcp_open(self.ports["authz"]))
@@ -409,6 +415,13 @@ class Stack:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # Stopping and restarting Cerbos alone (tests of "Cerbos is down").
+    def _cerbos_ready(self) -> bool:
+        if self.cerbos_tls:
+            # Its health endpoint speaks TLS too; the listener accepting is enough here (the
+            # tests themselves show whether agent-authz's TLS handshake succeeds).
+            return tcp_open(self.ports["cerbos_grpc"])
+        return http_get(f"{self.cerbos_http_url}/_cerbos/health")[0] == 200
+
     def stop_cerbos(self) -> None:
         self._kill("cerbos")
 
@@ -418,7 +431,7 @@ class Stack:
             [str(TOOLS_BIN / "cerbos"), "server", f"--config={self.dir / 'cerbos.yaml'}"],
             env={"CERBOS_NO_TELEMETRY": "1"},
         )
-        self._wait("cerbos", lambda: http_get(f"{self.cerbos_http_url}/_cerbos/health")[0] == 200)
+        self._wait("cerbos", self._cerbos_ready)
 
     # ------------------------------------------------------------------ files
     @property
@@ -432,14 +445,17 @@ class Stack:
         self.executions_log.touch()
 
         cerbos_template = (REPO / "cerbos" / "config.yaml").read_text()
-        (self.dir / "cerbos.yaml").write_text(
-            render_cerbos_config(
-                cerbos_template,
-                grpc_port=self.ports["cerbos_grpc"],
-                http_port=self.ports["cerbos_http"],
-                policies=self.policies_dir,
-            )
+        cerbos_config = render_cerbos_config(
+            cerbos_template,
+            grpc_port=self.ports["cerbos_grpc"],
+            http_port=self.ports["cerbos_http"],
+            policies=self.policies_dir,
         )
+        if self.cerbos_tls:
+            cerbos = yaml.safe_load(cerbos_config)
+            cerbos["server"]["tls"] = {"cert": str(self.cerbos_tls[0]), "key": str(self.cerbos_tls[1])}
+            cerbos_config = yaml.safe_dump(cerbos, sort_keys=False)
+        (self.dir / "cerbos.yaml").write_text(cerbos_config)
 
         envoy_ports = {k: self.ports[k] for k in ("listener", "admin", "authz", "authz_admin", "llm", "mcp")}
         (self.dir / "envoy.yaml").write_text(
@@ -451,7 +467,8 @@ class Stack:
         # agent-authz's admin listener (metrics, health) defaults to the fixed 127.0.0.1:9192;
         # give each stack its own port so stacks (and a developer's own instance) can coexist.
         config["admin"] = {"address": f"127.0.0.1:{self.ports['authz_admin']}"}
-        config["cerbos"]["address"] = f"http://127.0.0.1:{self.ports['cerbos_grpc']}"
+        scheme = "https" if self.cerbos_tls else "http"
+        config["cerbos"]["address"] = f"{scheme}://127.0.0.1:{self.ports['cerbos_grpc']}"
         if self.identity_source == "jwt":
             config["identity"]["jwt"]["jwks"]["file"] = str(self.jwks_path)
         else:
