@@ -2,10 +2,9 @@
 //! request or a typed refusal.
 #![no_main]
 
-use std::collections::HashMap;
-
 use agent_authz::config::Format;
 use agent_authz::extract::{HttpRequest, extract};
+use agent_authz::headers::Headers;
 use libfuzzer_sys::fuzz_target;
 
 const PATHS: [&str; 4] = [
@@ -19,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else { return };
     let format = Format::ALL[usize::from(selector) % Format::ALL.len()];
     let path = PATHS[usize::from(selector >> 4) % PATHS.len()];
-    let mut headers = HashMap::from([("content-type".to_owned(), "application/json".to_owned())]);
+    let mut headers = Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
     if selector & 0x80 != 0 {
         headers.insert("mcp-protocol-version".to_owned(), "2026-07-28".to_owned());
         headers.insert("mcp-method".to_owned(), "tools/call".to_owned());

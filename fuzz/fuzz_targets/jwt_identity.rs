@@ -2,10 +2,10 @@
 //! authenticate without a valid signature.
 #![no_main]
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use agent_authz::config::{IdentityConfig, JwksSource, JwtConfig, PrincipalConfig};
+use agent_authz::headers::Headers;
 use agent_authz::identity::{Authenticator, map_claims};
 use libfuzzer_sys::fuzz_target;
 
@@ -25,6 +25,7 @@ fn authenticator() -> &'static (tokio::runtime::Runtime, Authenticator) {
                     url: None,
                     refresh_interval: std::time::Duration::from_secs(3600),
                     fetch_timeout: std::time::Duration::from_secs(1),
+                    unknown_kid_wait: std::time::Duration::from_millis(250),
                 },
                 issuer: "https://issuer".into(),
                 audiences: vec!["gw".into()],
@@ -45,8 +46,8 @@ fn authenticator() -> &'static (tokio::runtime::Runtime, Authenticator) {
 fuzz_target!(|data: &[u8]| {
     let (runtime, auth) = authenticator();
     let header = String::from_utf8_lossy(data).into_owned();
-    let headers = HashMap::from([("authorization".to_owned(), format!("Bearer {header}"))]);
-    let result = runtime.block_on(auth.authenticate(&headers, &HashMap::new(), ""));
+    let headers = Headers::from_iter([("authorization".to_owned(), format!("Bearer {header}"))]);
+    let result = runtime.block_on(auth.authenticate(&headers, &Default::default(), ""));
     assert!(result.is_err(), "a fuzzed token authenticated");
     if let Ok(serde_json::Value::Object(claims)) = serde_json::from_slice(data) {
         let _ = map_claims(&PrincipalConfig::default(), claims);
