@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -172,6 +173,33 @@ def test_an_agent_loop_resending_its_tools_is_judged_every_turn(reject_stack):
         with pytest.raises(openai.PermissionDeniedError) as caught:
             client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools)
         assert caught.value.body["code"] == "tool_denied"
+    assert len(reject_stack.llm_received()) == 3, "no denied turn reached the model"
+
+
+def test_an_anthropic_agent_loop_resending_its_tools_is_judged_every_turn(reject_stack):
+    """The same through the `anthropic` SDK: Messages remembers its `tools` arrays as Chat does
+    (the reader keyed apart, so an array Chat read is never known to Messages)."""
+    reject_stack.llm_reset()
+    token = reject_stack.token_for("alice", allowed_models=["claude-sonnet-4-6"])
+    client = anthropic.Anthropic(base_url=reject_stack.envoy_url, api_key="unused", max_retries=0,
+                                 default_headers={"authorization": f"Bearer {token}"})
+    weather = {"name": "get_weather", "description": "Current weather for a city, in metric units. " * 12,
+               "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    messages = [{"role": "user", "content": "hello"}]
+    for turn in range(3):
+        before = len(reject_stack.decisions())
+        answer = client.messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=messages, tools=[weather])
+        messages += [{"role": "assistant", "content": answer.content[0].text},
+                     {"role": "user", "content": f"and turn {turn + 2}?"}]
+        parsed = [t["name"] for t in json.loads(reject_stack.llm_received()[-1]["body"])["tools"]]
+        judged = reject_stack.wait_for_request_decision("/v1/messages", after=before)
+        assert parsed == judged["allowed_tools"] == ["get_weather"], (parsed, judged)
+    assert len(reject_stack.llm_received()) == 3
+    renamed = json.loads(json.dumps(weather).replace("get_weather", "get_weathes"))
+    delete_repo = {"name": "delete_repo", "input_schema": {"type": "object", "properties": {}}}
+    for tools in ([weather, delete_repo], [renamed]):
+        with pytest.raises(anthropic.PermissionDeniedError):
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=messages, tools=tools)
     assert len(reject_stack.llm_received()) == 3, "no denied turn reached the model"
 
 

@@ -8,8 +8,11 @@
 //! tool becomes `{"type":"auto"}`; with no tool left, `tools` and `tool_choice` go. History
 //! (`tool_use` / `tool_result` blocks) is never touched: Anthropic rejects unpaired blocks.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
+use super::known_tools::KnownTools;
 use super::llm::{self, Tools};
 use super::{
     AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
@@ -29,9 +32,20 @@ pub struct AnthropicMessages;
 
 impl RequestFormat for AnthropicMessages {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
-        let body = &llm::fields(request, &READING)?;
+        // The same `tools` as a recent request (an agent's next turn) is taken as read then,
+        // as for OpenAI Chat (see `extract/known_tools.rs`).
+        let mut known = KnownTools::of("anthropic_messages", "tools");
+        let body = &llm::fields_with(request, &READING, &mut known)?;
         let model = llm::model(body)?;
-        read(body, model).map(AgentRequest::Llm)
+        let declared = match known.take_known() {
+            Some(declared) => declared,
+            None => {
+                let declared = declared_tools(body)?;
+                known.remember(request.body, &declared);
+                declared
+            }
+        };
+        read_declaring(body, model, declared).map(AgentRequest::Llm)
     }
 
     fn strip_tools(&self, body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditError> {
@@ -45,11 +59,35 @@ pub fn read(
     body: &serde_json::Map<String, Value>,
     model: String,
 ) -> Result<LlmRequest, ExtractError> {
+    read_declaring(body, model, declared_tools(body)?)
+}
+
+/// The tools `tools[]` declares, read from the body alone (what a remembered array stands for).
+fn declared_tools(
+    body: &serde_json::Map<String, Value>,
+) -> Result<Arc<[DeclaredTool]>, ExtractError> {
     let mut tools = Tools::default();
     llm::add_declared(&mut tools, body, "tools", declared)?;
-    for tool in connector_tools(body, &tools)? {
-        tools.add(tool);
-    }
+    Ok(tools.0.into())
+}
+
+/// [`read`], with `tools[]`'s tools already read (from this body, or remembered from the same
+/// bytes): the MCP connector's servers and `tool_choice` are read from the body either way.
+fn read_declaring(
+    body: &serde_json::Map<String, Value>,
+    model: String,
+    declared: Arc<[DeclaredTool]>,
+) -> Result<LlmRequest, ExtractError> {
+    let connector = connector_tools(body, &declared)?;
+    let tools = if connector.is_empty() {
+        declared
+    } else {
+        let mut tools = Tools(declared.to_vec());
+        for tool in connector {
+            tools.add(tool);
+        }
+        tools.0.into()
+    };
     let forced_tools = body
         .get("tool_choice")
         .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool"))
@@ -58,7 +96,7 @@ pub fn read(
         .unwrap_or_default();
     Ok(LlmRequest {
         model,
-        tools: tools.0.into(),
+        tools,
         forced_tools,
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
     })
@@ -104,7 +142,7 @@ pub fn strip(body: &[u8], denied: &[String]) -> Result<Option<Vec<u8>>, EditErro
 /// The body editor does not narrow these, so a denied one refuses the request.
 fn connector_tools(
     body: &serde_json::Map<String, Value>,
-    declared: &Tools,
+    declared: &[DeclaredTool],
 ) -> Result<Vec<DeclaredTool>, ExtractError> {
     let mut out = Vec::new();
     for (i, server) in llm::array(body, "mcp_servers")?.iter().enumerate() {
@@ -114,7 +152,7 @@ fn connector_tools(
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| at("missing name"))?;
-        if declared.0.iter().any(|t| t.server.as_deref() == Some(name)) {
+        if declared.iter().any(|t| t.server.as_deref() == Some(name)) {
             continue;
         }
         let config = server.get("tool_configuration");

@@ -183,4 +183,6 @@ pub fn hits() -> usize {
 }
 
 #[cfg(test)]
+mod anthropic_tests;
+#[cfg(test)]
 mod tests;

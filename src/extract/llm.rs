@@ -19,7 +19,16 @@ pub fn fields(
     request: &HttpRequest<'_>,
     reading: &Reading<'_>,
 ) -> Result<Map<String, Value>, ExtractError> {
-    json_fields::<Value>(request, reading, &mut NoneKnown, &mut String::new())?
+    fields_with(request, reading, &mut NoneKnown)
+}
+
+/// [`fields`], with the members `known` knows whole from earlier bodies built as `null`.
+pub fn fields_with(
+    request: &HttpRequest<'_>,
+    reading: &Reading<'_>,
+    known: &mut dyn KnownValues,
+) -> Result<Map<String, Value>, ExtractError> {
+    json_fields::<Value>(request, reading, known, &mut String::new())?
         .ok_or_else(|| invalid("body must be a JSON object"))
 }
 
