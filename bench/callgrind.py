@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import yaml
 
@@ -41,6 +42,8 @@ from bench import (  # noqa: E402
     tcp_open,
 )
 
+T = TypeVar("T")
+
 SCENARIOS = (
     # name, body, path, extra headers, config template (cache on/off)
     ("chat 16 KiB, 20 tools, cache hot", lambda: chat_body(16 * KIB, 20), "/v1/chat/completions", {},
@@ -59,6 +62,21 @@ def instructions(dump_dir: Path) -> int:
                 total += int(line.split()[1])
                 break
     return total
+
+
+def counted(pid: int, dumps: Path, drive: Callable[[], T]) -> T:
+    """Runs `drive` with the counters of the callgrind process `pid` zeroed before and dumped
+    (into `dumps`, once written) after, so the dump holds exactly what `drive` made it do."""
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    result = drive()
+    for old in dumps.glob("callgrind.out.*"):
+        old.unlink()
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    deadline = time.time() + 60
+    while not list(dumps.glob("callgrind.out.*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    return result
 
 
 def measure(binary: Path, grpc_load: Path, scenario: tuple, checks: int, cerbos_port: int, run: Path,
@@ -88,16 +106,8 @@ def measure(binary: Path, grpc_load: Path, scenario: tuple, checks: int, cerbos_
         load = [str(grpc_load), "--target", "ext-authz", "--addr", f"http://127.0.0.1:{grpc}",
                 "--spec", str(d / "spec.json"), "--concurrency", "1", "--max-seconds", "600"]
         subprocess.run(load + ["--requests", "50", "--warmup", "0"], check=True, capture_output=True)
-        pid = str(procs.pid("agent_authz"))
-        subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-        subprocess.run(load + ["--requests", str(checks), "--warmup", "0"], check=True, capture_output=True)
-        for old in d.glob("callgrind.out.*"):
-            old.unlink()
-        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
-        deadline = time.time() + 60
-        while not list(d.glob("callgrind.out.*")) and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(1)
+        counted(procs.pid("agent_authz"), d, lambda: subprocess.run(
+            load + ["--requests", str(checks), "--warmup", "0"], check=True, capture_output=True))
         return instructions(d) / checks
     finally:
         procs.stop()

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import Bench, http_get, tcp_open  # noqa: E402
-from callgrind import instructions  # noqa: E402
+from callgrind import counted, instructions  # noqa: E402
 
 # scenario id in bench.Bench.scenarios(), the process it measures
 MEASURED = (("repeat_cache", "agent_authz_cached"), ("b_16k", "allow_all"))
@@ -78,16 +76,7 @@ def main() -> None:
                 bench.procs.wait_ready(proc, lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200,
                                        timeout=120)
             bench.wrk(s, 1, 3)
-            pid = str(bench.procs.pid(proc))
-            subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-            out = bench.wrk(s, 1, args.seconds)
-            for old in dumps.glob("callgrind.out.*"):
-                old.unlink()
-            subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
-            deadline = time.time() + 60
-            while not list(dumps.glob("callgrind.out.*")) and time.time() < deadline:
-                time.sleep(0.2)
-            time.sleep(1)
+            out = counted(bench.procs.pid(proc), dumps, lambda: bench.wrk(s, 1, args.seconds))
             errors = sum(out["errors"].values())
             if errors:
                 raise SystemExit(f"{sid}: {errors} requests failed under callgrind: {out['errors']}")
