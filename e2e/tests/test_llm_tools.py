@@ -8,6 +8,9 @@ import anthropic
 import httpx
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from clients import openai_client
 from helpers import HELLO, tool
@@ -200,6 +203,47 @@ def test_an_anthropic_agent_loop_resending_its_tools_is_judged_every_turn(reject
     for tools in ([weather, delete_repo], [renamed]):
         with pytest.raises(anthropic.PermissionDeniedError):
             client.messages.create(model="claude-sonnet-4-6", max_tokens=16, messages=messages, tools=tools)
+    assert len(reject_stack.llm_received()) == 3, "no denied turn reached the model"
+
+
+@pytest.mark.parametrize("dialect", ["responses", "gemini"])
+def test_responses_and_gemini_agent_loops_are_judged_every_turn(reject_stack, dialect):
+    """The same through the `openai` SDK's Responses and through `google-genai`, whose `tools`
+    arrays are remembered per dialect too."""
+    reject_stack.llm_reset()
+    long = "Current weather for a city, in metric units. " * 12
+    if dialect == "responses":
+        client = openai_client(reject_stack.llm_base_url, reject_stack.token_for("alice"))
+        weather = {"type": "function", "name": "get_weather", "description": long,
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+        delete_repo = {"type": "function", "name": "delete_repo", "parameters": {"type": "object", "properties": {}}}
+
+        def turn(text, tools):
+            client.responses.create(model="gpt-4o-mini", input=text, tools=tools)
+        refused, fmt = openai.PermissionDeniedError, "openai_responses"
+    else:
+        client = genai.Client(api_key="gemini-key", http_options=genai_types.HttpOptions(
+            base_url=reject_stack.envoy_url,
+            headers={"authorization": f"Bearer {reject_stack.token_for('alice', allowed_models=['gemini-2.5-flash'])}"}))
+        weather = {"name": "get_weather", "description": long,
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+        delete_repo = {"name": "delete_repo", "description": "deletes"}
+
+        def turn(text, tools):
+            config = genai_types.GenerateContentConfig(tools=[genai_types.Tool(function_declarations=tools)])
+            client.models.generate_content(model="gemini-2.5-flash", contents=text, config=config)
+        refused, fmt = genai_errors.ClientError, "gemini"
+    for n in range(3):
+        before = len(reject_stack.decisions())
+        turn("hello " * (n + 1), [weather])
+        parsed = reject_stack.llm_received()[-1]["parsed"]["tools"]
+        judged = reject_stack.wait_for_decision(lambda d: d.get("format") == fmt, after=before)
+        assert parsed == judged["allowed_tools"] == ["get_weather"], (parsed, judged)
+    renamed = json.loads(json.dumps(weather).replace("get_weather", "get_weathes"))
+    for tools in ([weather, delete_repo], [renamed]):
+        with pytest.raises(refused) as caught:
+            turn("and now?", tools)
+        assert "403" in str(caught.value) or getattr(caught.value, "code", None) == 403
     assert len(reject_stack.llm_received()) == 3, "no denied turn reached the model"
 
 

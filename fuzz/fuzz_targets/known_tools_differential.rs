@@ -1,7 +1,7 @@
-//! A remembered tool array never changes a reading: a body made from a primer (an OpenAI Chat or
-//! Anthropic Messages request declaring a large `tools` array) by the fuzzer's edits is read with
-//! nothing remembered, then again with the primer's array remembered, and both readings must
-//! agree (the same request, or the same refusal). The edits land anywhere: in the array (where
+//! A remembered tool array never changes a reading: a body made from a primer (an OpenAI Chat,
+//! Anthropic Messages, OpenAI Responses or Gemini request declaring a large `tools` array) by the
+//! fuzzer's edits is read with nothing remembered, then again with the primer's array remembered,
+//! and both readings must agree (the same request, or the same refusal). The edits land anywhere: in the array (where
 //! the memory must not match), before it and after it (where it must match and the rest still be
 //! checked).
 #![no_main]
@@ -10,7 +10,8 @@ use std::sync::LazyLock;
 
 use agent_authz::extract::known_tools::forget_all;
 use agent_authz::extract::anthropic_messages::AnthropicMessages;
-use agent_authz::extract::{HttpRequest, RequestFormat, openai_chat};
+use agent_authz::extract::gemini::Gemini;
+use agent_authz::extract::{HttpRequest, RequestFormat, openai_chat, openai_responses};
 use agent_authz::headers::Headers;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
@@ -46,8 +47,16 @@ fn anthropic_tools(names: &[&str]) -> Value {
     Value::Array(tools)
 }
 
-/// (primer, read by Anthropic Messages)
-static PRIMERS: LazyLock<Vec<(Vec<u8>, bool)>> = LazyLock::new(|| {
+/// Which dialect reads a primer and the bodies made from it.
+#[derive(Clone, Copy)]
+enum Dialect {
+    Chat,
+    Messages,
+    Responses,
+    Gemini,
+}
+
+static PRIMERS: LazyLock<Vec<(Vec<u8>, Dialect)>> = LazyLock::new(|| {
     let names = ["lookup_ticket", "search_kb", "get_weather", "refund"];
     let chat = vec![
         serde_json::to_vec(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
@@ -73,23 +82,50 @@ static PRIMERS: LazyLock<Vec<(Vec<u8>, bool)>> = LazyLock::new(|| {
             "max_tokens": 1, "messages": []}))
         .unwrap(),
     ];
-    chat.into_iter().map(|p| (p, false)).chain(messages.into_iter().map(|p| (p, true))).collect()
+    let schema = json!({"type": "object", "properties": {"q": {"type": "string", "description": "\u{2603} \"q\""}}});
+    let functions: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"type": "function", "name": n, "description": "Looks it up. ".repeat(4), "parameters": schema}))
+        .chain([json!({"type": "mcp", "server_label": "gh", "server_url": "https://gh.example/mcp",
+            "allowed_tools": ["search", "get_issue"]}), json!({"type": "namespace", "name": "crm",
+            "tools": [{"type": "function", "name": "lookup_customer"}]})])
+        .collect();
+    let responses = serde_json::to_vec(&json!({"model": "gpt-4.1", "input": "hi", "tools": functions,
+        "tool_choice": {"type": "function", "name": "search_kb"}}))
+    .unwrap();
+    let declarations: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"name": n, "description": "Looks it up. ".repeat(4), "parameters": schema}))
+        .collect();
+    let gemini = serde_json::to_vec(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "tools": [{"functionDeclarations": declarations}, {"googleSearch": {}}],
+        "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["refund"]}}}))
+    .unwrap();
+    chat.into_iter()
+        .map(|p| (p, Dialect::Chat))
+        .chain(messages.into_iter().map(|p| (p, Dialect::Messages)))
+        .chain([(responses, Dialect::Responses), (gemini, Dialect::Gemini)])
+        .collect()
 });
 
-fn read(body: &[u8], anthropic: bool) -> Result<String, String> {
+fn read(body: &[u8], dialect: Dialect) -> Result<String, String> {
     let headers = Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
-    if anthropic {
-        let request = HttpRequest { method: "POST", path: "/v1/messages", headers: &headers, body };
-        return AnthropicMessages.extract(&request).map(|r| format!("{r:?}")).map_err(|e| e.to_string());
-    }
-    let request = HttpRequest { method: "POST", path: "/v1/chat/completions", headers: &headers, body };
-    openai_chat::read(&request, None).map(|r| format!("{r:?}")).map_err(|e| e.to_string())
+    let request = |path| HttpRequest { method: "POST", path, headers: &headers, body };
+    let read = match dialect {
+        Dialect::Chat => openai_chat::read(&request("/v1/chat/completions"), None).map(|r| format!("{r:?}")),
+        Dialect::Messages => AnthropicMessages.extract(&request("/v1/messages")).map(|r| format!("{r:?}")),
+        Dialect::Responses => openai_responses::read(&request("/v1/responses"), None).map(|r| format!("{r:?}")),
+        Dialect::Gemini => Gemini
+            .extract(&request("/v1beta/models/gemini-2.5-flash:generateContent"))
+            .map(|r| format!("{r:?}")),
+    };
+    read.map_err(|e| e.to_string())
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, edits)) = data.split_first() else { return };
-    let (primer, anthropic) = &PRIMERS[usize::from(which) % PRIMERS.len()];
-    let anthropic = *anthropic;
+    let (primer, dialect) = &PRIMERS[usize::from(which) % PRIMERS.len()];
+    let dialect = *dialect;
     let mut body = primer.clone();
     // Each edit: a position (two bytes), an operation, a byte.
     for edit in edits.chunks_exact(4) {
@@ -105,9 +141,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     forget_all();
-    let cold = read(&body, anthropic);
+    let cold = read(&body, dialect);
     forget_all();
-    read(primer, anthropic).expect("the primer reads");
-    let warm = read(&body, anthropic);
+    read(primer, dialect).expect("the primer reads");
+    let warm = read(&body, dialect);
     assert_eq!(cold, warm, "primed and cold readings differ");
 });

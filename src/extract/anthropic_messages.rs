@@ -37,14 +37,7 @@ impl RequestFormat for AnthropicMessages {
         let mut known = KnownTools::of("anthropic_messages", "tools");
         let body = &llm::fields_with(request, &READING, &mut known)?;
         let model = llm::model(body)?;
-        let declared = match known.take_known() {
-            Some(declared) => declared,
-            None => {
-                let declared = declared_tools(body)?;
-                known.remember(request.body, &declared);
-                declared
-            }
-        };
+        let declared = llm::declared_tools(&mut known, request, body, declared)?;
         read_declaring(body, model, declared).map(AgentRequest::Llm)
     }
 
@@ -59,16 +52,9 @@ pub fn read(
     body: &serde_json::Map<String, Value>,
     model: String,
 ) -> Result<LlmRequest, ExtractError> {
-    read_declaring(body, model, declared_tools(body)?)
-}
-
-/// The tools `tools[]` declares, read from the body alone (what a remembered array stands for).
-fn declared_tools(
-    body: &serde_json::Map<String, Value>,
-) -> Result<Arc<[DeclaredTool]>, ExtractError> {
     let mut tools = Tools::default();
     llm::add_declared(&mut tools, body, "tools", declared)?;
-    Ok(tools.0.into())
+    read_declaring(body, model, tools.0.into())
 }
 
 /// [`read`], with `tools[]`'s tools already read (from this body, or remembered from the same

@@ -10,7 +10,8 @@
 
 use serde_json::Value;
 
-use super::llm::{self, Tools};
+use super::known_tools::KnownTools;
+use super::llm;
 use super::{
     AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
 };
@@ -37,7 +38,9 @@ pub struct Gemini;
 impl RequestFormat for Gemini {
     fn extract(&self, request: &HttpRequest<'_>) -> Result<AgentRequest, ExtractError> {
         let (model, method) = model_from_path(request.path)?;
-        let body = &llm::fields(request, &READING)?;
+        // The same `tools` as a recent request (an agent's next turn) is taken as read then.
+        let mut known = KnownTools::of("gemini", "tools");
+        let body = &llm::fields_with(request, &READING, &mut known)?;
         // A cached content may hold its own tools and tool config, which the body does not
         // show (Google's parser reads proto3 JSON: both spellings).
         if ["cachedContent", "cached_content"]
@@ -49,8 +52,7 @@ impl RequestFormat for Gemini {
                  cannot see; send the tools in the request",
             ));
         }
-        let mut tools = Tools::default();
-        llm::add_declared(&mut tools, body, "tools", declared)?;
+        let tools = llm::declared_tools(&mut known, request, body, declared)?;
         let allowed = body
             .get("toolConfig")
             .and_then(|c| c.get("functionCallingConfig"))
@@ -66,7 +68,7 @@ impl RequestFormat for Gemini {
         };
         Ok(AgentRequest::Llm(LlmRequest {
             model,
-            tools: tools.0.into(),
+            tools,
             forced_tools,
             stream: method == "streamGenerateContent",
         }))

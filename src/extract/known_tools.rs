@@ -185,4 +185,6 @@ pub fn hits() -> usize {
 #[cfg(test)]
 mod anthropic_tests;
 #[cfg(test)]
+mod responses_gemini_tests;
+#[cfg(test)]
 mod tests;

@@ -2,11 +2,13 @@
 //! cutting tool entries out of the raw body.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::json_prescan::{KnownValues, NoneKnown};
 use super::json_view::{self, Json, Members};
+use super::known_tools::KnownTools;
 use super::{DeclaredTool, ExtractError, HttpRequest, Reading, json_fields};
 use crate::rewrite::json_edit::{self, EditError, Edits, Member};
 
@@ -88,6 +90,25 @@ pub fn add_declared<M: Members, I: IntoIterator<Item = DeclaredTool>>(
         }
     }
     Ok(())
+}
+
+/// The tools the `tools` array declares (read as [`add_declared`] reads them): the ones read
+/// before from the same bytes when `known` knew the array (see `extract/known_tools.rs`), else
+/// read now and remembered for an agent's next turn.
+pub fn declared_tools<M: Members, I: IntoIterator<Item = DeclaredTool>>(
+    known: &mut KnownTools,
+    request: &HttpRequest<'_>,
+    body: &M,
+    declared: impl Fn(&M::Value) -> Result<I, String>,
+) -> Result<Arc<[DeclaredTool]>, ExtractError> {
+    if let Some(tools) = known.take_known() {
+        return Ok(tools);
+    }
+    let mut tools = Tools::default();
+    add_declared(&mut tools, body, "tools", declared)?;
+    let tools: Arc<[DeclaredTool]> = tools.0.into();
+    known.remember(request.body, &tools);
+    Ok(tools)
 }
 
 /// Declared tools, unique by key, in request order.

@@ -16,7 +16,6 @@
 //!   would break call/result pairing; the model simply cannot call the tool again.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -66,18 +65,9 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
         Some(model) => model,
         None => llm::model(body)?,
     };
-    let declared = match known.take_known() {
-        Some(declared) => declared,
-        None => {
-            let mut tools = Tools::default();
-            llm::add_declared(&mut tools, body, "tools", |entry| {
-                tool_entry(entry).map(|t| [t])
-            })?;
-            let declared: Arc<[DeclaredTool]> = tools.0.into();
-            known.remember(request.body, &declared);
-            declared
-        }
-    };
+    let declared = llm::declared_tools(&mut known, request, body, |entry| {
+        tool_entry(entry).map(|t| [t])
+    })?;
     // Legacy `functions` (rarely beside `tools`): added after them, unique by name.
     let tools = if llm::array(body, "functions")?.is_empty() {
         declared

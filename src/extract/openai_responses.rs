@@ -12,7 +12,8 @@
 
 use serde_json::{Value, json};
 
-use super::llm::{self, Tools};
+use super::known_tools::KnownTools;
+use super::llm;
 use super::{
     AgentRequest, DeclaredTool, ExtractError, HttpRequest, LlmRequest, Reading, RequestFormat,
 };
@@ -133,7 +134,9 @@ impl RequestFormat for OpenaiResponses {
 /// Reads a Responses request; the model is `model` when the path names it (an Azure
 /// deployment), else the body's.
 pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmRequest, ExtractError> {
-    let body = &llm::fields(request, &READING)?;
+    // The same `tools` as a recent request (an agent's next turn) is taken as read then.
+    let mut known = KnownTools::of("openai_responses", "tools");
+    let body = &llm::fields_with(request, &READING, &mut known)?;
     // A stored prompt may carry its own model and tools, which the body does not show.
     if body.get("prompt").is_some_and(|p| !p.is_null()) {
         return Err(llm::invalid(
@@ -145,8 +148,7 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
         Some(model) => model,
         None => llm::model(body)?,
     };
-    let mut tools = Tools::default();
-    llm::add_declared(&mut tools, body, "tools", declared)?;
+    let tools = llm::declared_tools(&mut known, request, body, declared)?;
     let forced_tools = body
         .get("tool_choice")
         .and_then(choice_key)
@@ -154,7 +156,7 @@ pub fn read(request: &HttpRequest<'_>, model: Option<String>) -> Result<LlmReque
         .collect();
     Ok(LlmRequest {
         model,
-        tools: tools.0.into(),
+        tools,
         forced_tools,
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
     })
