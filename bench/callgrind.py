@@ -9,8 +9,9 @@ real Cerbos (bench/cerbos.yaml, bench/policies), gets warmed up with checks stra
 examples/grpc_load (no Envoy), has its counters zeroed, answers `--checks` more, one at a time,
 and the instructions of those checks (every thread: gRPC, pipeline, decision-log writer) are
 divided by their number. Scenarios: the bench's 16 KiB chat declaring 20 tools with the verdict
-cache hot, a 1 KiB chat uncached (asks Cerbos every time), and an MCP tools/call cached.
-Prints a table (instructions per check, and NEW/OLD) and writes it as JSON to --out.
+cache hot, a 1 KiB chat uncached (asks Cerbos every time), and an MCP tools/call cached; with
+`--dialects` also an Anthropic Messages, an OpenAI Responses and a Gemini request declaring the
+same 20 tools, cache hot. Every check must be allowed (checked on the warm-up). Prints a table (instructions per check, and NEW/OLD) and writes it as JSON to --out.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench import (  # noqa: E402
     BENCH,
     KIB,
     MCP_HEADERS,
+    TOOLS,
     TOOLS_BIN,
     Issuer,
     Procs,
@@ -50,6 +52,50 @@ SCENARIOS = (
      "agent-authz-cached.yaml"),
     ("chat 1 KiB, uncached", lambda: chat_body(1 * KIB, 0), "/v1/chat/completions", {}, "agent-authz.yaml"),
     ("MCP tools/call, cache hot", mcp_call_body, "/mcp", MCP_HEADERS, "agent-authz-cached.yaml"),
+)
+
+
+def _schema() -> dict:
+    return {"type": "object", "required": ["ticket_id"], "properties": {
+        "ticket_id": {"type": "string", "pattern": "^T-[0-9]+$"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 50}}}
+
+
+def _describe(name: str) -> str:
+    return f"{name}: " + "Looks things up for the support agent. " * 6
+
+
+def _dumps(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def messages_body() -> bytes:
+    """Anthropic Messages declaring the bench's 20 tools, a 1.8 KiB user message (~11 KiB)."""
+    tools = [{"name": n, "description": _describe(n), "input_schema": _schema()} for n in TOOLS]
+    return _dumps({"model": "gpt-4o-mini", "max_tokens": 256, "tools": tools,
+                   "messages": [{"role": "user", "content": "hello " * 300}]})
+
+
+def responses_body() -> bytes:
+    """OpenAI Responses, the same tools and input."""
+    tools = [{"type": "function", "name": n, "description": _describe(n), "parameters": _schema()} for n in TOOLS]
+    return _dumps({"model": "gpt-4o-mini", "input": "hello " * 300, "tools": tools})
+
+
+def gemini_body() -> bytes:
+    """Gemini generateContent, the same tools and text (the model, in the path, is one the bench's
+    token may invoke)."""
+    declarations = [{"name": n, "description": _describe(n), "parameters": _schema()} for n in TOOLS]
+    return _dumps({"contents": [{"role": "user", "parts": [{"text": "hello " * 300}]}],
+                   "tools": [{"functionDeclarations": declarations}]})
+
+
+# --dialects: the hot check of the other dialects that remember a resent tools array.
+DIALECT_SCENARIOS = (
+    ("Anthropic Messages, 20 tools, cache hot", messages_body, "/v1/messages", {}, "agent-authz-cached.yaml"),
+    ("OpenAI Responses, 20 tools, cache hot", responses_body, "/v1/responses", {}, "agent-authz-cached.yaml"),
+    ("Gemini, 20 tools, cache hot", gemini_body, "/v1beta/models/gpt-4o-mini:generateContent", {},
+     "agent-authz-cached.yaml"),
 )
 
 
@@ -105,7 +151,11 @@ def measure(binary: Path, grpc_load: Path, scenario: tuple, checks: int, cerbos_
         procs.wait_ready("agent_authz", lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, timeout=120)
         load = [str(grpc_load), "--target", "ext-authz", "--addr", f"http://127.0.0.1:{grpc}",
                 "--spec", str(d / "spec.json"), "--concurrency", "1", "--max-seconds", "600"]
-        subprocess.run(load + ["--requests", "50", "--warmup", "0"], check=True, capture_output=True)
+        warm = subprocess.run(load + ["--requests", "50", "--warmup", "0"], check=True, capture_output=True, text=True)
+        outcomes = json.loads(warm.stdout.strip().splitlines()[-1])["outcomes"]
+        if set(outcomes) != {"grpc_0"}:
+            # A refused check takes another path: counting it would mislead.
+            raise SystemExit(f"{name}: the checks are not all allowed: {outcomes}")
         counted(procs.pid("agent_authz"), d, lambda: subprocess.run(
             load + ["--requests", str(checks), "--warmup", "0"], check=True, capture_output=True))
         return instructions(d) / checks
@@ -119,6 +169,8 @@ def main() -> None:
     parser.add_argument("--checks", type=int, default=300)
     parser.add_argument("--grpc-load", default=str(Path("target/release/examples/grpc_load")))
     parser.add_argument("--out", default=None)
+    parser.add_argument("--dialects", action="store_true",
+                        help="also the hot check of Anthropic Messages, OpenAI Responses and Gemini")
     args = parser.parse_args()
     builds = [(b.split("=", 1)[0], Path(b.split("=", 1)[1]).resolve()) for b in args.builds]
     run = Path(tempfile.mkdtemp(prefix="agent-authz-callgrind-"))
@@ -138,7 +190,7 @@ def main() -> None:
         procs.spawn("cerbos", [str(TOOLS_BIN / "cerbos"), "server", f"--config={run / 'cerbos.yaml'}"],
                     env={"CERBOS_NO_TELEMETRY": "1"})
         procs.wait_ready("cerbos", lambda: tcp_open(cerbos_grpc))
-        for scenario in SCENARIOS:
+        for scenario in SCENARIOS + (DIALECT_SCENARIOS if args.dialects else ()):
             for name, binary in builds:
                 per_check = measure(binary, Path(args.grpc_load), scenario, args.checks, cerbos_grpc, run,
                                     issuer, jwks)
