@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -145,6 +146,7 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Build information", build);
+        registry.register_collector(Box::new(KnownToolArrays));
         Self {
             registry,
             checks,
@@ -192,6 +194,38 @@ impl Metrics {
     }
 }
 
+/// The known tool arrays' counts (`extract/known_tools.rs`), read at each scrape: a body is read
+/// without the registry at hand, so the readers count in process-wide atomics.
+#[derive(Debug)]
+struct KnownToolArrays;
+
+impl Collector for KnownToolArrays {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = crate::extract::tool_array_counts();
+        for (name, help, value) in [
+            (
+                "tool_arrays_known",
+                "Declared tool arrays taken as read: the same bytes as an array read before (an agent resending its tools)",
+                counts.known,
+            ),
+            (
+                "tool_arrays_remembered",
+                "Declared tool arrays read and remembered for the next turn",
+                counts.remembered,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +252,7 @@ mod tests {
         assert!(text.contains(r#"agent_authz_tools_removed_total{how="strip"} 2"#));
         assert!(text.contains("agent_authz_cerbos_request_duration_seconds_count 1"));
         assert!(text.contains("agent_authz_build_info{version="));
+        assert!(text.contains("# TYPE agent_authz_tool_arrays_known counter"));
+        assert!(text.contains("agent_authz_tool_arrays_remembered_total "));
     }
 }

@@ -14,6 +14,7 @@ from google.genai import types as genai_types
 
 from clients import openai_client
 from helpers import HELLO, tool
+from receivers import metric_series
 from stack import Stack
 
 def test_declaring_an_allowed_tool_passes(clean, tokens):
@@ -152,11 +153,18 @@ def test_reject_mode_refuses_a_request_declaring_a_denied_tool(reject_stack):
     assert reject_stack.llm_received() == []
 
 
+def tool_array_metrics(stack: Stack) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{stack.ports['authz_admin']}/metrics", timeout=5).text
+    return {what: float(metric_series(text, f"agent_authz_tool_arrays_{what}_total")[0].split()[-1])
+            for what in ("known", "remembered")}
+
+
 def test_an_agent_loop_resending_its_tools_is_judged_every_turn(reject_stack):
     """An agent resends the same tool declarations every turn while its conversation grows;
     agent-authz takes a byte-identical `tools` array as read (extract/known_tools.rs). A tool
     added on a later turn, or one renamed by a byte, is judged all the same."""
     reject_stack.llm_reset()
+    counted = tool_array_metrics(reject_stack)
     client = openai_client(reject_stack.llm_base_url, reject_stack.token_for("alice"))
     weather = tool("get_weather")
     weather["function"]["description"] = "Current weather for a city, in metric units. " * 12
@@ -171,6 +179,10 @@ def test_an_agent_loop_resending_its_tools_is_judged_every_turn(reject_stack):
         judged = reject_stack.wait_for_request_decision("/v1/chat/completions", after=before)
         assert parsed == judged["allowed_tools"] == ["get_weather"], (parsed, judged)
     assert len(reject_stack.llm_received()) == 3
+    # The metrics show it: the array remembered, and known on a later turn (each runtime worker
+    # remembers its own, so at least one of the three turns is a known one).
+    now = tool_array_metrics(reject_stack)
+    assert now["remembered"] > counted["remembered"] and now["known"] > counted["known"], (counted, now)
     renamed = json.loads(json.dumps(weather).replace("get_weather", "get_weathes"))
     for tools in ([weather, tool("delete_repo")], [renamed]):
         with pytest.raises(openai.PermissionDeniedError) as caught:

@@ -28,6 +28,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::DeclaredTool;
 use super::json_prescan::KnownValues;
@@ -107,6 +108,28 @@ impl KnownValues for KnownTools {
     }
 }
 
+/// How the known tool arrays fared since start, every reader on every thread: arrays taken as
+/// read, and arrays remembered. Operators see from them whether their agents resend identical
+/// tool arrays (many known per remembered) or churn the memory (about as many remembered as
+/// read). Process-wide atomics, as a body is read without the metrics registry at hand; the
+/// metrics read them at each scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolArrayCounts {
+    pub known: u64,
+    pub remembered: u64,
+}
+
+static KNOWN_TOTAL: AtomicU64 = AtomicU64::new(0);
+static REMEMBERED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// See [`ToolArrayCounts`].
+pub fn tool_array_counts() -> ToolArrayCounts {
+    ToolArrayCounts {
+        known: KNOWN_TOTAL.load(Ordering::Relaxed),
+        remembered: REMEMBERED_TOTAL.load(Ordering::Relaxed),
+    }
+}
+
 thread_local! {
     static REMEMBERED: RefCell<Arrays> =
         const { RefCell::new(Arrays { recent: Vec::new(), bytes: 0 }) };
@@ -132,6 +155,7 @@ impl Arrays {
             .recent
             .iter()
             .position(|r| r.reader == reader && rest.starts_with(&r.value))?;
+        KNOWN_TOTAL.fetch_add(1, Ordering::Relaxed);
         #[cfg(test)]
         HITS.set(HITS.get() + 1);
         self.recent[..=at].rotate_right(1);
@@ -140,6 +164,7 @@ impl Arrays {
     }
 
     fn insert(&mut self, reader: &'static str, value: &[u8], tools: &Arc<[DeclaredTool]>) {
+        REMEMBERED_TOTAL.fetch_add(1, Ordering::Relaxed);
         self.bytes += value.len();
         self.recent.insert(
             0,

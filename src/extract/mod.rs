@@ -13,6 +13,7 @@ mod json_prescan;
 mod json_view;
 #[cfg(not(fuzzing))]
 mod known_tools;
+pub use known_tools::{ToolArrayCounts, tool_array_counts};
 /// Public only to the `known_tools_differential` fuzz target, which reads bodies with and without
 /// a remembered tool array.
 #[cfg(fuzzing)]

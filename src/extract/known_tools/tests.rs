@@ -7,7 +7,7 @@ use crate::headers::Headers;
 
 use serde_json::{Value, json};
 
-use super::{MAX_ARRAYS, MAX_BYTES, forget_all, hits, remembered};
+use super::{MAX_ARRAYS, MAX_BYTES, forget_all, hits, remembered, tool_array_counts};
 use crate::extract::test_support::below;
 use crate::extract::{ExtractError, HttpRequest, LlmRequest, openai_chat};
 
@@ -88,12 +88,16 @@ pub(super) fn same_primed_by(read: Read, primer: &[u8], body: &[u8]) -> bool {
 fn the_same_array_sent_again_is_known_and_read_alike() {
     forget_all();
     let array = tools(&NAMES);
+    let counted = tool_array_counts();
     let first = read(&chat(&array, "turn one")).unwrap();
     assert_eq!(remembered(), 1);
     let before = hits();
     // The next turn: the conversation grew, the tools are the same bytes.
     let second = read(&chat(&array, "turn one, answer, turn two")).unwrap();
     assert_eq!(hits(), before + 1, "the array was known");
+    // The metrics' process-wide counts (other tests count too: at least ours).
+    let now = tool_array_counts();
+    assert!(now.remembered > counted.remembered && now.known > counted.known);
     assert_eq!(remembered(), 1, "nothing new to remember");
     assert_eq!(names(&first), NAMES);
     assert_eq!(second, first);
