@@ -337,14 +337,23 @@ pub(crate) mod test_support {
         path: &str,
         body: &Value,
     ) -> Result<LlmRequest, ExtractError> {
+        read_bytes(format, path, body.to_string().as_bytes())
+    }
+
+    /// [`read`], of the body's bytes as sent (for bodies that are not valid JSON, or must keep
+    /// their exact bytes).
+    pub fn read_bytes(
+        format: &dyn RequestFormat,
+        path: &str,
+        body: &[u8],
+    ) -> Result<LlmRequest, ExtractError> {
         let headers =
             Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
-        let body = body.to_string().into_bytes();
         match format.extract(&HttpRequest {
             method: "POST",
             path,
             headers: &headers,
-            body: &body,
+            body,
         })? {
             AgentRequest::Llm(llm) => Ok(llm),
             other => panic!("not an LLM request: {other:?}"),

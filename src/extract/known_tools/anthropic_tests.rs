@@ -6,23 +6,12 @@ use serde_json::{Value, json};
 
 use super::tests::{mutations_read_alike, same_primed_by};
 use super::{forget_all, hits, remembered};
-use crate::extract::AgentRequest;
 use crate::extract::anthropic_messages::AnthropicMessages;
-use crate::extract::{ExtractError, HttpRequest, LlmRequest, RequestFormat, openai_chat};
-use crate::headers::Headers;
+use crate::extract::test_support::read_bytes;
+use crate::extract::{ExtractError, LlmRequest};
 
 fn read(body: &[u8]) -> Result<LlmRequest, ExtractError> {
-    let headers = Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
-    let request = HttpRequest {
-        method: "POST",
-        path: "/v1/messages",
-        headers: &headers,
-        body,
-    };
-    match AnthropicMessages.extract(&request)? {
-        AgentRequest::Llm(llm) => Ok(llm),
-        other => panic!("not an LLM request: {other:?}"),
-    }
+    read_bytes(&AnthropicMessages, "/v1/messages", body)
 }
 
 /// Custom tools with schemas (well over the remembering threshold), a server tool and an MCP
@@ -137,19 +126,7 @@ fn an_array_one_dialect_read_is_not_known_to_the_other() {
     let body = serde_json::to_vec(&json!({"model": "m", "max_tokens": 1, "messages": [],
         "tools": array}))
     .unwrap();
-    let headers = Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
-    let chat = |body: &[u8]| {
-        openai_chat::read(
-            &HttpRequest {
-                method: "POST",
-                path: "/v1/chat/completions",
-                headers: &headers,
-                body,
-            },
-            None,
-        )
-        .unwrap()
-    };
+    let chat = |body: &[u8]| super::tests::read(body).unwrap();
     forget_all();
     assert_eq!(chat(&body).tools[0].name, "openai_0");
     let before = hits();

@@ -8,36 +8,20 @@ use serde_json::{Value, json};
 use super::tests::{mutations_read_alike, same_primed_by};
 use super::{forget_all, hits, remembered};
 use crate::extract::gemini::Gemini;
-use crate::extract::{
-    AgentRequest, ExtractError, HttpRequest, LlmRequest, RequestFormat, openai_chat,
-    openai_responses,
-};
-use crate::headers::Headers;
-
-fn request<'b>(headers: &'b Headers, path: &'b str, body: &'b [u8]) -> HttpRequest<'b> {
-    HttpRequest {
-        method: "POST",
-        path,
-        headers,
-        body,
-    }
-}
-
-fn json_headers() -> Headers {
-    Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())])
-}
+use crate::extract::openai_responses::OpenaiResponses;
+use crate::extract::test_support::read_bytes;
+use crate::extract::{ExtractError, LlmRequest};
 
 fn responses(body: &[u8]) -> Result<LlmRequest, ExtractError> {
-    openai_responses::read(&request(&json_headers(), "/v1/responses", body), None)
+    read_bytes(&OpenaiResponses, "/v1/responses", body)
 }
 
 fn gemini(body: &[u8]) -> Result<LlmRequest, ExtractError> {
-    let headers = json_headers();
-    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
-    match Gemini.extract(&request(&headers, path, body))? {
-        AgentRequest::Llm(llm) => Ok(llm),
-        other => panic!("not an LLM request: {other:?}"),
-    }
+    read_bytes(
+        &Gemini,
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        body,
+    )
 }
 
 fn schema(name: &str) -> Value {
@@ -147,10 +131,7 @@ fn an_array_chat_read_is_not_known_to_responses() {
     let body =
         serde_json::to_vec(&json!({"model": "m", "messages": [], "input": "", "tools": array}))
             .unwrap();
-    let headers = json_headers();
-    let chat = |body: &[u8]| {
-        openai_chat::read(&request(&headers, "/v1/chat/completions", body), None).unwrap()
-    };
+    let chat = |body: &[u8]| super::tests::read(body).unwrap();
     forget_all();
     assert_eq!(chat(&body).tools[0].name, "chat_0");
     let before = hits();

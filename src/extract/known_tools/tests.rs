@@ -3,25 +3,16 @@
 //! the remembered one anywhere (in the array above all); and the array is known exactly when
 //! its bytes are the remembered ones.
 
-use crate::headers::Headers;
-
 use serde_json::{Value, json};
 
 use super::{MAX_ARRAYS, MAX_BYTES, forget_all, hits, remembered, tool_array_counts};
-use crate::extract::test_support::below;
-use crate::extract::{ExtractError, HttpRequest, LlmRequest, openai_chat};
+use crate::extract::openai_chat::OpenaiChat;
+use crate::extract::test_support::{below, read_bytes};
+use crate::extract::{ExtractError, LlmRequest};
 
-fn read(body: &[u8]) -> Result<LlmRequest, ExtractError> {
-    let headers = Headers::from_iter([("content-type".to_owned(), "application/json".to_owned())]);
-    openai_chat::read(
-        &HttpRequest {
-            method: "POST",
-            path: "/v1/chat/completions",
-            headers: &headers,
-            body,
-        },
-        None,
-    )
+/// OpenAI Chat's reading of a body.
+pub(super) fn read(body: &[u8]) -> Result<LlmRequest, ExtractError> {
+    read_bytes(&OpenaiChat, "/v1/chat/completions", body)
 }
 
 /// `n` function tools with schemas and descriptions: well over the remembering threshold.
