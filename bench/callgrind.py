@@ -10,8 +10,8 @@ examples/grpc_load (no Envoy), has its counters zeroed, answers `--checks` more,
 and the instructions of those checks (every thread: gRPC, pipeline, decision-log writer) are
 divided by their number. Scenarios: the bench's 16 KiB chat declaring 20 tools with the verdict
 cache hot, a 1 KiB chat uncached (asks Cerbos every time), and an MCP tools/call cached; with
-`--dialects` also an Anthropic Messages, an OpenAI Responses and a Gemini request declaring the
-same 20 tools, cache hot. Every check must be allowed (checked on the warm-up). Prints a table (instructions per check, and NEW/OLD) and writes it as JSON to --out.
+`--dialects` also an Anthropic Messages, an OpenAI Responses, a Gemini and a Bedrock Converse
+request declaring the same 20 tools and an Azure OpenAI chat, cache hot. Every check must be allowed (checked on the warm-up). Prints a table (instructions per check, and NEW/OLD) and writes it as JSON to --out.
 """
 
 from __future__ import annotations
@@ -90,12 +90,30 @@ def gemini_body() -> bytes:
                    "tools": [{"functionDeclarations": declarations}]})
 
 
-# --dialects: the hot check of the other dialects that remember a resent tools array.
+def bedrock_body() -> bytes:
+    """Amazon Bedrock Converse, the same tools (in toolConfig) and text; the model is in the path."""
+    tools = [{"toolSpec": {"name": n, "description": _describe(n), "inputSchema": {"json": _schema()}}}
+             for n in TOOLS]
+    return _dumps({"messages": [{"role": "user", "content": [{"text": "hello " * 300}]}],
+                   "toolConfig": {"tools": tools}})
+
+
+def azure_chat_body() -> bytes:
+    """Azure OpenAI Chat Completions: the bench's 16 KiB chat, the deployment in the path."""
+    return chat_body(16 * KIB, 20)
+
+
+# --dialects: the hot check of the other dialects (Messages, Responses and Gemini remember a
+# resent tools array; Bedrock Converse reads its tools every time; Azure reads as Chat does).
 DIALECT_SCENARIOS = (
     ("Anthropic Messages, 20 tools, cache hot", messages_body, "/v1/messages", {}, "agent-authz-cached.yaml"),
     ("OpenAI Responses, 20 tools, cache hot", responses_body, "/v1/responses", {}, "agent-authz-cached.yaml"),
     ("Gemini, 20 tools, cache hot", gemini_body, "/v1beta/models/gpt-4o-mini:generateContent", {},
      "agent-authz-cached.yaml"),
+    ("Bedrock Converse, 20 tools, cache hot", bedrock_body, "/model/gpt-4o-mini/converse", {},
+     "agent-authz-cached.yaml"),
+    ("Azure OpenAI chat 16 KiB, 20 tools, cache hot", azure_chat_body,
+     "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", {}, "agent-authz-cached.yaml"),
 )
 
 
@@ -170,7 +188,7 @@ def main() -> None:
     parser.add_argument("--grpc-load", default=str(Path("target/release/examples/grpc_load")))
     parser.add_argument("--out", default=None)
     parser.add_argument("--dialects", action="store_true",
-                        help="also the hot check of Anthropic Messages, OpenAI Responses and Gemini")
+                        help="also the hot check of Messages, Responses, Gemini, Bedrock Converse and Azure chat")
     args = parser.parse_args()
     builds = [(b.split("=", 1)[0], Path(b.split("=", 1)[1]).resolve()) for b in args.builds]
     run = Path(tempfile.mkdtemp(prefix="agent-authz-callgrind-"))
