@@ -30,6 +30,8 @@ Knobs (environment): BENCH_DURATION (s per measured wrk run, default 5), BENCH_W
 default 1), BENCH_CONCURRENCY (default "1,16"), BENCH_TOKENS (distinct principals, default
 1000), BENCH_KEEP_DIR=1 (keep the run directory with every log), BENCH_OUT (default bench/),
 BENCH_QUIET_WAIT (s to wait for other work on the machine to settle first, default 120),
+BENCH_AGENT_AUTHZ (the agent-authz binary, default the one in the binaries' directory; bench/run.sh
+sets it to the PGO build), BENCH_BUILD (what that binary is, for the report: "pgo" or "release"),
 BENCH_MAX_SECONDS (bound on the whole run, default 1800, not counting the LiteLLM install),
 BENCH_LITELLM=1 (the LiteLLM peer), BENCH_ONLY=litellm (only what the peer is compared with: the
 1 KiB and 16 KiB scenarios, their baselines (a), (b), (c), the cached 16 KiB scenario and the
@@ -83,7 +85,10 @@ BENCH = REPO / "bench"
 RELEASE = Path(os.environ.get("BENCH_BIN_DIR") or REPO / "target" / "release").resolve()
 EXAMPLES = RELEASE / "examples" if (RELEASE / "examples").is_dir() else RELEASE
 TOOLS_BIN = REPO / ".tools" / "bin"
-AGENT_AUTHZ = RELEASE / "agent-authz"
+# The agent-authz binary measured: BENCH_AGENT_AUTHZ, e.g. the PGO build bench/run.sh makes
+# (scripts/build-pgo.sh), else the one in RELEASE. BENCH_BUILD says what it is, for the report.
+AGENT_AUTHZ = Path(os.environ.get("BENCH_AGENT_AUTHZ") or RELEASE / "agent-authz").resolve()
+BUILD = os.environ.get("BENCH_BUILD", "").strip()
 
 ISSUER = "https://issuer.agent-authz.bench"
 AUDIENCE = "agent-gateway"
@@ -1304,6 +1309,8 @@ class Bench:
             "cerbos": first_line([str(TOOLS_BIN / "cerbos"), "--version"]),
             "agent_authz": first_line([str(AGENT_AUTHZ), "--version"]) + f" (git {git}{', uncommitted changes to the code' if dirty else ''})",
             # The build the measured binaries came from (Cargo.toml's [profile.release]).
+            # "pgo": scripts/build-pgo.sh's profile-guided build; "release": plain cargo build --release.
+            "build": BUILD or "unknown",
             "release_profile": tomllib.loads((REPO / "Cargo.toml").read_text()).get("profile", {}).get("release", {}),
             "rustc": first_line(["rustc", "--version"]),
             "wrk": first_line(["wrk", "-v"]).split(" [")[0],

@@ -81,6 +81,14 @@ def release_profile(profile: dict | None) -> str:
     return ", release profile (" + ", ".join(f"{k} = {v!r}" for k, v in profile.items()) + ")"
 
 
+def build_kind(build: str | None) -> str:
+    """How the measured agent-authz was built: profile-guided (scripts/build-pgo.sh, what
+    bench/run.sh measures) or a plain `cargo build --release`; runs before it was recorded were
+    plain."""
+    return {"pgo": ", profile-guided (scripts/build-pgo.sh, trained by bench/pgo_train.py)",
+            "release": ", no PGO (cargo build --release)"}.get(build or "", "")
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -128,7 +136,7 @@ def render(res: dict, summaries: bool = True) -> str:
         ["Kernel", m["kernel"]],
         ["Envoy", m["envoy"]],
         ["Cerbos", m["cerbos"]],
-        ["agent-authz", m["agent_authz"] + release_profile(m.get("release_profile"))],
+        ["agent-authz", m["agent_authz"] + release_profile(m.get("release_profile")) + build_kind(m.get("build"))],
         ["Load generators", f"{m['wrk']} (1 thread); examples/grpc_load.rs (tokio, 1 thread); {m['rustc']}"],
     ]))
     st = res["settings"]

