@@ -13,7 +13,8 @@ repeat_cache and b_16k scenarios: the same 16 KiB chat declaring 20 tools), dump
 per check: the instructions (every thread) and the distinct 64-byte lines of code executed in
 the window (every check takes the same path, so this is the code a check runs; an upper bound,
 as rare work such as cache maintenance is included). Binaries: target/release, or
-BENCH_BIN_DIR as for bench.py.
+BENCH_BIN_DIR as for bench.py; BENCH_AGENT_AUTHZ names another agent-authz (the PGO build:
+target/pgo/release/agent-authz).
 """
 
 from __future__ import annotations
