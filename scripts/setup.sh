@@ -34,31 +34,28 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$BIN"
 
-# 1. protoc
-if command -v protoc >/dev/null 2>&1; then
-  step "protoc: present ($(protoc --version))"
-else
-  step "protoc: installing Debian protobuf-compiler"
-  command -v apt-get >/dev/null 2>&1 || die "protoc is missing and apt-get is not available"
+# A Debian package for a command, installed when the command is missing.
+need_debian() {
+  local cmd="$1" package="$2"
+  if command -v "$cmd" >/dev/null 2>&1; then
+    step "$cmd: present"
+    return
+  fi
+  step "$cmd: installing Debian $package"
+  command -v apt-get >/dev/null 2>&1 || die "$cmd is missing and apt-get is not available"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq protobuf-compiler >/dev/null || die "apt-get install protobuf-compiler failed"
-  command -v protoc >/dev/null 2>&1 || die "protoc still missing after install"
-  step "protoc: installed ($(protoc --version))"
-fi
+  apt-get install -y -qq "$package" >/dev/null || die "apt-get install $package failed"
+  command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $package"
+}
+
+# 1. protoc
+need_debian protoc protobuf-compiler
+step "protoc: $(protoc --version)"
 
 # 1b. Chromium (Debian's), which Playwright drives in the console's browser test
 #     (e2e/tests/test_console.py); Playwright's own browser download is not used.
-if command -v chromium >/dev/null 2>&1; then
-  step "chromium: present"
-else
-  step "chromium: installing Debian chromium"
-  command -v apt-get >/dev/null 2>&1 || die "chromium is missing and apt-get is not available"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq chromium >/dev/null || die "apt-get install chromium failed"
-  command -v chromium >/dev/null 2>&1 || die "chromium still missing after install"
-fi
+need_debian chromium chromium
 
 # 2. Python venv
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (need Python >= 3.10 with venv and pip)"
@@ -179,17 +176,8 @@ fi
 
 # 7. (--bench) the load generator, CPU pinning and the PGO profile merger.
 if [[ $BENCH_TOOLS -eq 1 ]]; then
-  for tool in wrk:wrk taskset:util-linux; do
-    if command -v "${tool%%:*}" >/dev/null 2>&1; then
-      step "${tool%%:*}: present"
-    else
-      step "${tool%%:*}: installing Debian ${tool#*:}"
-      command -v apt-get >/dev/null 2>&1 || die "${tool%%:*} is missing and apt-get is not available"
-      export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq || die "apt-get update failed"
-      apt-get install -y -qq "${tool#*:}" >/dev/null || die "apt-get install ${tool#*:} failed"
-    fi
-  done
+  need_debian wrk wrk
+  need_debian taskset util-linux
   # llvm-profdata must be the LLVM of this rustc (a profile's format follows it): rustup's own.
   sysroot="$(rustc --print sysroot)"
   host="$(rustc -vV | sed -n 's/^host: //p')"
