@@ -109,19 +109,30 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+# Ports free_port has handed out in this process: free when it checked them, but perhaps not
+# bound yet by the server they were meant for.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A free 127.0.0.1 port below the kernel's ephemeral range. A port the kernel hands out
-    for `bind(0)` is one any outgoing connection may take next, before the server meant to
-    listen on it binds it (seen: Envoy refusing to start with "Address already in use" while
-    the bench's load generators opened connections)."""
+    """A free 127.0.0.1 port below the kernel's ephemeral range, never one this process was
+    handed before. A port the kernel hands out for `bind(0)` is one any outgoing connection may
+    take next, before the server meant to listen on it binds it (seen: Envoy refusing to start
+    with "Address already in use" while the bench's load generators opened connections); and a
+    port checked free is still free when asked again until its server binds it, so two servers
+    of one stack could be given the same one (seen once in CI: a stack's Envoy listener found
+    its port taken)."""
     start = _ephemeral_start()
     for _ in range(100):
         port = random.randint(max(1024, start - 12000), start - 1)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -44,6 +44,7 @@ mkdir -p target/pgo
 "$PROFDATA" merge -o target/pgo/merged.profdata "${raw[@]}"
 digest="$(sha256sum target/pgo/merged.profdata | cut -c1-16)"
 profile="$ROOT/target/pgo/agent-authz-$digest.profdata"
+find target/pgo -maxdepth 1 -name 'agent-authz-*.profdata' ! -name "$(basename "$profile")" -delete
 mv target/pgo/merged.profdata "$profile"
 step "profile: $profile (${#raw[@]} raw profiles merged)"
 
