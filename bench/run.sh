@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark, in one command:  bench/run.sh
 #   1. scripts/setup.sh --bench (Envoy, Cerbos, the Python venv, wrk, taskset, llvm-profdata),
-#   2. agent-authz's profile-guided release build (scripts/build-pgo.sh, ~15 min: the build users
+#   2. agent-authz's profile-guided release build (scripts/build-pgo.sh, ~17 min: the build users
 #      are told to deploy) and cargo build --release --examples (examples/allow_all.rs,
 #      ask_cerbos.rs, grpc_load.rs, sse_load.rs, bench_upstream.rs: the baselines are plain),
 #   3. bench/bench.py: starts the real Cerbos, Envoy, agent-authz (cache off and on), the
