@@ -200,6 +200,16 @@ MIB = 1024 * 1024
 # its arguments must carry to be allowed (bench/policies/llm_tool.yaml: alice's own ticket).
 SSE_TOOL = "lookup_ticket"
 SSE_TOOL_EXPECT = ['"name":"lookup_ticket"', 'T-100']
+# What the streamed text answer (x-bench-sse: text:<SSE_DELTAS>) must end with to count as whole.
+SSE_TEXT_EXPECT = [f'"word{SSE_DELTAS - 1} "']
+
+
+def answered_as_expected(s: dict, out: dict) -> bool:
+    """A wrk run of scenario `s` had every request answered, each with the scenario's status:
+    none refused when it expects 200, every one when it expects a refusal."""
+    errors = out["errors"]
+    hard = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+    return hard == 0 and errors["status"] == (0 if s["expect"] == 200 else out["requests"])
 
 
 def log(msg: str) -> None:
@@ -979,11 +989,7 @@ class Bench:
                 admin = self.ports["authz_cached_admin"] if s.get("cached") else None
                 r = self.measure(lambda: self.wrk(s, c, DURATION), cache_admin=admin)
                 errors = r["errors"]
-                hard = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
-                if s["expect"] == 200:
-                    r["ok"] = hard == 0 and errors["status"] == 0
-                else:
-                    r["ok"] = hard == 0 and errors["status"] == r["requests"]
+                r["ok"] = answered_as_expected(s, r)
                 self.results["http"].setdefault(s["id"], {})[str(c)] = r
                 log(f"{s['id']:<20} c={c:<3} {r['throughput_rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                     f"p99 {r['p99_ms']:.3f} ms  {'ok' if r['ok'] else 'UNEXPECTED ANSWERS ' + json.dumps(errors)}")
@@ -1131,11 +1137,10 @@ class Bench:
         each right after the other."""
         self.sse_sanity()
         text = f"text:{SSE_DELTAS}"
-        expect_text = [f'"word{SSE_DELTAS - 1} "']
         runs = [
             ("text_paced", f"{SSE_DELTAS} text deltas, one every {SSE_INTERVAL_US} µs", text, SSE_INTERVAL_US,
-             expect_text, "", "agent_authz_cached"),
-            ("text_burst", f"{SSE_DELTAS} text deltas, back to back", text, 0, expect_text, "", "agent_authz_cached"),
+             SSE_TEXT_EXPECT, "", "agent_authz_cached"),
+            ("text_burst", f"{SSE_DELTAS} text deltas, back to back", text, 0, SSE_TEXT_EXPECT, "", "agent_authz_cached"),
             ("tool_cached", f"one tool call ({SSE_TOOL}, arguments in 7-byte fragments), cache on", "tool", 0,
              SSE_TOOL_EXPECT, "", "agent_authz_cached"),
             ("tool_uncached", f"one tool call ({SSE_TOOL}, arguments in 7-byte fragments), cache off", "tool", 0,

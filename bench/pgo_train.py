@@ -31,7 +31,16 @@ for knob in ("BENCH_ONLY", "BENCH_PIN", "BENCH_LITELLM"):
     os.environ.pop(knob, None)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import AGENT_AUTHZ, SSE_DELTAS, SSE_TOOL_EXPECT, Bench, BenchError, log  # noqa: E402
+from bench import (  # noqa: E402
+    AGENT_AUTHZ,
+    SSE_DELTAS,
+    SSE_TEXT_EXPECT,
+    SSE_TOOL_EXPECT,
+    Bench,
+    BenchError,
+    answered_as_expected,
+    log,
+)
 from callgrind import DIALECT_SCENARIOS  # noqa: E402
 
 CONCURRENCY = (1, 16)
@@ -56,12 +65,8 @@ def dialect_scenarios(bench: Bench) -> list[dict]:
 
 def drive(bench: Bench, scenario: dict, concurrency: int, seconds: int) -> None:
     out = bench.wrk(scenario, concurrency, seconds)
-    errors = out["errors"]
-    hard = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
-    refused = errors["status"]
-    expected_refusals = out["requests"] if scenario["expect"] != 200 else 0
-    if hard or refused != expected_refusals or not out["requests"]:
-        raise BenchError(f"training: {scenario['id']} c={concurrency}: {out['requests']} requests, errors {errors} "
+    if not out["requests"] or not answered_as_expected(scenario, out):
+        raise BenchError(f"training: {scenario['id']} c={concurrency}: {out['requests']} requests, errors {out['errors']} "
                          f"(expected {scenario['expect']} for every one)\n" + bench.procs.tail(scenario["target"]))
     log(f"train {scenario['id']:<24} c={concurrency:<3} {out['requests']:7d} requests")
 
@@ -84,7 +89,7 @@ def main() -> int:
                 drive(bench, s, c, args.seconds)
         bench.sse_sanity()
         for listener in ("sse_on", "sse_on_uncached", "sse_off"):
-            for answer, expect in ((f"text:{SSE_DELTAS}", [f'"word{SSE_DELTAS - 1} "']), ("tool", SSE_TOOL_EXPECT)):
+            for answer, expect in ((f"text:{SSE_DELTAS}", SSE_TEXT_EXPECT), ("tool", SSE_TOOL_EXPECT)):
                 r = bench.sse_load(listener, answer, 0, expect, 100000, args.seconds)
                 if r["errors"] or not r["requests"]:
                     raise BenchError(f"training: SSE {listener} {answer}: {r['errors']} errors, "
